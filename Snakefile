@@ -1,0 +1,18 @@
+# meldflow: MELD clips -> Whisper transcripts + frames -> aligned Parquet shards.
+# Rules live in workflow/rules/; configuration in config/config.yaml.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/preprocess.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.preprocess.input,

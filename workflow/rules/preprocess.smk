@@ -1,0 +1,150 @@
+localrules:
+    stage_whisper,
+    preprocess,
+
+
+rule stage_whisper:
+    # Local: on a cluster it runs on the login node, the one that may reach the Hub.
+    output:
+        "results/stage/whisper.json",
+    params:
+        hf_home=HF_HOME,
+        model=config["whisper_model"],
+    log:
+        "results/logs/stage_whisper.log",
+    benchmark:
+        "results/benchmarks/stage_whisper.tsv"
+    conda:
+        "../../envs/transcription.yaml"
+    shell:
+        "meldflow stage --hf-home {params.hf_home} --whisper-model {params.model} "
+        "--lock-out {output} > {log} 2>&1"
+
+
+checkpoint ingest:
+    input:
+        annotation_csv,
+    output:
+        table="results/ingest/{split}.parquet",
+        shards="results/ingest/{split}.shards.json",
+        unused="results/ingest/{split}.unused.tsv",
+    params:
+        meld_dir=config["meld_dir"],
+        shard_size=config["shard_size"],
+    log:
+        "results/logs/ingest/{split}.log",
+    benchmark:
+        "results/benchmarks/ingest/{split}.tsv"
+    conda:
+        "../../envs/frames.yaml"
+    shell:
+        "meldflow ingest --meld-dir {params.meld_dir} --split {wildcards.split} "
+        "--shard-size {params.shard_size} --out {output.table} > {log} 2>&1"
+
+
+rule transcribe:
+    input:
+        rows="results/ingest/{split}.parquet",
+        model="results/stage/whisper.json",
+    output:
+        f"results/transcripts/{{split}}/shard-{SHARD}.parquet",
+    params:
+        hf_home=HF_HOME,
+        model=config["whisper_model"],
+        device=config.get("whisper_device", "auto"),
+        beam=config.get("whisper_beam_size", 1),
+        cap=config.get("max_clip_seconds", 30),
+    threads: 2
+    log:
+        "results/logs/transcribe/{split}/shard-{shard}.log",
+    benchmark:
+        "results/benchmarks/transcribe/{split}/shard-{shard}.tsv"
+    conda:
+        "../../envs/transcription.yaml"
+    shell:
+        "meldflow transcribe --rows {input.rows} --shard {wildcards.shard} --out {output} "
+        "--model {params.model} --hf-home {params.hf_home} --device {params.device} "
+        "--beam-size {params.beam} --max-clip-seconds {params.cap} --threads {threads} "
+        "> {log} 2>&1"
+
+
+rule frames:
+    input:
+        rows="results/ingest/{split}.parquet",
+    output:
+        f"results/frames/{{split}}/shard-{SHARD}.parquet",
+    params:
+        k=config["frames_per_utterance"],
+        size=config["frame_size"],
+        cap=config.get("max_clip_seconds", 30),
+    threads: 2
+    log:
+        "results/logs/frames/{split}/shard-{shard}.log",
+    benchmark:
+        "results/benchmarks/frames/{split}/shard-{shard}.tsv"
+    conda:
+        "../../envs/frames.yaml"
+    shell:
+        "meldflow frames --rows {input.rows} --shard {wildcards.shard} --out {output} "
+        "--frames {params.k} --size {params.size} --max-clip-seconds {params.cap} "
+        "--workers {threads} > {log} 2>&1"
+
+
+rule align:
+    input:
+        rows="results/ingest/{split}.parquet",
+        transcripts="results/transcripts/{split}/shard-{shard}.parquet",
+        frames="results/frames/{split}/shard-{shard}.parquet",
+    output:
+        f"results/aligned/{{split}}/shard-{SHARD}.parquet",
+    log:
+        "results/logs/align/{split}/shard-{shard}.log",
+    benchmark:
+        "results/benchmarks/align/{split}/shard-{shard}.tsv"
+    conda:
+        "../../envs/frames.yaml"
+    shell:
+        "meldflow align --rows {input.rows} --shard {wildcards.shard} "
+        "--transcripts {input.transcripts} --frames {input.frames} --out {output} > {log} 2>&1"
+
+
+rule manifest:
+    input:
+        ingest="results/ingest/{split}.parquet",
+        aligned=aligned_shards,
+    output:
+        "results/manifest/{split}.parquet",
+    log:
+        "results/logs/manifest/{split}.log",
+    benchmark:
+        "results/benchmarks/manifest/{split}.tsv"
+    conda:
+        "../../envs/frames.yaml"
+    shell:
+        "meldflow manifest --ingest {input.ingest} --aligned {input.aligned} --out {output} "
+        "> {log} 2>&1"
+
+
+rule summary:
+    input:
+        manifests=expand("results/manifest/{split}.parquet", split=SPLITS),
+        unused=expand("results/ingest/{split}.unused.tsv", split=SPLITS),
+    output:
+        tsv="results/manifest/summary.tsv",
+        txt="results/manifest/summary.txt",
+        plot="results/manifest/summary.png",
+    log:
+        "results/logs/summary.log",
+    benchmark:
+        "results/benchmarks/summary.tsv"
+    conda:
+        "../../envs/frames.yaml"
+    shell:
+        "meldflow summary --manifests {input.manifests} --unused {input.unused} "
+        "--out {output.tsv} --plot {output.plot} > {log} 2>&1"
+
+
+rule preprocess:
+    input:
+        all_aligned,
+        rules.summary.output,
