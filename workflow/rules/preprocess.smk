@@ -52,8 +52,9 @@ rule transcribe:
         hf_home=HF_HOME,
         model=config["whisper_model"],
         device=config.get("whisper_device", "auto"),
-        beam=config.get("whisper_beam_size", 1),
+        beam=config.get("whisper_beam_size", 5),
         cap=config.get("max_clip_seconds", 30),
+        pack=config.get("whisper_pack_seconds", 28),
     threads: 2
     log:
         "results/logs/transcribe/{split}/shard-{shard}.log",
@@ -65,7 +66,7 @@ rule transcribe:
         "meldflow transcribe --rows {input.rows} --shard {wildcards.shard} --out {output} "
         "--model {params.model} --hf-home {params.hf_home} --device {params.device} "
         "--beam-size {params.beam} --max-clip-seconds {params.cap} --threads {threads} "
-        "> {log} 2>&1"
+        "--pack-seconds {params.pack} > {log} 2>&1"
 
 
 rule frames:

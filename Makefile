@@ -1,0 +1,59 @@
+# The two commands a user needs: `make demo` and `make test`. Both run `make setup` first.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+# Debian packages the pipeline calls: ffmpeg (frames), espeak-ng (regenerating the sample).
+SYSTEM_PACKAGES := ffmpeg espeak-ng
+SYSTEM_TOOLS := ffmpeg espeak-ng
+
+.PHONY: setup system demo test lint clean help
+
+help:
+	@echo "make demo   set up, then run the workflow on the bundled sample"
+	@echo "make test   set up, then run the whole test suite"
+	@echo "make setup  system packages (as root) + $(VENV) with pinned dependencies"
+	@echo "make lint   ruff + snakemake --lint"
+
+setup: system $(VENV)/.installed
+
+system:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages: $(SYSTEM_PACKAGES)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
+	      { apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES); } || exit 1; \
+	  else \
+	    echo "missing system tools:$$missing"; \
+	    echo "install them with your package manager (Debian: sudo apt-get install $(SYSTEM_PACKAGES))," \
+	         "or on a cluster: module load ffmpeg"; \
+	    exit 1; \
+	  fi; \
+	fi
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or pass PYTHON=..."; exit 1; }
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/snakemake --cores $(CORES) preprocess
+	@echo
+	@echo "Done. Aligned shards: results/aligned/{train,dev,test}/shard-*.parquet"
+	@echo "      Manifests:      results/manifest/{train,dev,test}.parquet"
+	@echo "      Summary:        results/manifest/summary.txt (and summary.png)"
+	@echo "      Logs per job:   results/logs/"
+
+test: setup
+	$(BIN)/pytest -ra $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results .snakemake

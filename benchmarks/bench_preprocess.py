@@ -1,0 +1,208 @@
+"""Preprocessing benchmark: frames and transcription against naive baselines, same run.
+
+Makes N MELD-sized clips (1280x720 H.264 + AAC, noisy picture so the bitrate is
+realistic, espeak-ng speech), then prints ratios, never lone times:
+  (a) frame extraction vs a bare decode (`ffmpeg -an -f null`) and vs decoding every frame
+      to JPEG files;
+  (b) transcription clips/s and WER vs a naive loop (one model, one clip at a time,
+      beam 5, Whisper's default options);
+  (c) peak memory (max RSS) of the `meldflow frames` and `meldflow transcribe` jobs.
+
+Run: .venv/bin/python benchmarks/bench_preprocess.py [--clips 24] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+from meldflow.samplegen import LINES, VOICES
+
+
+def make_clips(folder: Path, n: int, seed: int = 3) -> list[tuple[Path, str]]:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        emotion = rng.choice(list(LINES))
+        text = rng.choice(LINES[emotion])
+        voice, speed, pitch = VOICES[rng.choice(list(VOICES))]
+        wav = folder / f"s{i}.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w",
+                        str(wav), text], check=True, capture_output=True)
+        with wave.open(str(wav)) as w:
+            dur = w.getnframes() / w.getframerate() + 0.5
+        clip = folder / f"dia{i}_utt0.mp4"
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+             "testsrc2=s=1280x720:r=24", "-i", str(wav), "-vf", "noise=alls=8:allf=t",
+             "-map", "0:v", "-map", "1:a", "-af", "apad", "-t", f"{dur:.2f}",
+             "-c:v", "libx264", "-preset", "veryfast", "-crf", "26", "-pix_fmt", "yuv420p",
+             "-c:a", "aac", "-b:a", "96k", str(clip)], check=True)
+        wav.unlink()
+        out.append((clip, text))
+    return out
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bare_decode(clips):
+    for c, _ in clips:
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(c), "-an",
+                        "-f", "null", "-"], check=True)
+
+
+def naive_frames(clips, tmp: Path, k: int):
+    for c, _ in clips:
+        d = tmp / "naive"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(c), "-an",
+                        "-q:v", "3", str(d / "%04d.jpg")], check=True)
+        files = sorted(d.iterdir())
+        [files[int((i + 0.5) * len(files) / k)].read_bytes() for i in range(k)]
+
+
+def our_frames(clips, k: int):
+    from meldflow.frames import extract_frames
+
+    for c, _ in clips:
+        res = extract_frames(c, k=k, size=256)
+        assert res.status == "ok" and len(res.frames) == k, res.reason
+
+
+def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
+    """(max RSS in MB, seconds) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    if status != 0:
+        raise RuntimeError(f"{cmd[:2]} failed: {err[-2000:]}")
+    return usage.ru_maxrss / 1024, elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, default=24)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--frames", type=int, default=8)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="meldflow-bench-"))
+    try:
+        meld = tmp / "meld"
+        clips = make_clips(meld / "train_splits", args.clips)
+        print(f"{len(clips)} clips, 1280x720 H.264+AAC, "
+              f"{sum(c.stat().st_size for c, _ in clips) / len(clips) / 1e6:.2f} MB each")
+
+        from meldflow.stage import stage_whisper
+
+        hf = tmp / "hf"
+        stage_whisper(hf, "tiny.en", source="package")
+        # (c) first, while this process is small: a forked child's peak RSS counts
+        # what it inherited before exec.
+        with (meld / "train_sent_emo.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
+                        "Utterance_ID", "Season", "Episode", "StartTime", "EndTime"])
+            for i, (_, text) in enumerate(clips):
+                w.writerow([i + 1, text, "A", "neutral", "neutral", i, 0, 1, 1,
+                            "00:00:01,000", "00:00:04,000"])
+        cli = [sys.executable, "-m", "meldflow.cli"]
+        ingest = tmp / "ingest.parquet"
+        subprocess.run(cli + ["ingest", "--meld-dir", str(meld), "--split", "train",
+                              "--shard-size", str(len(clips)), "--out", str(ingest)],
+                       check=True, capture_output=True)
+        print("\n(c) peak memory per job (max RSS), one shard of", len(clips), "clips:")
+        for name, extra in (
+            ("frames", ["--workers", "2"]),
+            ("transcribe", ["--hf-home", str(hf), "--device", "cpu"]),
+        ):
+            mb, _ = peak_rss_mb(cli + [name, "--rows", str(ingest), "--shard", "0", "--out",
+                                       str(tmp / f"{name}.parquet"), *extra])
+            print(f"    meldflow {name:10s} {mb:7.0f} MB")
+
+        # (a) frames: interleave the three so that machine noise hits all of them alike
+        times = {"bare decode": [], "ours": [], "naive every-frame JPEG": []}
+        for _ in range(args.repeats):
+            times["bare decode"].append(timed(lambda: bare_decode(clips)))
+            times["ours"].append(timed(lambda: our_frames(clips, args.frames)))
+            times["naive every-frame JPEG"].append(
+                timed(lambda: naive_frames(clips, tmp, args.frames)))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print("\n(a) frame extraction, median of", args.repeats, "runs, ratio to bare decode:")
+        for k, v in med.items():
+            print(f"    {k:24s} {v / med['bare decode']:.2f}x")
+        print(f"    ours is {med['naive every-frame JPEG'] / med['ours']:.2f}x faster than naive; "
+              f"target <= 1.25x of bare decode: "
+              f"{'met' if med['ours'] <= 1.25 * med['bare decode'] else 'NOT met'}")
+
+        # (b) transcription
+        os.environ["HF_HOME"], os.environ["HF_HUB_OFFLINE"] = str(hf), "1"
+        import pyarrow as pa
+        from faster_whisper import WhisperModel
+
+        from meldflow.transcribe import Transcriber, model_dir, transcribe_rows, word_error_rate
+
+        naive_model = WhisperModel(str(model_dir("tiny.en", hf)), device="cpu",
+                                   compute_type="int8")
+        ours = Transcriber("tiny.en", hf, device="cpu")
+        rows = pa.table({"split": ["train"] * len(clips), "dialogue_id": list(range(len(clips))),
+                         "utterance_id": [0] * len(clips),
+                         "clip_path": [str(c) for c, _ in clips], "status": ["ok"] * len(clips),
+                         "utterance": [t for _, t in clips]})
+
+        def naive_asr():
+            out = []
+            for c, _ in clips:
+                segs, _ = naive_model.transcribe(str(c), beam_size=5, word_timestamps=True)
+                out.append(" ".join(s.text.strip() for s in segs))
+            return out
+
+        def our_asr():
+            return transcribe_rows(rows, ours, 30.0).column("transcript").to_pylist()
+
+        t_naive, t_ours, naive_txt, our_txt = [], [], None, None
+        for _ in range(args.repeats):
+            s = time.perf_counter()
+            naive_txt = naive_asr()
+            t_naive.append(time.perf_counter() - s)
+            s = time.perf_counter()
+            our_txt = our_asr()
+            t_ours.append(time.perf_counter() - s)
+
+        def mean_wer(txt):
+            return statistics.mean(word_error_rate(g, h) for (_, g), h in zip(clips, txt,
+                                                                              strict=True))
+
+        speed = statistics.median(t_naive) / statistics.median(t_ours)
+        dwer = mean_wer(our_txt) - mean_wer(naive_txt)
+        print("\n(b) transcription (tiny.en, CPU int8), median of", args.repeats, "runs;")
+        print(f"    ours: beam {ours.beam_size}, clips packed into {ours.pack_seconds:g} s windows")
+        print(f"    clips/s ratio ours/naive  {speed:.2f}x "
+              f"(target >= 2x: {'met' if speed >= 2 else 'NOT met'})")
+        print(f"    WER naive {mean_wer(naive_txt):.3f}  ours {mean_wer(our_txt):.3f}  "
+              f"(difference {dwer:+.3f}; target <= +0.02: {'met' if dwer <= 0.02 else 'NOT met'})")
+
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+import csv
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import SAMPLE
+
+from meldflow import MeldflowError
+from meldflow.ingest import (
+    EMOTIONS,
+    SENTIMENTS,
+    ingest_split,
+    normalise_text,
+    parse_time,
+    plan_shards,
+    read_annotations,
+    run_ingest,
+)
+
+HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
+          "Utterance_ID", "Season", "Episode", "StartTime", "EndTime"]
+
+
+def write_csv(path, rows, header=HEADER, encoding="utf-8"):
+    with path.open("w", newline="", encoding=encoding) as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def row(dia, utt, text="Hi there.", emotion="neutral", sentiment="neutral",
+        start="00:00:01,000", end="00:00:02,500"):
+    return [1, text, "Avery", emotion, sentiment, dia, utt, 1, 1, start, end]
+
+
+def test_real_meld_csvs(shared_meld):
+    train = read_annotations(shared_meld / "train_sent_emo.csv")
+    dev = read_annotations(shared_meld / "dev_sent_emo.csv")
+    assert (len(train), len(dev)) == (9989, 1109)
+    assert {a.emotion for a in train} == set(EMOTIONS)
+    assert {a.sentiment for a in dev} == set(SENTIMENTS)
+    assert len({a.dialogue_id for a in dev}) == 114
+    # curly quotes and ellipses are normalised to ASCII
+    assert all(ch not in a.utterance for a in train for ch in "\u2019\u2026\u201c")
+    first = train[0]
+    assert first.utterance.startswith("also I was the point person on my company's")
+    assert first.start_s == pytest.approx(16 * 60 + 16.059)
+    # these copies have no negative durations (the shortest is 6 ms): nothing is flagged
+    assert not any(a.flags for a in train + dev)
+    assert min(a.end_s - a.start_s for a in train) == pytest.approx(0.006, abs=1e-6)
+
+
+def test_windows_1252_copy_reads_the_same(shared_meld, tmp_path):
+    text = (shared_meld / "dev_sent_emo.csv").read_text(encoding="utf-8")
+    cp = tmp_path / "dev_sent_emo.csv"
+    cp.write_bytes(text.encode("cp1252"))
+    assert b"\x92" in cp.read_bytes()  # the raw tarball's apostrophe
+    a = read_annotations(shared_meld / "dev_sent_emo.csv")
+    b = read_annotations(cp)
+    assert [x.utterance for x in a] == [x.utterance for x in b]
+    assert [x.emotion for x in a] == [x.emotion for x in b]
+
+
+def test_normalise_text():
+    text = "It\u2019s \u201cfine\u201d\u2026  ok\u2014 no"
+    assert normalise_text(text) == 'It\'s "fine"... ok- no'
+
+
+def test_parse_time():
+    assert parse_time("00:16:16,059") == pytest.approx(976.059)
+    with pytest.raises(ValueError):
+        parse_time("16:16")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (row(0, 0, emotion="happy"), "Emotion 'happy'"),
+    (row(0, 0, sentiment="meh"), "Sentiment 'meh'"),
+    ([1, "x", "A", "joy", "positive", "zero", 0, 1, 1, "00:00:01,000", "00:00:02,000"],
+     "Dialogue_ID must be an integer"),
+])
+def test_bad_rows_name_file_and_line(tmp_path, bad, message):
+    path = write_csv(tmp_path / "train_sent_emo.csv", [row(0, 0), row(0, 1), bad])
+    with pytest.raises(MeldflowError) as exc:
+        read_annotations(path)
+    assert f"{path}:4" in str(exc.value) and message in str(exc.value)
+
+
+def test_missing_column_and_duplicates(tmp_path):
+    path = write_csv(tmp_path / "a.csv", [r[:4] for r in [row(0, 0)]], header=HEADER[:4])
+    with pytest.raises(MeldflowError, match="missing column.*Sentiment"):
+        read_annotations(path)
+    path = write_csv(tmp_path / "b.csv", [row(0, 0), row(0, 0)])
+    with pytest.raises(MeldflowError, match=r"b.csv:3.*already appears on line 2"):
+        read_annotations(path)
+
+
+def test_bad_timestamps_are_flagged(tmp_path):
+    path = write_csv(tmp_path / "c.csv", [row(0, 0, start="00:00:05,000", end="00:00:04,000"),
+                                          row(0, 1, start="garbage")])
+    a, b = read_annotations(path)
+    assert a.flags == ["bad_timestamps"] and "not after" in a.reasons[0]
+    assert b.flags == ["bad_timestamps"] and b.start_s is None
+
+
+def test_dyadic_variant_names_clips_by_old_ids(tmp_path):
+    header = HEADER[:7] + ["Old_Dialogue_ID", "Old_Utterance_ID"] + HEADER[7:]
+    r = row(0, 0)
+    path = write_csv(tmp_path / "train_sent_emo_dya.csv", [r[:7] + [412, 5] + r[7:]], header)
+    (tmp_path / "train_splits").mkdir()
+    (tmp_path / "train_splits" / "dia412_utt5.mp4").write_bytes(b"x")
+    ann = read_annotations(path)[0]
+    assert (ann.dialogue_id, ann.clip_name) == (0, "dia412_utt5.mp4")
+    table, unused = ingest_split(tmp_path, "train", 10)
+    assert table.column("status").to_pylist() == ["ok"] and unused == []
+
+
+def test_plan_shards_keeps_dialogues_whole(shared_meld):
+    anns = read_annotations(shared_meld / "dev_sent_emo.csv")
+    shards = plan_shards(anns, 100)
+    owner = {}
+    for a, s in zip(anns, shards, strict=True):
+        assert owner.setdefault(a.dialogue_id, s) == s
+    sizes = [shards.count(s) for s in set(shards)]
+    assert sum(sizes) == len(anns)
+    # every shard but the last is full up to one dialogue's length
+    longest = max(sum(1 for a in anns if a.dialogue_id == d) for d in owner)
+    assert all(100 - longest < n <= max(100, longest) for n in sizes[:-1])
+
+
+def test_sample_ingest_accounts_for_every_row(tmp_path):
+    info = run_ingest(SAMPLE, "test", 24, tmp_path / "test.parquet")
+    table = pq.read_table(tmp_path / "test.parquet")
+    with (SAMPLE / "test_sent_emo.csv").open(encoding="utf-8") as f:
+        n_rows = sum(1 for _ in csv.DictReader(f))
+    assert table.num_rows == info["rows"] == n_rows
+    recs = {(r["dialogue_id"], r["utterance_id"]): r for r in table.to_pylist()}
+    dup = recs[(3, 1)]
+    assert dup["status"] == "ok" and dup["flags"] == ["duplicate_clip_used"]
+    assert dup["clip_path"].endswith("final_videos_testdia3_utt1.mp4")
+    unused = (tmp_path / "test.unused.tsv").read_text().splitlines()
+    assert unused[1:] == ["final_videos_testdia0_utt0.mp4\t0\t0\tduplicate"]
+
+
+def test_missing_and_empty_clips(tmp_path):
+    shutil.copytree(SAMPLE, tmp_path / "meld")
+    table, unused = ingest_split(tmp_path / "meld", "dev", 24)
+    st = {(r["dialogue_id"], r["utterance_id"]): r for r in table.to_pylist()}
+    assert st[(1, 2)]["status"] == "missing_video" and "dia1_utt2.mp4" in st[(1, 2)]["reason"]
+    assert [u["clip"] for u in unused] == ["dia99_utt0.mp4"]
+    (tmp_path / "meld" / "dev_splits_complete" / "dia0_utt0.mp4").write_bytes(b"")
+    table, _ = ingest_split(tmp_path / "meld", "dev", 24)
+    assert table.to_pylist()[0]["status"] == "empty_video"

