@@ -92,3 +92,17 @@ def test_real_whisper_on_sample_clips(hf_home):
     assert out[0]["wer"] is not None and out[0]["wer"] <= 1.0
     assert out[1]["asr_status"] == "no_audio" and out[1]["transcript"] is None
     assert out[2]["asr_status"] == "missing_video"
+
+
+def test_auto_device_falls_back_to_cpu_with_one_warning(hf_home, caplog):
+    import ctranslate2
+
+    from meldflow.transcribe import choose_device
+
+    if ctranslate2.get_cuda_device_count() > 0:
+        pytest.skip("a CUDA device is visible: auto picks it")
+    with caplog.at_level("WARNING"):
+        assert choose_device("auto", model_dir("tiny.en", hf_home)) == ("cpu", "int8")
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "CPU" in warnings[0].getMessage()
+    assert choose_device("cpu", model_dir("tiny.en", hf_home)) == ("cpu", "int8")
