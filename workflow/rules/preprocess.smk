@@ -17,7 +17,8 @@ rule stage_whisper:
     conda:
         "../../envs/transcription.yaml"
     shell:
-        "meldflow stage --hf-home {params.hf_home} --whisper-model {params.model} "
+        "meldflow stage --hf-home {params.hf_home} --models whisper "
+        "--whisper-model {params.model} "
         "--lock-out {output} > {log} 2>&1"
 
 

@@ -1,0 +1,173 @@
+"""Training examples from the aligned shards (or, text only, from the annotation CSVs).
+
+The plan of an epoch is a pure function of (seed, epoch, streams): row groups are shuffled
+and dealt to ``streams`` streams; global batch i is the i-th local batch of every stream,
+side by side. A DDP rank reads only its own streams, i.e. whole row groups, and the same
+plan read by one process gives the same global batches, so 1 and N processes train alike.
+Streams shorter than the longest are padded with zero-weight repeats.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from meldflow import MeldflowError
+from meldflow.ingest import EMOTIONS, SENTIMENTS, read_annotations
+
+USABLE_FRAMES = {"ok", "no_audio"}
+TEXT_COLUMNS = ["split", "dialogue_id", "utterance_id", "speaker", "utterance", "emotion",
+                "sentiment", "status", "transcript"]
+CSV_CHUNK = 512  # rows per "row group" when the source is a CSV
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One row group of one file: the smallest piece a rank reads."""
+
+    path: str
+    group: int
+    rows: int
+
+
+class Source:
+    """Rows of one split, addressable by row group; loads a group's columns on demand."""
+
+    def __init__(self, paths: list[str | Path] | None = None, csv: str | Path | None = None,
+                 modalities: str = "text+vision"):
+        self.modalities = modalities
+        self.units: list[Unit] = []
+        self._csv_table: pa.Table | None = None
+        self._cache: tuple[Unit, list[dict]] | None = None
+        self.context: dict[tuple[int, int], tuple[str, str]] = {}
+        if csv is not None:
+            if "vision" in modalities:
+                raise MeldflowError("a CSV source has no frames: use modalities=text")
+            anns = read_annotations(csv)
+            self._csv_table = pa.table({
+                "split": [Path(csv).name.split("_")[0]] * len(anns),
+                "dialogue_id": [a.dialogue_id for a in anns],
+                "utterance_id": [a.utterance_id for a in anns],
+                "speaker": [a.speaker for a in anns], "utterance": [a.utterance for a in anns],
+                "emotion": [a.emotion for a in anns], "sentiment": [a.sentiment for a in anns],
+                "status": ["ok"] * len(anns), "transcript": [None] * len(anns),
+            })
+            n = len(anns)
+            self.units = [Unit(str(csv), i, min(CSV_CHUNK, n - i * CSV_CHUNK))
+                          for i in range((n + CSV_CHUNK - 1) // CSV_CHUNK)]
+            meta = self._csv_table
+        else:
+            if not paths:
+                raise MeldflowError("no aligned shards given")
+            metas = []
+            for p in sorted(str(p) for p in paths):
+                f = pq.ParquetFile(p)
+                for g in range(f.num_row_groups):
+                    self.units.append(Unit(p, g, f.metadata.row_group(g).num_rows))
+                metas.append(f.read(columns=["dialogue_id", "utterance_id", "speaker",
+                                             "utterance"]))
+            meta = pa.concat_tables(metas)
+        # Previous turns are looked up by id, so context survives any shuffling.
+        for d, u, s, t in zip(*(meta.column(c).to_pylist() for c in
+                                ("dialogue_id", "utterance_id", "speaker", "utterance")),
+                              strict=True):
+            self.context[(d, u)] = (s, t)
+
+    def rows(self, unit: Unit) -> list[dict]:
+        if self._cache is not None and self._cache[0] == unit:
+            return self._cache[1]
+        if self._csv_table is not None:
+            rows = self._csv_table.slice(unit.group * CSV_CHUNK, unit.rows).to_pylist()
+        else:
+            cols = TEXT_COLUMNS + (["frames"] if "vision" in self.modalities else [])
+            rows = pq.ParquetFile(unit.path).read_row_group(unit.group, columns=cols).to_pylist()
+        self._cache = (unit, rows)
+        return rows
+
+    def labels(self) -> list[str]:
+        out = []
+        for u in self.units:
+            if self._csv_table is not None:
+                out += self._csv_table.slice(u.group * CSV_CHUNK, u.rows).column("emotion")\
+                    .to_pylist()
+            else:
+                out += pq.ParquetFile(u.path).read_row_group(u.group, columns=["emotion"])\
+                    .column("emotion").to_pylist()
+        return out
+
+
+def plan_epoch(units: list[Unit], streams: int, local_batch: int, seed: int, epoch: int,
+               shuffle: bool = True) -> list[list[tuple[Unit, int, float]]]:
+    """Per stream, the ordered (unit, row, weight) list of one epoch, padded to equal length.
+
+    Every row appears exactly once with weight 1; padding repeats carry weight 0.
+    """
+    order = list(units)
+    rng = random.Random(seed * 100_003 + epoch)
+    if shuffle:
+        rng.shuffle(order)
+    per_stream: list[list[tuple[Unit, int, float]]] = [[] for _ in range(streams)]
+    sizes = [0] * streams
+    for unit in order:  # deal each unit to the stream with the fewest rows so far
+        s = min(range(streams), key=lambda i: (sizes[i], i))
+        rows = list(range(unit.rows))
+        if shuffle:
+            rng.shuffle(rows)
+        per_stream[s] += [(unit, r, 1.0) for r in rows]
+        sizes[s] += unit.rows
+    steps = max(1, -(-max(sizes) // local_batch))
+    for s in range(streams):
+        filler = per_stream[s][-1] if per_stream[s] else None
+        if filler is None:
+            biggest = max(per_stream, key=len)
+            filler = biggest[0]
+        while len(per_stream[s]) < steps * local_batch:
+            per_stream[s].append((filler[0], filler[1], 0.0))
+    return per_stream
+
+
+def prompt(row: dict, source: Source, text_source: str = "gold", context_turns: int = 0) -> str:
+    """The text the model reads: earlier turns of the dialogue, then the utterance."""
+    text = row["utterance"] if text_source == "gold" else (row.get("transcript") or "")
+    turns = []
+    for k in range(context_turns, 0, -1):
+        prev = source.context.get((row["dialogue_id"], row["utterance_id"] - k))
+        if prev:
+            turns.append(f"{prev[0]}: {prev[1]}")
+    turns.append(f"{row['speaker']}: {text}")
+    return " | ".join(turns)
+
+
+def frames_image(frames: list[bytes], augment: bool = False, rng: random.Random | None = None):
+    """The K frames tiled into one image, 4 per row, in time order.
+
+    Florence-2 takes one image; a grid keeps every frame visible to the vision tower at
+    the cost of resolution per frame. With ``augment``, frames are re-drawn (with
+    replacement, order kept) and brightness is jittered.
+    """
+    from PIL import Image, ImageEnhance
+
+    if not frames:
+        return Image.new("RGB", (64, 64))
+    images = [Image.open(io.BytesIO(f)).convert("RGB") for f in frames]
+    if augment and rng is not None:
+        picks = sorted(rng.randrange(len(images)) for _ in images)
+        images = [images[i] for i in picks]
+    w, h = images[0].size
+    cols = min(4, len(images))
+    grid_rows = -(-len(images) // cols)
+    grid = Image.new("RGB", (w * cols, h * grid_rows))
+    for i, img in enumerate(images):
+        grid.paste(img.resize((w, h)), ((i % cols) * w, (i // cols) * h))
+    if augment and rng is not None:
+        grid = ImageEnhance.Brightness(grid).enhance(rng.uniform(0.8, 1.2))
+    return grid
+
+
+def label_index(row: dict) -> tuple[int, int]:
+    return EMOTIONS.index(row["emotion"]), SENTIMENTS.index(row["sentiment"])

@@ -1,0 +1,104 @@
+"""Classification metrics as emotion-recognition papers report them, and their plots.
+
+MELD's headline number is the support-weighted F1 over the 7 emotions; fear and disgust
+are rare, so macro F1 and per-class figures are reported beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def classification_metrics(gold: list[str], pred: list[str], labels: tuple[str, ...]) -> dict:
+    """Accuracy, weighted and macro F1, and per-class precision/recall/F1/support.
+
+    Follows scikit-learn's definitions with ``labels=labels`` and ``zero_division=0``:
+    a class never predicted has precision 0, and macro F1 averages over all ``labels``.
+    """
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold labels but {len(pred)} predictions")
+    index = {label: i for i, label in enumerate(labels)}
+    k = len(labels)
+    matrix = [[0] * k for _ in range(k)]
+    for g, p in zip(gold, pred, strict=True):
+        if g in index and p in index:
+            matrix[index[g]][index[p]] += 1
+    per_class = {}
+    for i, label in enumerate(labels):
+        tp = matrix[i][i]
+        support = sum(matrix[i])
+        predicted = sum(matrix[r][i] for r in range(k))
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {"precision": precision, "recall": recall, "f1": f1,
+                            "support": support}
+    total = sum(c["support"] for c in per_class.values())
+    return {
+        "n": len(gold),
+        "accuracy": sum(g == p for g, p in zip(gold, pred, strict=True)) / len(gold)
+        if gold else 0.0,
+        "weighted_f1": sum(c["f1"] * c["support"] for c in per_class.values()) / total
+        if total else 0.0,
+        "macro_f1": sum(c["f1"] for c in per_class.values()) / k,
+        "per_class": per_class,
+        "labels": list(labels),
+        "confusion": matrix,
+    }
+
+
+def majority_baseline(train_gold: list[str], gold: list[str], labels: tuple[str, ...]) -> dict:
+    """Metrics of always predicting the most frequent training label."""
+    majority = max(labels, key=train_gold.count)
+    return classification_metrics(gold, [majority] * len(gold), labels)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(metrics: dict, out: str | Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix with counts, as a PNG."""
+    plt = _pyplot()
+    labels, matrix = metrics["labels"], metrics["confusion"]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(labels), 0.8 + 0.7 * len(labels)))
+    rows = [[v / max(1, sum(r)) for v in r] for r in matrix]
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    for i, r in enumerate(matrix):
+        for j, v in enumerate(r):
+            ax.text(j, i, str(v), ha="center", va="center",
+                    color="white" if rows[i][j] > 0.5 else "black", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    ax.set_title(title or f"weighted F1 {metrics['weighted_f1']:.3f}")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_curves(history: list[dict], out: str | Path) -> Path:
+    """Training loss per step and dev weighted F1 per epoch, as a PNG."""
+    plt = _pyplot()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    steps = [h for h in history if "loss" in h]
+    a1.plot([h["step"] for h in steps], [h["loss"] for h in steps])
+    a1.set_xlabel("step")
+    a1.set_ylabel("training loss")
+    evals = [h for h in history if "dev_weighted_f1" in h]
+    a2.plot([h["epoch"] for h in evals], [h["dev_weighted_f1"] for h in evals], marker="o")
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("dev weighted F1")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,158 @@
+"""Florence-2 training: offline loading, DDP equivalence, resume, learning."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import SAMPLE, env_with_venv
+
+from meldflow import MeldflowError
+from meldflow.stage import FLORENCE_TINY_REPO, stage_florence
+
+TRAIN_CSV = str(SAMPLE / "train_sent_emo.csv")
+DEV_CSV = str(SAMPLE / "dev_sent_emo.csv")
+
+
+@pytest.fixture(scope="session")
+def florence_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("hf_florence")
+    entry = stage_florence(home, tiny=True)
+    assert entry["repo_id"] == FLORENCE_TINY_REPO
+    return home
+
+
+def weights(model_dir):
+    """Every tensor of a saved run (Florence-2 and heads), as float32 CPU tensors."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for name in ("model.safetensors", "heads.safetensors"):
+        out |= {f"{name}:{k}": v.float() for k, v in load_file(str(model_dir / name)).items()}
+    return out
+
+
+def max_diff(a, b):
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_tiny_florence_loads_offline_with_transformers(florence_home):
+    code = ("from transformers import Florence2ForConditionalGeneration, AutoProcessor; "
+            f"m = Florence2ForConditionalGeneration.from_pretrained('{FLORENCE_TINY_REPO}', "
+            "local_files_only=True); "
+            f"p = AutoProcessor.from_pretrained('{FLORENCE_TINY_REPO}', local_files_only=True); "
+            "print(type(m).__name__, type(p).__name__, m.config.model_type)")
+    env = env_with_venv() | {"HF_HOME": str(florence_home), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["Florence2ForConditionalGeneration", "Florence2Processor", "florence2"]
+    lock = json.loads((florence_home / "meldflow-stage.lock.json").read_text())
+    assert lock["florence:tiny"]["repo_id"] == FLORENCE_TINY_REPO
+
+
+def test_missing_florence_fails_fast_naming_stage(tmp_path):
+    from meldflow.train import load_florence
+
+    with pytest.raises(MeldflowError, match="meldflow stage"):
+        load_florence(tmp_path, FLORENCE_TINY_REPO)
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "meldflow.cli", "train", "--out", str(tmp_path / "run"),
+         "--hf-home", str(tmp_path / "empty"), "--train-csv", TRAIN_CSV, "--modalities", "text",
+         "--executor", "debug"],
+        capture_output=True, text=True, env=env_with_venv())
+    assert proc.returncode != 0 and "meldflow stage" in proc.stderr
+    assert time.monotonic() - start < 60
+
+
+def _cfg(florence_home, out, **kw):
+    from meldflow.train import TrainConfig
+
+    base = dict(out=str(out), hf_home=str(florence_home), train_csv=TRAIN_CSV,
+                modalities="text", epochs=2, global_batch=8, streams=2, lr=1e-3,
+                checkpoint_every=3)
+    return TrainConfig(**(base | kw))
+
+
+def test_two_gloo_processes_match_one(florence_home, tmp_path):
+    from meldflow.train import launch, train
+
+    one = _cfg(florence_home, tmp_path / "one", max_steps=6)
+    train(one)
+    two = _cfg(florence_home, tmp_path / "two", max_steps=6)
+    launch(two, executor="local", tasks=2, timeout_min=10)
+    logs = "".join(p.read_text() for p in (tmp_path / "two" / "submitit").glob("*_1_log.err"))
+    assert "rank 1: 6 steps" in logs  # a real second process did half of every batch
+    diff = max_diff(weights(tmp_path / "one" / "best"), weights(tmp_path / "two" / "best"))
+    assert diff < 1e-4
+    h1 = json.loads((tmp_path / "one" / "history.json").read_text())
+    h2 = json.loads((tmp_path / "two" / "history.json").read_text())
+    assert [h["loss"] for h in h1] == pytest.approx([h["loss"] for h in h2], rel=1e-4)
+
+
+def test_timeout_signal_requeues_and_resumes_to_the_same_weights(florence_home, tmp_path):
+    import submitit
+
+    from meldflow.train import TrainJob, train
+
+    ref = _cfg(florence_home, tmp_path / "ref", epochs=100, streams=1, checkpoint_every=25)
+    train(ref)
+    cfg = _cfg(florence_home, tmp_path / "cut", epochs=100, streams=1, checkpoint_every=25)
+    # submitit's local executor sends the time-limit signal (USR2) signal_delay_s before
+    # timeout_min runs out, as SLURM does: here 12 s after the start, mid-training.
+    # Every restart gets the signal again after 12 s: allow as many requeues as it takes.
+    ex = submitit.LocalExecutor(folder=tmp_path / "cut" / "submitit", max_num_timeout=20)
+    ex.update_parameters(timeout_min=1, signal_delay_s=48, tasks_per_node=1)
+    job = ex.submit(TrainJob(cfg))
+    job.result()
+    err = "".join(p.read_text() for p in (tmp_path / "cut" / "submitit").glob("*log.err"))
+    assert "Requeued job" in err or "requeue" in err.lower()
+    assert "resumed from" in err
+    metrics = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert metrics["steps"] == json.loads((tmp_path / "ref" / "metrics.json").read_text())["steps"]
+    assert max_diff(weights(tmp_path / "ref" / "best"), weights(tmp_path / "cut" / "best")) < 1e-4
+    # a rerun of a finished training does nothing
+    before = os.stat(tmp_path / "cut" / "metrics.json").st_mtime_ns
+    train(cfg)
+    assert os.stat(tmp_path / "cut" / "metrics.json").st_mtime_ns == before
+
+
+def test_text_only_on_real_meld_beats_majority(florence_home, shared_meld, tmp_path):
+    from meldflow.train import train
+
+    cfg = _cfg(florence_home, tmp_path / "meld", train_csv=str(shared_meld / "train_sent_emo.csv"),
+               dev_csv=str(shared_meld / "dev_sent_emo.csv"), epochs=2, global_batch=32,
+               streams=1, checkpoint_every=1000)
+    m = train(cfg)["dev"]
+    assert m["emotion"]["weighted_f1"] > m["majority_baseline"]["weighted_f1"] + 0.1
+
+
+def test_vision_only_beats_majority_on_held_out_sample(florence_home, preprocessed, tmp_path):
+    """Frames alone carry the label in the sample (background colour): the model must see it."""
+    from meldflow.train import predict, train
+
+    aligned = preprocessed / "results" / "aligned"
+    cfg = _cfg(florence_home, tmp_path / "vision", train_csv=None, modalities="vision",
+               train=sorted(str(p) for p in (aligned / "train").glob("*.parquet")),
+               dev=sorted(str(p) for p in (aligned / "dev").glob("*.parquet")),
+               test=sorted(str(p) for p in (aligned / "test").glob("*.parquet")),
+               epochs=8, streams=1, checkpoint_every=1000)
+    test = train(cfg)["test"]
+    assert test["emotion"]["weighted_f1"] > test["majority_baseline"]["weighted_f1"] + 0.3
+    for name in ("confusion_test.png", "curves.png", "predictions_test.parquet"):
+        assert (tmp_path / "vision" / name).stat().st_size > 0
+    import pyarrow.parquet as pq
+
+    preds = pq.read_table(tmp_path / "vision" / "predictions_test.parquet").to_pylist()
+    emotions = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
+    assert all(abs(sum(r[f"p_emotion_{e}"] for e in emotions) - 1) < 1e-4 for r in preds)
+    assert all(abs(sum(r[f"p_sentiment_{s}"] for s in ("neutral", "positive", "negative")) - 1)
+               < 1e-4 for r in preds)
+    # `meldflow predict` on a clip the model never saw
+    clip = str(SAMPLE / "output_repeated_splits_test" / "dia0_utt1.mp4")
+    out = predict(tmp_path / "vision" / "best", clips=[clip])
+    assert out[0]["emotion"] in ("neutral", "joy", "surprise", "anger", "sadness", "disgust",
+                                 "fear")
