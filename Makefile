@@ -41,11 +41,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/snakemake --cores $(CORES) preprocess
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --report results/report.html
 	@echo
 	@echo "Done. Aligned shards: results/aligned/{train,dev,test}/shard-*.parquet"
-	@echo "      Manifests:      results/manifest/{train,dev,test}.parquet"
-	@echo "      Summary:        results/manifest/summary.txt (and summary.png)"
+	@echo "      Manifests:      results/manifest/{train,dev,test}.parquet (summary.txt, .png)"
+	@echo "      Training run:   results/train/ (best/ model, metrics.json, predictions)"
+	@echo "      Metrics, plots: results/evaluate/"
+	@echo "      HTML report:    results/report.html"
 	@echo "      Logs per job:   results/logs/"
 
 test: setup
@@ -53,7 +56,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/snakemake --lint
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint
 
 clean:
 	rm -rf results .snakemake

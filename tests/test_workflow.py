@@ -120,3 +120,27 @@ def test_rerun_after_failure_redoes_only_what_is_missing(tmp_path, hf_home):
     assert {p: p.stat().st_mtime_ns for p in frames} == stamps
     assert "rule frames" not in text and "rule transcribe" in text
     assert len(list((res / "aligned").rglob("shard-*.parquet"))) == n_shards
+
+
+def test_whole_workflow_trains_evaluates_and_reports(preprocessed):
+    """Default target: stage Florence-2, train through submitit (2 gloo tasks), evaluate."""
+    proc = run_snakemake(preprocessed)
+    text = proc.stdout + proc.stderr
+    assert "rule frames" not in text  # preprocessing was already done
+    res = preprocessed / "results"
+    job = json.loads((res / "train" / "job.json").read_text())
+    assert job["executor"] == "local" and job["tasks"] == 2
+    logs = "".join(p.read_text() for p in (res / "train" / "submitit").glob("*_1_log.err"))
+    assert "rank 1:" in logs
+    table = (res / "evaluate" / "metrics.tsv").read_text().splitlines()
+    assert table[0].startswith("split\ttask\tn\tweighted_f1")
+    test_emotion = next(r.split("\t") for r in table if r.startswith("test\temotion"))
+    assert float(test_emotion[3]) > float(test_emotion[6])  # beats the majority class
+    assert "Florence-2 results" in text
+    for name in ("confusion_test.png", "curves.png"):
+        assert Image.open(res / "evaluate" / name).format == "PNG"
+    report = res / "report.html"
+    run_snakemake(preprocessed, "--report", str(report))
+    assert report.stat().st_size > 100_000
+    again = run_snakemake(preprocessed)
+    assert "Nothing to be done" in again.stdout + again.stderr

@@ -145,6 +145,12 @@ def cmd_train(a: argparse.Namespace) -> None:
     print(f"metrics, predictions and plots in {a.out}")
 
 
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from meldflow.evaluate import run_evaluate
+
+    print(run_evaluate(a.run, a.out), end="")
+
+
 def cmd_predict(a: argparse.Namespace) -> None:
     import json
 
@@ -298,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mem-gb", type=int)
     s.add_argument("--sbatch", nargs="*", metavar="KEY=VALUE", help="extra sbatch options")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="metrics tables and plots of a finished training run")
+    s.add_argument("--run", required=True, help="the training run folder")
+    s.add_argument("--out", required=True, help="folder for metrics.tsv, per_class.tsv, plots")
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("predict", help="label new clips or utterances with a trained model")
     s.add_argument("--model", required=True, help="a training run's best/ folder")

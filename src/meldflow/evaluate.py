@@ -102,3 +102,56 @@ def plot_curves(history: list[dict], out: str | Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def metrics_table(metrics: dict) -> list[list[str]]:
+    """Rows (split, task, n, weighted F1, macro F1, accuracy, majority weighted F1)."""
+    rows = [["split", "task", "n", "weighted_f1", "macro_f1", "accuracy", "majority_wf1"]]
+    for split in ("dev", "test"):
+        if split not in metrics:
+            continue
+        for task in ("emotion", "sentiment"):
+            m = metrics[split][task]
+            maj = metrics[split].get("majority_baseline", {}).get("weighted_f1")
+            rows.append([split, task, str(m["n"]), f"{m['weighted_f1']:.4f}",
+                         f"{m['macro_f1']:.4f}", f"{m['accuracy']:.4f}",
+                         f"{maj:.4f}" if task == "emotion" and maj is not None else ""])
+    return rows
+
+
+def per_class_table(metrics: dict) -> list[list[str]]:
+    rows = [["split", "task", "class", "precision", "recall", "f1", "support"]]
+    for split in ("dev", "test"):
+        for task in ("emotion", "sentiment"):
+            if split not in metrics:
+                continue
+            for label, c in metrics[split][task]["per_class"].items():
+                rows.append([split, task, label, f"{c['precision']:.4f}", f"{c['recall']:.4f}",
+                             f"{c['f1']:.4f}", str(c["support"])])
+    return rows
+
+
+def run_evaluate(run_dir: str | Path, out_dir: str | Path) -> str:
+    """Tables and plots of a finished training run, for people and for the report."""
+    import json
+    import shutil
+
+    from meldflow import MeldflowError
+    from meldflow.storage import write_text
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        raise MeldflowError(f"{path} not found: the training run has not finished")
+    metrics = json.loads(path.read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = metrics_table(metrics)
+    write_text("\n".join("\t".join(r) for r in table) + "\n", out_dir / "metrics.tsv")
+    write_text("\n".join("\t".join(r) for r in per_class_table(metrics)) + "\n",
+               out_dir / "per_class.tsv")
+    for name in ("confusion_dev.png", "confusion_test.png", "curves.png"):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out_dir / name)
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True))
+                     for r in table) + "\n"

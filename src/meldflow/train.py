@@ -151,14 +151,17 @@ class Encoder:
     def __init__(self, processor, cfg: TrainConfig, source: Source):
         self.processor, self.cfg, self.source = processor, cfg, source
         self.tok = processor.tokenizer
+        ip = processor.image_processor.size
+        self.image_size = (ip.get("width", ip.get("shortest_edge", 768)),
+                           ip.get("height", ip.get("shortest_edge", 768)))
 
     def inputs(self, rows: list[dict], rng: random.Random | None = None):
         cfg = self.cfg
         texts = [prompt(r, self.source, cfg.text_source, cfg.context_turns)
                  if "text" in cfg.modalities else "" for r in rows]
         if "vision" in cfg.modalities:
-            images = [frames_image(r.get("frames") or [], cfg.augment and rng is not None, rng)
-                      for r in rows]
+            images = [frames_image(r.get("frames") or [], cfg.augment and rng is not None, rng,
+                                   self.image_size) for r in rows]
             return self.processor(images=images, text=texts, return_tensors="pt", padding=True,
                                   truncation=True, max_length=200)
         return self.tok(texts, return_tensors="pt", padding=True, truncation=True,

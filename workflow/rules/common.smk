@@ -9,6 +9,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 SPLITS = config["splits"]
 HF_HOME = config["hf_home"]
 SHARD = "{shard,[0-9]{4}}"
+TINY_FLORENCE = "meldflow/florence2-tiny-random"
 
 
 def annotation_csv(wildcards):
@@ -40,8 +41,34 @@ def all_aligned(wildcards):
     return [path for split in SPLITS for path in aligned_of(split)]
 
 
+def train_args(wildcards):
+    """`meldflow train` options from the `train:` block of the config."""
+    t = config.get("train", {})
+    args = [f"--model-repo {config['florence_repo']}",
+            f"--revision {config.get('florence_revision', 'main')}"]
+    for key in ("executor", "tasks", "nodes", "modalities", "text_source", "context_turns",
+                "epochs", "global_batch", "lr", "time_min"):
+        if key in t:
+            args.append(f"--{key.replace('_', '-')} {t[key]}")
+    slurm = t.get("slurm") or {}
+    for key in ("partition", "account", "gpus_per_node", "cpus_per_task", "mem_gb"):
+        if slurm.get(key) is not None:
+            args.append(f"--{key.replace('_', '-')} {slurm[key]}")
+    extra = slurm.get("sbatch") or {}
+    if extra:
+        args.append("--sbatch " + " ".join(f"{k}={v}" for k, v in extra.items()))
+    return " ".join(args)
+
+
 onsuccess:
     summary = Path("results/manifest/summary.txt")
     if summary.is_file():
         print("\nmeldflow: rows per status (details in results/manifest/{split}.parquet)")
         print(summary.read_text(), end="")
+    metrics = Path("results/evaluate/metrics.tsv")
+    if metrics.is_file():
+        print("\nmeldflow: Florence-2 results (plots in results/evaluate/)")
+        rows = [line.split("\t") for line in metrics.read_text().splitlines()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  ".join(v.rjust(w) for v, w in zip(r, widths)))

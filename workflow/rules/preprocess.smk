@@ -134,7 +134,8 @@ rule summary:
     output:
         tsv="results/manifest/summary.tsv",
         txt="results/manifest/summary.txt",
-        plot="results/manifest/summary.png",
+        plot=report("results/manifest/summary.png", caption="../report/status.rst",
+                    category="Preprocessing"),
     log:
         "results/logs/summary.log",
     benchmark:

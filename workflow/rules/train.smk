@@ -1,0 +1,69 @@
+localrules:
+    stage_florence,
+    train,
+
+
+rule stage_florence:
+    # Local: on a cluster it runs on the login node, the one that may reach the Hub.
+    output:
+        "results/stage/florence.json",
+    params:
+        hf_home=HF_HOME,
+        repo=config["florence_repo"],
+        revision=config.get("florence_revision", "main"),
+        tiny="--tiny" if config["florence_repo"] == TINY_FLORENCE else "",
+        meld_dir=config["meld_dir"],
+    log:
+        "results/logs/stage_florence.log",
+    benchmark:
+        "results/benchmarks/stage_florence.tsv"
+    conda:
+        "../../envs/training.yaml"
+    shell:
+        "meldflow stage --hf-home {params.hf_home} --models florence {params.tiny} "
+        "--florence-repo {params.repo} --florence-revision {params.revision} "
+        "--meld-dir {params.meld_dir} --lock-out {output} > {log} 2>&1"
+
+
+rule train:
+    # Local: it only submits through submitit (SLURM or local processes) and waits. The
+    # job id is kept in results/train/job.json, so a restarted workflow reattaches.
+    input:
+        shards=all_aligned,
+        model="results/stage/florence.json",
+    output:
+        "results/train/metrics.json",
+    params:
+        hf_home=HF_HOME,
+        args=train_args,
+    log:
+        "results/logs/train.log",
+    benchmark:
+        "results/benchmarks/train.tsv"
+    conda:
+        "../../envs/training.yaml"
+    shell:
+        "meldflow train --out results/train --aligned-dir results/aligned "
+        "--hf-home {params.hf_home} {params.args} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        "results/train/metrics.json",
+    output:
+        table=report("results/evaluate/metrics.tsv", caption="../report/metrics.rst",
+                     category="Metrics"),
+        per_class=report("results/evaluate/per_class.tsv", caption="../report/per_class.rst",
+                         category="Metrics"),
+        confusion=report("results/evaluate/confusion_test.png",
+                         caption="../report/confusion.rst", category="Plots"),
+        curves=report("results/evaluate/curves.png", caption="../report/curves.rst",
+                      category="Plots"),
+    log:
+        "results/logs/evaluate.log",
+    benchmark:
+        "results/benchmarks/evaluate.tsv"
+    conda:
+        "../../envs/training.yaml"
+    shell:
+        "meldflow evaluate --run results/train --out results/evaluate > {log} 2>&1"
