@@ -12,36 +12,22 @@ import pyarrow as pa
 
 from meldflow import MeldflowError
 from meldflow.frames import FRAMES_SCHEMA
+from meldflow.ingest import INGEST_SCHEMA
 from meldflow.status import worst
 from meldflow.storage import write_table
-from meldflow.transcribe import WORD_TYPE
+from meldflow.transcribe import TRANSCRIPT_SCHEMA
 
 ROW_GROUP_BYTES = 32 * 1024 * 1024  # tens of MB: big reads on Lustre/GPFS, modest memory
 
-ALIGNED_SCHEMA = pa.schema([
-    ("split", pa.string()),
-    ("dialogue_id", pa.int32()),
-    ("utterance_id", pa.int32()),
-    ("shard", pa.int32()),
-    ("speaker", pa.string()),
-    ("utterance", pa.string()),
-    ("emotion", pa.string()),
-    ("sentiment", pa.string()),
-    ("season", pa.int32()),
-    ("episode", pa.int32()),
-    ("start_s", pa.float64()),
-    ("end_s", pa.float64()),
-    ("status", pa.string()),
-    ("reason", pa.string()),
-    ("flags", pa.list_(pa.string())),
-    ("transcript", pa.string()),
-    ("words", pa.list_(WORD_TYPE)),
-    ("wer", pa.float64()),
-    ("clip_duration_s", pa.float64()),
-    ("frames", FRAMES_SCHEMA.field("frames").type),
-    ("frame_times", pa.list_(pa.float32())),
-    ("frame_words", pa.list_(pa.string())),
-])
+_FROM_INGEST = ("split", "dialogue_id", "utterance_id", "shard", "speaker", "utterance",
+                "emotion", "sentiment", "season", "episode", "start_s", "end_s", "status",
+                "reason", "flags")
+ALIGNED_SCHEMA = pa.schema(
+    [INGEST_SCHEMA.field(name) for name in _FROM_INGEST]
+    + [TRANSCRIPT_SCHEMA.field(name) for name in ("transcript", "words", "wer")]
+    + [FRAMES_SCHEMA.field(name) for name in ("clip_duration_s", "frames", "frame_times")]
+    + [pa.field("frame_words", pa.list_(pa.string()))]
+)
 
 
 def word_at(words: list[dict], t: float) -> str | None:
@@ -87,9 +73,7 @@ def align_shard(rows: pa.Table, transcripts: pa.Table, frames: pa.Table) -> pa.T
         status = worst([rec["status"], f["frame_status"], a["asr_status"]])
         flags = sorted(set(rec["flags"] or []) | set(f["frame_flags"] or [])
                        | set(a["asr_flags"] or []))
-        row = {k: rec[k] for k in ("split", "dialogue_id", "utterance_id", "shard", "speaker",
-                                   "utterance", "emotion", "sentiment", "season", "episode",
-                                   "start_s", "end_s")}
+        row = {k: rec[k] for k in _FROM_INGEST if k not in ("status", "reason", "flags")}
         row.update(
             status=status,
             reason=_join_reasons(rec["reason"], f["frame_reason"], a["asr_reason"]),
