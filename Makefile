@@ -7,7 +7,7 @@ CORES ?= 2
 SYSTEM_PACKAGES := ffmpeg espeak-ng
 SYSTEM_TOOLS := ffmpeg espeak-ng
 
-.PHONY: setup system demo test lint clean help
+.PHONY: setup system demo test lint clean help slurm-up slurm-down
 
 help:
 	@echo "make demo   set up, then run the workflow on the bundled sample"
@@ -52,11 +52,19 @@ demo: setup
 	@echo "      Logs per job:   results/logs/"
 
 test: setup
+	@if [ "$$(id -u)" = 0 ]; then bash cluster/local-slurm/up.sh; \
+	 else echo "not root: the SLURM tests need cluster/local-slurm/up.sh run as root"; fi
 	$(BIN)/pytest -ra $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint
+
+slurm-up:
+	bash cluster/local-slurm/up.sh
+
+slurm-down:
+	bash cluster/local-slurm/down.sh
 
 clean:
 	rm -rf results .snakemake

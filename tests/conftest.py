@@ -51,7 +51,7 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.C
     need_tool("ffmpeg")
     cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
            "--cores", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env_with_venv())
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env_with_venv(), cwd=workdir)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
