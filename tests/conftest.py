@@ -75,3 +75,10 @@ def preprocessed(tmp_path_factory, hf_home) -> Path:
     proc = run_snakemake(work, "preprocess")
     (work / "first_run.log").write_text(proc.stdout + proc.stderr)
     return work
+
+
+@pytest.fixture(scope="session")
+def trained(preprocessed) -> tuple[Path, str]:
+    """The default target (stage, train through submitit, evaluate) after `preprocessed`."""
+    proc = run_snakemake(preprocessed)
+    return preprocessed, proc.stdout + proc.stderr

@@ -37,9 +37,8 @@ def sacct(*args):
     return [line.split("|") for line in out.splitlines() if line]
 
 
-def test_whole_workflow_on_slurm_matches_local_run(slurm_cluster, preprocessed, hf_home,
-                                                   tmp_path):
-    run_snakemake(preprocessed)  # the local run to compare with (no-op if already done)
+def test_whole_workflow_on_slurm_matches_local_run(slurm_cluster, trained, hf_home, tmp_path):
+    preprocessed, _ = trained  # the local run of the same configuration
     work = make_workdir(tmp_path / "slurm", hf_home)
     (work / "cluster" / "slurm").mkdir(parents=True)
     shutil.copy(REPO / "cluster" / "slurm" / "workflow-overrides.yaml",

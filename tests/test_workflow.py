@@ -122,10 +122,9 @@ def test_rerun_after_failure_redoes_only_what_is_missing(tmp_path, hf_home):
     assert len(list((res / "aligned").rglob("shard-*.parquet"))) == n_shards
 
 
-def test_whole_workflow_trains_evaluates_and_reports(preprocessed):
+def test_whole_workflow_trains_evaluates_and_reports(trained):
     """Default target: stage Florence-2, train through submitit (2 gloo tasks), evaluate."""
-    proc = run_snakemake(preprocessed)
-    text = proc.stdout + proc.stderr
+    preprocessed, text = trained
     assert "rule frames" not in text  # preprocessing was already done
     res = preprocessed / "results"
     job = json.loads((res / "train" / "job.json").read_text())

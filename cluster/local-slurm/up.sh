@@ -52,7 +52,7 @@ mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
 if ! mysqladmin ping >/dev/null 2>&1; then
   [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql >/dev/null
   (mariadbd-safe --user=mysql >/dev/null 2>&1 &)
-  for _ in $(seq 100); do mysqladmin ping >/dev/null 2>&1 && break; sleep 0.2; done
+  for _ in $(seq 300); do mysqladmin ping >/dev/null 2>&1 && break; sleep 0.2; done
 fi
 mysqladmin ping >/dev/null 2>&1 || die "MariaDB did not start"
 mysql -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
@@ -109,7 +109,7 @@ CONF
 
 # --- daemons -------------------------------------------------------------------------
 pgrep -x slurmdbd >/dev/null || slurmdbd
-for _ in $(seq 100); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.2; done
+for _ in $(seq 200); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.2; done
 sacctmgr -n list cluster >/dev/null 2>&1 || die "slurmdbd did not answer ($STATE/log/slurmdbd.log)"
 sacctmgr -n list cluster format=cluster%30 | grep -qw "$CLUSTER" \
   || sacctmgr -i add cluster "$CLUSTER" >/dev/null
@@ -120,7 +120,7 @@ sacctmgr -n list user root format=user,defaultaccount%30 | grep -qw "$ACCOUNT" \
 
 pgrep -x slurmctld >/dev/null || slurmctld
 pgrep -x slurmd >/dev/null || slurmd
-for _ in $(seq 150); do
+for _ in $(seq 300); do
   state=$(sinfo -h -o %T 2>/dev/null | head -n 1 || true)
   case "$state" in idle|mixed|allocated) break ;; down*|drain*) scontrol update nodename="$HOST" state=resume 2>/dev/null || true ;; esac
   sleep 0.2

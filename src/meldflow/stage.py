@@ -115,6 +115,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def _update_lock(hf_home: Path, key: str, entry: dict) -> None:
     lock_path = hf_home / LOCK_NAME
     lock = json.loads(lock_path.read_text()) if lock_path.is_file() else {}
+    old = lock.get(key, {})
+    if entry.get("source") == "cache" and old.get("revision") == entry["revision"]:
+        return  # already recorded: keep where it first came from
     lock[key] = entry
     write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n", lock_path)
 
