@@ -54,12 +54,16 @@ def test_frames_are_k_jpegs_spread_over_the_clip():
     assert b > r and b > g
 
 
+def make_clip(path, seconds: float):
+    """A small silent H.264 test-pattern clip of ``seconds`` at 5 fps."""
+    subprocess.run([need_tool("ffmpeg"), "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    f"testsrc=s=64x36:r=5:d={seconds}", "-c:v", "libx264", "-pix_fmt",
+                    "yuv420p", str(path)], check=True)
+    return path
+
+
 def test_long_clip_is_capped(tmp_path):
-    ffmpeg = need_tool("ffmpeg")
-    clip = tmp_path / "long.mp4"
-    subprocess.run([ffmpeg, "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
-                    "testsrc=s=64x36:r=5:d=40", "-c:v", "libx264", "-pix_fmt", "yuv420p",
-                    str(clip)], check=True)
+    clip = make_clip(tmp_path / "long.mp4", 40)
     res = extract_frames(clip, k=4, size=64, max_clip_seconds=8)
     assert res.status == "ok" and "clip_capped" in res.flags
     assert res.duration == pytest.approx(40, abs=0.5)
@@ -67,11 +71,7 @@ def test_long_clip_is_capped(tmp_path):
 
 
 def test_short_clip_repeats_frames(tmp_path):
-    ffmpeg = need_tool("ffmpeg")
-    clip = tmp_path / "short.mp4"
-    subprocess.run([ffmpeg, "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
-                    "testsrc=s=64x36:r=5:d=0.4", "-c:v", "libx264", "-pix_fmt", "yuv420p",
-                    str(clip)], check=True)
+    clip = make_clip(tmp_path / "short.mp4", 0.4)
     res = extract_frames(clip, k=8, size=64)
     assert res.status == "ok" and len(res.frames) == 8
     assert len(set(res.frames)) <= 2
