@@ -146,7 +146,7 @@ def load_florence(hf_home: str | Path, repo_id: str, revision: str = "main"):
 
 
 class Encoder:
-    """Turns rows into model inputs and label strings into padded targets."""
+    """Turns rows into model inputs: the prompt text and, for vision, the frame grid."""
 
     def __init__(self, processor, cfg: TrainConfig, source: Source):
         self.processor, self.cfg, self.source = processor, cfg, source
@@ -546,16 +546,10 @@ class TrainJob:
     def __call__(self) -> dict:
         import submitit
 
-        try:
-            submitit.JobEnvironment()
-            in_submitit = True
+        try:  # outside a submitit job (debug executor, plain call) there is one process
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         except RuntimeError:
-            in_submitit = False
-        if in_submitit and int(os.environ.get("SUBMITIT_LOCAL_JOB_ID", "0") or 0) >= 0:
-            try:
-                submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-            except RuntimeError:
-                pass
+            pass
         os.environ["HF_HOME"] = str(Path(self.cfg.hf_home).resolve())
         os.environ["HF_HUB_OFFLINE"] = "1"
         logging.basicConfig(level=logging.INFO,
