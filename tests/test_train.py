@@ -156,3 +156,20 @@ def test_vision_only_beats_majority_on_held_out_sample(florence_home, preprocess
     out = predict(tmp_path / "vision" / "best", clips=[clip])
     assert out[0]["emotion"] in ("neutral", "joy", "surprise", "anger", "sadness", "disgust",
                                  "fear")
+
+
+def test_loader_workers_give_the_same_training(florence_home, preprocessed, tmp_path):
+    """Two reader processes (with augmentation on) train exactly as the in-process reader."""
+    from meldflow.train import train
+
+    shards = sorted(str(p) for p in (preprocessed / "results" / "aligned" / "train")
+                    .glob("*.parquet"))
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        cfg = _cfg(florence_home, out, train_csv=None, modalities="text+vision", train=shards,
+                   augment=True, streams=1, max_steps=5, loader_workers=workers)
+        train(cfg)
+        runs[workers] = (weights(out / "best"), json.loads((out / "history.json").read_text()))
+    assert max_diff(runs[0][0], runs[2][0]) < 1e-6
+    assert [h["loss"] for h in runs[0][1]] == pytest.approx([h["loss"] for h in runs[2][1]])

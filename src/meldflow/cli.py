@@ -119,6 +119,7 @@ def _train_config(a: argparse.Namespace):
         class_weighting=not a.no_class_weighting, augment=a.augment,
         freeze_vision=a.freeze_vision, grad_checkpointing=a.grad_checkpointing, seed=a.seed,
         checkpoint_every=a.checkpoint_every, streams=a.streams, max_steps=a.max_steps,
+        loader_workers=a.loader_workers,
     )
     if a.aligned_dir and not cfg.train:
         raise MeldflowError(f"no shards in {a.aligned_dir}/train/: run the preprocess target")
@@ -293,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--streams", type=int, default=0,
                    help="data streams (0 = one per task); fixes the batches across task counts")
     s.add_argument("--max-steps", type=int, default=0)
+    s.add_argument("--loader-workers", type=int, default=-1,
+                   help="reader processes per task; -1: up to 4 on a GPU (from the task's "
+                        "CPUs), none on the CPU, where they would compete with the step")
     s.add_argument("--executor", default="local", choices=["local", "slurm", "debug"])
     s.add_argument("--tasks", type=int, default=2, help="tasks (GPUs) per node")
     s.add_argument("--nodes", type=int, default=1)

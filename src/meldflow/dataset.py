@@ -162,18 +162,20 @@ def frames_image(frames: list[bytes], augment: bool = False, rng: random.Random 
         frames = [frames[i] for i in sorted(rng.randrange(len(frames)) for _ in frames)]
     cols = min(4, len(frames))
     grid_rows = -(-len(frames) // cols)
-    images = []
-    for f in frames:
+    cell = (max(1, size[0] // cols), max(1, size[1] // grid_rows)) if size else None
+    grid = None
+    for i, f in enumerate(frames):
         img = Image.open(io.BytesIO(f))
-        if size is not None:
-            img.draft("RGB", (max(1, size[0] // cols), max(1, size[1] // grid_rows)))
-        images.append(img.convert("RGB"))
-    w, h = images[0].size
-    if size is not None:
-        w, h = max(1, size[0] // cols), max(1, size[1] // grid_rows)
-    grid = Image.new("RGB", (w * cols, h * grid_rows))
-    for i, img in enumerate(images):
-        grid.paste(img.resize((w, h)), ((i % cols) * w, (i // cols) * h))
+        if cell is not None:
+            img.draft("RGB", cell)
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        cell = cell or img.size
+        if img.size != cell:  # bilinear: as good as bicubic at these factors, and cheaper
+            img = img.resize(cell, Image.Resampling.BILINEAR)
+        if grid is None:
+            grid = Image.new("RGB", (cell[0] * cols, cell[1] * grid_rows))
+        grid.paste(img, ((i % cols) * cell[0], (i // cols) * cell[1]))
     if augment and rng is not None:
         grid = ImageEnhance.Brightness(grid).enhance(rng.uniform(0.8, 1.2))
     return grid

@@ -67,6 +67,7 @@ class TrainConfig:
     streams: int = 0  # 0: one data stream per rank
     max_steps: int = 0  # 0: whole epochs (tests use a cap)
     eval_batch: int = 16
+    loader_workers: int = -1  # -1: auto (on GPU up to 4 per rank from its CPUs; 0 on CPU)
 
     def validate(self) -> None:
         if self.modalities not in ("text", "vision", "text+vision"):
@@ -307,6 +308,71 @@ def _batch_to(batch, device) -> dict:
     return {k: batch[k].to(device) for k in keys if k in batch}
 
 
+def resolve_workers(requested: int, device_type: str) -> int:
+    """Loader worker processes per rank: ``requested``, or for -1 a choice by device.
+
+    On a GPU the step is fast and JPEG decoding would starve it, so each rank takes up to
+    4 of the CPUs it was given, one left for itself. On the CPU the step needs every core,
+    and workers would only compete with it (see benchmarks/bench_train.py).
+    """
+    if requested >= 0:
+        return requested
+    if device_type != "cuda":
+        return 0
+    cpus = len(os.sched_getaffinity(0))
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        cpus = min(cpus, int(os.environ["SLURM_CPUS_PER_TASK"]))
+    return max(0, min(4, cpus - 1))
+
+
+class MicroBatches:
+    """Map-style dataset: item i is this rank's micro-batch i, read and encoded.
+
+    Each item carries its own augmentation seed, so any number of loader workers (each
+    taking whole items) gives exactly the batches of the single-process reader.
+    """
+
+    def __init__(self, encoder: Encoder, source: Source, jobs: list):
+        self.encoder, self.source, self.jobs = encoder, source, jobs
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i: int) -> dict:
+        picks, seed = self.jobs[i]
+        rows = [self.source.rows(u)[r] for u, r, _ in picks]
+        rng = random.Random(seed) if self.encoder.cfg.augment else None
+        batch = self.encoder.inputs(rows, rng)
+        return {"batch": {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")
+                          if k in batch},
+                "emotion": [EMOTIONS.index(r["emotion"]) for r in rows],
+                "sentiment": [SENTIMENTS.index(r["sentiment"]) for r in rows]}
+
+
+def _worker_init(_: int) -> None:
+    import signal
+
+    import torch
+
+    # SLURM signals every process of the step; only the main process may checkpoint and
+    # requeue (submitit's handler is inherited through fork).
+    for sig in (signal.SIGUSR2, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+def micro_batches(encoder: Encoder, source: Source, jobs: list, workers: int = 0):
+    """The encoded micro-batches of ``jobs`` in order, read by ``workers`` processes (0: here)."""
+    data = MicroBatches(encoder, source, jobs)
+    if workers <= 0 or len(jobs) < 2:
+        return (data[i] for i in range(len(data)))
+    import torch
+
+    return torch.utils.data.DataLoader(data, batch_size=None, shuffle=False,
+                                       num_workers=min(workers, len(jobs)),
+                                       worker_init_fn=_worker_init, prefetch_factor=2)
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) in this process, one DDP rank of ``WORLD_SIZE``; returns metrics."""
     import torch
@@ -391,9 +457,20 @@ def train(cfg: TrainConfig) -> dict:
 
     model.train()
     started = time.monotonic()
+    workers = resolve_workers(cfg.loader_workers, device.type)
     while state["step"] < total and state["epoch"] < cfg.epochs:
         plan = plan_epoch(train_src.units, streams, local_batch, cfg.seed, state["epoch"])
-        for step in range(state["step_in_epoch"], steps_per_epoch):
+        first = state["step_in_epoch"]
+        last = min(steps_per_epoch, first + total - state["step"])
+        jobs = []  # this rank's micro-batches for the rest of the epoch, in order
+        for step in range(first, last):
+            picks = [p for s in my_streams
+                     for p in plan[s][step * local_batch:(step + 1) * local_batch]]
+            micro = max(1, len(picks) // cfg.grad_accum)
+            jobs += [(picks[m:m + micro], hash((cfg.seed, state["epoch"], step, rank, m)))
+                     for m in range(0, len(picks), micro)]
+        loaded = iter(micro_batches(encoder, train_src, jobs, workers))
+        for step in range(first, steps_per_epoch):
             if state["step"] >= total:
                 break
             window = slice(step * local_batch, (step + 1) * local_batch)
@@ -403,19 +480,17 @@ def train(cfg: TrainConfig) -> dict:
             norm = sum(w * weights[unit_emotions[u][r]]
                        for s in range(streams) for u, r, w in plan[s][window]) or 1.0
             norm_s = sum(w for s in range(streams) for _, _, w in plan[s][window]) or 1.0
-            aug_rng = random.Random(hash((cfg.seed, state["epoch"], step, rank)))
             optim.zero_grad(set_to_none=True)
             micro = max(1, len(picks) // cfg.grad_accum)
             loss_sum = 0.0
             for m in range(0, len(picks), micro):
                 chunk = picks[m:m + micro]
-                rows = [train_src.rows(u)[r] for u, r, _ in chunk]
-                batch = _batch_to(encoder.inputs(rows, aug_rng), device)
-                emo = torch.tensor([EMOTIONS.index(r["emotion"]) for r in rows], device=device)
-                sen = torch.tensor([SENTIMENTS.index(r["sentiment"]) for r in rows],
-                                   device=device)
+                item = next(loaded)
+                batch = _batch_to(item["batch"], device)
+                emo = torch.tensor(item["emotion"], device=device)
+                sen = torch.tensor(item["sentiment"], device=device)
                 w = torch.tensor([c[2] for c in chunk], device=device)
-                cw = torch.tensor([weights[r["emotion"]] for r in rows], device=device)
+                cw = torch.tensor([weights[EMOTIONS[e]] for e in item["emotion"]], device=device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     emo_logits, sen_logits = ddp(**batch)
                 loss = ((F.cross_entropy(emo_logits.float(), emo, reduction="none") * w * cw)

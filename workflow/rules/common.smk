@@ -47,7 +47,7 @@ def train_args(wildcards):
     args = [f"--model-repo {config['florence_repo']}",
             f"--revision {config.get('florence_revision', 'main')}"]
     for key in ("executor", "tasks", "nodes", "modalities", "text_source", "context_turns",
-                "epochs", "global_batch", "lr", "time_min"):
+                "epochs", "global_batch", "lr", "time_min", "loader_workers"):
         if key in t:
             args.append(f"--{key.replace('_', '-')} {t[key]}")
     slurm = t.get("slurm") or {}
