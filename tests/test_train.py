@@ -173,3 +173,16 @@ def test_loader_workers_give_the_same_training(florence_home, preprocessed, tmp_
         runs[workers] = (weights(out / "best"), json.loads((out / "history.json").read_text()))
     assert max_diff(runs[0][0], runs[2][0]) < 1e-6
     assert [h["loss"] for h in runs[0][1]] == pytest.approx([h["loss"] for h in runs[2][1]])
+
+
+def test_grad_accumulation_and_checkpointing_change_nothing(florence_home, tmp_path):
+    """Both only trade memory for time: the weights must come out the same."""
+    from meldflow.train import train
+
+    runs = {}
+    for name, kw in {"plain": {}, "accum": {"grad_accum": 2},
+                     "ckpt": {"grad_checkpointing": True}}.items():
+        train(_cfg(florence_home, tmp_path / name, streams=1, max_steps=4, **kw))
+        runs[name] = weights(tmp_path / name / "best")
+    assert max_diff(runs["plain"], runs["accum"]) < 1e-5
+    assert max_diff(runs["plain"], runs["ckpt"]) < 1e-5
