@@ -9,6 +9,7 @@ ACCOUNT=meldflow
 STATE=${MELDFLOW_SLURM_STATE:-/var/lib/meldflow-slurm}
 ETC=/etc/slurm
 PACKAGES="munge mariadb-server slurmdbd slurmctld slurmd slurm-client"
+CONF_VERSION="meldflow local-slurm configuration v3"  # bump when slurm.conf changes
 
 log() { echo "[local-slurm] $*"; }
 die() { echo "[local-slurm] error: $*" >&2; exit 1; }
@@ -16,7 +17,8 @@ die() { echo "[local-slurm] error: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages and starts daemons)"
 
 if sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)' \
-   && sacct -n -X -S now-1minutes >/dev/null 2>&1; then
+   && sacct -n -X -S now-1minutes >/dev/null 2>&1 \
+   && grep -qF "# $CONF_VERSION" "$ETC/slurm.conf" 2>/dev/null; then
   log "already up: $(sinfo -h -o '%P %D %T')"
   exit 0
 fi
@@ -75,7 +77,9 @@ CONF
 chmod 600 "$ETC/slurmdbd.conf"
 
 NODE=$(slurmd -C | head -n 1)
+old_conf=$(cat "$ETC/slurm.conf" 2>/dev/null || true)
 cat > "$ETC/slurm.conf" <<CONF
+# $CONF_VERSION
 # Written by cluster/local-slurm/up.sh: one node, accounting through slurmdbd.
 ClusterName=$CLUSTER
 SlurmctldHost=$HOST
@@ -90,6 +94,8 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=2
+# Keep the job comment (Snakemake puts rule and wildcards there) for meldflow status.
+AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
 ReturnToService=2
 MinJobAge=300
@@ -118,6 +124,10 @@ sacctmgr -n list account format=account%30 | grep -qw "$ACCOUNT" \
 sacctmgr -n list user root format=user,defaultaccount%30 | grep -qw "$ACCOUNT" \
   || sacctmgr -i add user root Account="$ACCOUNT" DefaultAccount="$ACCOUNT" >/dev/null
 
+# Running daemons re-read a changed configuration instead of keeping the old one.
+if pgrep -x slurmctld >/dev/null && [ "$old_conf" != "$(cat "$ETC/slurm.conf")" ]; then
+  scontrol reconfigure || die "scontrol reconfigure failed ($STATE/log/)"
+fi
 pgrep -x slurmctld >/dev/null || slurmctld
 pgrep -x slurmd >/dev/null || slurmd
 for _ in $(seq 300); do

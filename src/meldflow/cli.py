@@ -152,6 +152,15 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     print(run_evaluate(a.run, a.out), end="")
 
 
+def cmd_status(a: argparse.Namespace) -> None:
+    from meldflow.monitor import status
+
+    try:
+        status(a.dir, a.run, a.json, a.watch, a.lines)
+    except KeyboardInterrupt:
+        pass
+
+
 def cmd_predict(a: argparse.Namespace) -> None:
     import json
 
@@ -321,6 +330,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--out", help="also write the probabilities as JSON here")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser(
+        "status", help="SLURM state of a workflow run's jobs and its training job (sacct)",
+        description="One row per SLURM job of a `snakemake --profile cluster/slurm` run: "
+                    "rule, wildcards, attempt, state, exit code, elapsed time, CPU "
+                    "efficiency, peak memory against the request; for failed jobs the "
+                    "SLURM log and its last lines. Pending jobs show why they wait.")
+    s.add_argument("--dir", default=".", help="the workflow's working folder (default: .)")
+    s.add_argument("--run", help="SLURM run ID (default: the newest in .snakemake/log/)")
+    s.add_argument("--watch", type=float, default=0, metavar="SECONDS",
+                   help="refresh every SECONDS until every job has ended")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--lines", type=int, default=5, help="log lines shown per failed job")
+    s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("make-sample", help="regenerate the small synthetic sample dataset "
                                            "(needs espeak-ng and ffmpeg)")

