@@ -65,8 +65,8 @@ def rule_seconds(work: Path) -> dict[tuple[str, str], float]:
     return out
 
 
-def slurm_overheads(work: Path) -> tuple[list[float], list[float]]:
-    """Per job: (SLURM elapsed + queue wait - rule time), and the queue wait alone."""
+def slurm_jobs(work: Path) -> list[dict]:
+    """Per completed SLURM job: queue wait, SLURM elapsed time and the rule's own time."""
     from meldflow.monitor import latest_run_id
 
     run_id = latest_run_id(work)
@@ -74,18 +74,15 @@ def slurm_overheads(work: Path) -> tuple[list[float], list[float]]:
                           "Comment%300,Submit,Start,ElapsedRaw,State"],
                          capture_output=True, text=True, check=True).stdout
     inside = rule_seconds(work)
-    overheads, waits = [], []
+    jobs = []
     for line in out.splitlines():
         comment, submit, start, elapsed, state = line.split("|")
-        if state != "COMPLETED" or not comment.startswith("rule_"):
-            continue
         rule, _, wildcards = comment[5:].partition("_wildcards_")
+        if state != "COMPLETED" or (rule, wildcards) not in inside:
+            continue
         wait = (datetime.fromisoformat(start) - datetime.fromisoformat(submit)).total_seconds()
-        key = (rule, wildcards) if (rule, wildcards) in inside else (rule, "")
-        if key in inside:
-            overheads.append(int(elapsed) + wait - inside[key])
-            waits.append(wait)
-    return overheads, waits
+        jobs.append({"wait": wait, "elapsed": int(elapsed), "rule": inside[(rule, wildcards)]})
+    return jobs
 
 
 def main() -> None:
@@ -117,24 +114,25 @@ def main() -> None:
         print(f"running: {name} ...", flush=True)
         walls[name] = run(works[name], extra)
     local = works["local executor"]
-    n_jobs = len(rule_seconds(local))
+    n_jobs = len(rule_seconds(local)) - 1  # stage_whisper is a local rule in every mode
     shards = len(list((local / "results" / "aligned" / "train").glob("*.parquet")))
     base = walls["local executor"]
-    print(f"\npreprocess, train split of the sample: {shards} shards, {n_jobs} jobs, "
+    print(f"\npreprocess on the sample's train split: {shards} shards, {n_jobs} jobs, "
           f"2 CPUs; wall time relative to the local executor:")
     for name, wall in walls.items():
         print(f"    {name:32s} {wall / base:5.2f}x")
     for name in modes:
         if name == "local executor":
             continue
-        over, waits = slurm_overheads(works[name])
-        if over:
-            work_s = sum(rule_seconds(works[name]).values())
-            print(f"    {name}: per job, overhead median {statistics.median(over):.1f} s "
-                  f"(queue wait median {statistics.median(waits):.1f} s) against a median "
-                  f"rule time of {statistics.median(rule_seconds(works[name]).values()):.1f}"
-                  f" s; total overhead / total rule time = "
-                  f"{sum(over) / work_s:.2f}")
+        jobs = slurm_jobs(works[name])
+        extra_wall = (walls[name] - base) / n_jobs
+        in_job = [j["elapsed"] - j["rule"] for j in jobs]
+        rule_time = statistics.median(j["rule"] for j in jobs)
+        print(f"    {name}: {len(jobs)} SLURM jobs; extra wall time per job "
+              f"{extra_wall:.1f} s; inside each job, SLURM elapsed minus the rule's own "
+              f"time: median {statistics.median(in_job):.1f} s (the rule itself: median "
+              f"{rule_time:.1f} s); queue wait median "
+              f"{statistics.median(j['wait'] for j in jobs):.1f} s (2 CPUs for all jobs)")
     print(f"(work folders under {root})")
 
 

@@ -160,6 +160,7 @@ def test_cancelled_and_timed_out_shard_jobs_are_resubmitted(slurm_cluster, prepr
     text = (tmp_path / "snakemake.log").read_text()
     assert rc == 0, text[-4000:]
     assert (tmp_path / "slow-once").is_dir()  # the slow call happened
+    assert list((work / "results" / "logs" / "slurm").glob("efficiency_report_*.csv"))
     attempts = {}
     for job_id, comment, state in sacct("-S", start, "-o", "JobIDRaw,Comment%200,State%40"):
         if comment.startswith("rule_"):
