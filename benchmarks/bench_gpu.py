@@ -1,0 +1,121 @@
+"""Florence-2-base architecture (randomly initialised, nothing downloaded) with meldflow's
+classifier heads: training samples/s, peak memory and model FLOPs utilisation per batch
+size, bf16 autocast against fp32 (the naive baseline) measured in the same run.
+
+Prepared for a short GPU lease (a few minutes in all):
+    .venv/bin/python benchmarks/bench_gpu.py [--batches 8 16 32] [--steps 10]
+Smoke test on a CPU (tiny sizes, nothing meaningful):
+    .venv/bin/python benchmarks/bench_gpu.py --device cpu --batches 1 --steps 1 --no-fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def base_config():
+    """Florence-2-base's shapes: DaViT (1,1,9,1 blocks; 128..1024 wide) + BART-base.
+
+    The vocabulary includes the image token (id 51289), which the embedding looks up.
+    """
+    from transformers import Florence2Config
+
+    return Florence2Config(
+        vision_config=dict(depths=[1, 1, 9, 1], embed_dim=[128, 256, 512, 1024],
+                           num_heads=[4, 8, 16, 32], num_groups=[4, 8, 16, 32],
+                           window_size=12, projection_dim=768),
+        text_config=dict(vocab_size=51290, d_model=768, encoder_layers=6, decoder_layers=6,
+                         encoder_attention_heads=12, decoder_attention_heads=12,
+                         encoder_ffn_dim=3072, decoder_ffn_dim=3072),
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--image-size", type=int, default=768)
+    ap.add_argument("--text-tokens", type=int, default=48, help="prompt tokens per sample")
+    ap.add_argument("--peak-tflops", type=float, default=989.0,
+                    help="the device's dense bf16 peak (H100/H200 SXM: 989)")
+    ap.add_argument("--grad-checkpointing", action="store_true")
+    ap.add_argument("--no-fp32", action="store_true", help="skip the fp32 baseline")
+    args = ap.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import Florence2ForConditionalGeneration
+
+    from meldflow.train import build_heads
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    florence = Florence2ForConditionalGeneration(base_config())
+    if args.grad_checkpointing:
+        florence.gradient_checkpointing_enable()
+    model = build_heads(florence).to(device).train()
+    params = sum(p.numel() for p in model.parameters())
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    image_tokens = (args.image_size // 32) ** 2 + 1
+    image_id = florence.config.image_token_id
+
+    def batch(n):
+        text = torch.randint(10, 50000, (n, args.text_tokens), device=device)
+        ids = torch.cat([torch.full((n, image_tokens), image_id, device=device), text], 1)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                "pixel_values": torch.randn(n, 3, args.image_size, args.image_size,
+                                            device=device)}
+
+    def step(inputs, labels, bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            e, s = model(**inputs)
+        loss = F.cross_entropy(e.float(), labels) + F.cross_entropy(s.float(), labels % 3)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    print(f"Florence-2-base shapes, random init, {params / 1e6:.0f}M parameters, "
+          f"{args.image_size}px ({image_tokens} image tokens) + {args.text_tokens} text "
+          f"tokens, {device}, grad checkpointing {'on' if args.grad_checkpointing else 'off'}")
+    print(f"{'batch':>5} {'precision':>9} {'samples/s':>10} {'vs fp32':>8} {'peak GiB':>9} "
+          f"{'MFU':>6}")
+    for n in args.batches:
+        inputs, labels = batch(n), torch.randint(0, 7, (n,), device=device)
+        with FlopCounterMode(display=False) as counter:
+            step(inputs, labels, False)
+        flops = counter.get_total_flops()
+        rates = {}
+        for precision in (["bf16"] if args.no_fp32 else ["fp32", "bf16"]):
+            bf16 = precision == "bf16"
+            try:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                step(inputs, labels, bf16)  # warm-up
+                sync()
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    step(inputs, labels, bf16)
+                sync()
+                dt = (time.perf_counter() - start) / args.steps
+            except torch.OutOfMemoryError:
+                print(f"{n:5d} {precision:>9} out of memory")
+                continue
+            rates[precision] = n / dt
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0
+            mfu = flops / dt / (args.peak_tflops * 1e12)
+            ratio = f"{rates[precision] / rates['fp32']:.2f}x" if "fp32" in rates else "-"
+            print(f"{n:5d} {precision:>9} {rates[precision]:10.1f} {ratio:>8} {peak:9.1f} "
+                  f"{mfu:6.1%}", flush=True)
+    print("MFU: FLOPs of one training step (torch's FlopCounterMode) / step time / peak.")
+
+
+if __name__ == "__main__":
+    main()
