@@ -40,6 +40,24 @@ def sacct(*args):
     return [line.split("|") for line in out.splitlines() if line]
 
 
+def slurm_workdir(root, hf_home, **overrides):
+    """A working folder for `--profile cluster/slurm` (its configfiles resolve from here)."""
+    work = make_workdir(root, hf_home, **overrides)
+    (work / "cluster" / "slurm").mkdir(parents=True)
+    shutil.copy(REPO / "cluster" / "slurm" / "workflow-overrides.yaml",
+                work / "cluster" / "slurm")
+    return work
+
+
+def start_snakemake(work, log_path, *args, env=None):
+    """Snakemake with the SLURM profile in the background, its output in ``log_path``."""
+    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores",
+             "2", "--profile", str(REPO / "cluster" / "slurm"), *args],
+            cwd=work, env=env or env_with_venv(), stdout=log, stderr=subprocess.STDOUT)
+
+
 def _signal_training_once(work, proc, timeout=900):
     """Once training has checkpointed, send its job the signal SLURM sends on preemption
     or near the time limit (USR2 to every task); returns the job id."""
@@ -59,23 +77,15 @@ def test_whole_workflow_on_slurm_matches_local_run(slurm_cluster, trained, hf_ho
     """Shard jobs and a 2-task submitit training job on SLURM; training is signalled mid-run,
     requeued and resumed, and everything still equals the local run."""
     preprocessed, _ = trained  # the local run of the same configuration
-    work = make_workdir(tmp_path / "slurm", hf_home)
-    (work / "cluster" / "slurm").mkdir(parents=True)
-    shutil.copy(REPO / "cluster" / "slurm" / "workflow-overrides.yaml",
-                work / "cluster" / "slurm")
+    work = slurm_workdir(tmp_path / "slurm", hf_home)
     start = time.strftime("%Y-%m-%dT%H:%M:%S")
-    log = open(tmp_path / "snakemake.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores",
-         "2", "--profile", str(REPO / "cluster" / "slurm")],
-        cwd=work, env=env_with_venv(), stdout=log, stderr=subprocess.STDOUT)
+    proc = start_snakemake(work, tmp_path / "snakemake.log")
     try:
         signalled = _signal_training_once(work, proc)
         rc = proc.wait(timeout=1200)
     finally:
         if proc.poll() is None:
             proc.kill()
-        log.close()
     text = (tmp_path / "snakemake.log").read_text()
     assert rc == 0, text[-4000:]
     assert signalled, "training was never seen with a checkpoint"
@@ -121,10 +131,7 @@ def _squeue_running(prefix):
 
 def test_cancelled_and_timed_out_shard_jobs_are_resubmitted(slurm_cluster, preprocessed,
                                                             hf_home, tmp_path):
-    work = make_workdir(tmp_path / "resubmit", hf_home, splits=["train"])
-    (work / "cluster" / "slurm").mkdir(parents=True)
-    shutil.copy(REPO / "cluster" / "slurm" / "workflow-overrides.yaml",
-                work / "cluster" / "slurm")
+    work = slurm_workdir(tmp_path / "resubmit", hf_home, splits=["train"])
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "ffmpeg").write_text(SLOW_FIRST_FFMPEG.format(marker=tmp_path / "slow-once",
@@ -133,12 +140,8 @@ def test_cancelled_and_timed_out_shard_jobs_are_resubmitted(slurm_cluster, prepr
     env = env_with_venv()
     env["PATH"] = f"{fake}{os.pathsep}{env['PATH']}"
     start = time.strftime("%Y-%m-%dT%H:%M:%S")
-    log = open(tmp_path / "snakemake.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores",
-         "2", "--profile", str(REPO / "cluster" / "slurm"),
-         "--set-resources", "frames:runtime=1", "--", "preprocess"],
-        cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = start_snakemake(work, tmp_path / "snakemake.log", "--set-resources",
+                           "frames:runtime=1", "--", "preprocess", env=env)
     try:
         cancelled = None
         deadline = time.monotonic() + 300
@@ -156,7 +159,6 @@ def test_cancelled_and_timed_out_shard_jobs_are_resubmitted(slurm_cluster, prepr
     finally:
         if proc.poll() is None:
             proc.kill()
-        log.close()
     text = (tmp_path / "snakemake.log").read_text()
     assert rc == 0, text[-4000:]
     assert (tmp_path / "slow-once").is_dir()  # the slow call happened

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meldflow import MeldflowError
-from meldflow.dataset import Source, frames_image, plan_epoch, prompt
+from meldflow.dataset import Source, frames_image, label_index, plan_epoch, prompt
 from meldflow.ingest import EMOTIONS, SENTIMENTS
 from meldflow.stage import FLORENCE_TINY_REPO, cached_snapshot, florence_complete
 
@@ -303,9 +303,11 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
+
+
 def _batch_to(batch, device) -> dict:
-    keys = ("input_ids", "attention_mask", "pixel_values")
-    return {k: batch[k].to(device) for k in keys if k in batch}
+    return {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
 
 
 def resolve_workers(requested: int, device_type: str) -> int:
@@ -343,10 +345,10 @@ class MicroBatches:
         rows = [self.source.rows(u)[r] for u, r, _ in picks]
         rng = random.Random(seed) if self.encoder.cfg.augment else None
         batch = self.encoder.inputs(rows, rng)
-        return {"batch": {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")
-                          if k in batch},
-                "emotion": [EMOTIONS.index(r["emotion"]) for r in rows],
-                "sentiment": [SENTIMENTS.index(r["sentiment"]) for r in rows]}
+        labels = [label_index(r) for r in rows]
+        return {"batch": {k: batch[k] for k in MODEL_INPUTS if k in batch},
+                "emotion": [e for e, _ in labels], "sentiment": [s for _, s in labels],
+                "weight": [w for _, _, w in picks]}
 
 
 def _worker_init(_: int) -> None:
@@ -462,34 +464,33 @@ def train(cfg: TrainConfig) -> dict:
         plan = plan_epoch(train_src.units, streams, local_batch, cfg.seed, state["epoch"])
         first = state["step_in_epoch"]
         last = min(steps_per_epoch, first + total - state["step"])
-        jobs = []  # this rank's micro-batches for the rest of the epoch, in order
+        # This rank's micro-batches for the rest of the epoch, per step, in order.
+        step_jobs = {}
         for step in range(first, last):
             picks = [p for s in my_streams
                      for p in plan[s][step * local_batch:(step + 1) * local_batch]]
             micro = max(1, len(picks) // cfg.grad_accum)
-            jobs += [(picks[m:m + micro], hash((cfg.seed, state["epoch"], step, rank, m)))
-                     for m in range(0, len(picks), micro)]
-        loaded = iter(micro_batches(encoder, train_src, jobs, workers))
+            step_jobs[step] = [(picks[m:m + micro], hash((cfg.seed, state["epoch"], step, rank, m)))
+                               for m in range(0, len(picks), micro)]
+        loaded = iter(micro_batches(encoder, train_src,
+                                    [job for jobs in step_jobs.values() for job in jobs], workers))
         for step in range(first, steps_per_epoch):
             if state["step"] >= total:
                 break
             window = slice(step * local_batch, (step + 1) * local_batch)
-            picks = [p for s in my_streams for p in plan[s][window]]
             # The normaliser covers the whole global batch, so N ranks sum to what one
             # process computes; it comes from the plan, with no communication.
             norm = sum(w * weights[unit_emotions[u][r]]
                        for s in range(streams) for u, r, w in plan[s][window]) or 1.0
             norm_s = sum(w for s in range(streams) for _, _, w in plan[s][window]) or 1.0
             optim.zero_grad(set_to_none=True)
-            micro = max(1, len(picks) // cfg.grad_accum)
             loss_sum = 0.0
-            for m in range(0, len(picks), micro):
-                chunk = picks[m:m + micro]
+            for _ in step_jobs[step]:
                 item = next(loaded)
                 batch = _batch_to(item["batch"], device)
                 emo = torch.tensor(item["emotion"], device=device)
                 sen = torch.tensor(item["sentiment"], device=device)
-                w = torch.tensor([c[2] for c in chunk], device=device)
+                w = torch.tensor(item["weight"], device=device)
                 cw = torch.tensor([weights[EMOTIONS[e]] for e in item["emotion"]], device=device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     emo_logits, sen_logits = ddp(**batch)
