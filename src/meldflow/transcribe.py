@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
-import jiwer
 import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
@@ -64,6 +63,8 @@ def word_error_rate(reference: str, hypothesis: str) -> float | None:
         return None
     if not hyp:
         return 1.0
+    import jiwer
+
     return float(jiwer.wer(ref, hyp))
 
 
