@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from meldflow.storage import atomic_path
+
 
 def classification_metrics(gold: list[str], pred: list[str], labels: tuple[str, ...]) -> dict:
     """Accuracy, weighted and macro F1, and per-class precision/recall/F1/support.
@@ -80,7 +82,8 @@ def plot_confusion(metrics: dict, out: str | Path, title: str = "") -> Path:
     ax.set_title(title or f"weighted F1 {metrics['weighted_f1']:.3f}")
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out, dpi=100)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return out
 
@@ -99,7 +102,8 @@ def plot_curves(history: list[dict], out: str | Path) -> Path:
     a2.set_ylabel("dev weighted F1")
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out, dpi=100)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return out
 

@@ -1,20 +1,49 @@
-"""Atomic Parquet writes: a reader never sees a half-written file, a crash leaves no output."""
+"""Atomic writes: a reader never sees a half-written file, a crash leaves no output.
+
+Files get the mode the umask gives any new file (0644 under 022, 0664 under 002), so a
+cache or results folder written by one user is readable by colleagues. ``mkstemp``, which
+the temporary names come from, would otherwise leave every file 0600.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it where Linux allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # elsewhere: set and restore, under a lock
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` would give a new file here (0666 less the umask)."""
+    return 0o666 & ~current_umask()
+
 
 def _tmp_beside(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, new_file_mode())
     os.close(fd)
     return Path(tmp)
 
@@ -53,11 +82,22 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
     return path
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON metadata that :func:`write_table` stored with a table."""
-    raw = pq.read_schema(path).metadata or {}
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path`` to write to; renamed onto ``path`` on success."""
+    path = Path(path)
+    tmp = _tmp_beside(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def table_metadata(table: pa.Table) -> dict[str, Any]:
+    """The JSON metadata that :func:`write_table` stored with a table, as read back."""
     out = {}
-    for k, v in raw.items():
+    for k, v in (table.schema.metadata or {}).items():
         key = k.decode()
         if key.startswith("ARROW:") or key == "pandas":
             continue
@@ -66,3 +106,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         except ValueError:
             continue
     return out
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata that :func:`write_table` stored in a Parquet file."""
+    return table_metadata(pq.read_schema(path).empty_table())
