@@ -14,7 +14,7 @@ from meldflow import MeldflowError
 from meldflow.frames import FRAMES_SCHEMA
 from meldflow.ingest import INGEST_SCHEMA
 from meldflow.status import worst
-from meldflow.storage import write_table
+from meldflow.storage import table_metadata, write_table
 from meldflow.transcribe import TRANSCRIPT_SCHEMA
 
 ROW_GROUP_BYTES = 32 * 1024 * 1024  # tens of MB: big reads on Lustre/GPFS, modest memory
@@ -97,5 +97,8 @@ def rows_per_group(table: pa.Table, target_bytes: int = ROW_GROUP_BYTES) -> int:
 
 def run_align(rows: pa.Table, transcripts: pa.Table, frames: pa.Table, out: str | Path) -> pa.Table:
     table = align_shard(rows, transcripts, frames)
-    write_table(table, out, row_group_size=rows_per_group(table))
+    # The shard carries what made it: the Whisper model's file hashes and the decoding and
+    # frame options, copied from the two inputs.
+    made_of = {**table_metadata(transcripts), **table_metadata(frames)}
+    write_table(table, out, row_group_size=rows_per_group(table), metadata=made_of)
     return table

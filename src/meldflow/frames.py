@@ -14,7 +14,7 @@ import ffmpeg
 import pyarrow as pa
 from tqdm import tqdm
 
-from meldflow.probe import ClipError, clip_info, last_line
+from meldflow.probe import ClipError, clip_info, duration_flag, last_line
 from meldflow.status import NO_CLIP
 from meldflow.storage import write_table
 
@@ -64,6 +64,16 @@ def split_jpegs(stream: bytes) -> list[bytes]:
     return [p + b"\xff\xd9" for p in parts if p.startswith(b"\xff\xd8")]
 
 
+def decode_errors(stderr: bytes) -> int:
+    """Error lines in ffmpeg's ``-loglevel level+info`` output (damaged packets, bad NALs)."""
+    return stderr.count(b"[error]")
+
+
+def errors_example(stderr: bytes) -> str:
+    line = next(ln for ln in stderr.decode("utf-8", "replace").splitlines() if "[error]" in ln)
+    return line.split("[error]", 1)[1].strip()
+
+
 def extract_frames(
     path: str | Path,
     k: int = 8,
@@ -83,7 +93,7 @@ def extract_frames(
     try:
         info = clip_info(path)
     except ClipError as exc:
-        return FrameResult(status="unreadable_video", reason=str(exc))
+        return FrameResult(status=exc.status, reason=str(exc))
     if not info.has_video:
         return FrameResult(status="no_video_stream", reason="clip has no video stream",
                            duration=info.duration)
@@ -104,7 +114,7 @@ def extract_frames(
                 force_divisible_by=2)
         .output("pipe:", format="image2pipe", vcodec="mjpeg", fps_mode="passthrough",
                 **{"q:v": jpeg_quality})
-        .global_args("-nostdin", "-hide_banner", "-loglevel", "info")
+        .global_args("-nostdin", "-hide_banner", "-loglevel", "level+info")
     )
     try:
         out, err = stream.run(capture_stdout=True, capture_stderr=True)
@@ -116,6 +126,11 @@ def extract_frames(
     if not images:
         return FrameResult(status="unreadable_video", duration=info.duration,
                            reason=f"no frame decoded: {last_line(err)}")
+    errors = decode_errors(err)
+    if errors:
+        res.flags.append("decode_errors")
+        res.reason = "; ".join(filter(None, [res.reason, f"{errors} video decode error(s), "
+                                             f"e.g. {errors_example(err)}"]))
     if len(pts) != len(images):  # showinfo lost a line; fall back to the targets
         pts = targets[: len(images)]
     for t in targets:
@@ -128,14 +143,20 @@ def extract_frames(
 def frames_for_rows(rows: pa.Table, k: int, size: int, max_clip_seconds: float,
                     workers: int = 1) -> pa.Table:
     """Frames for every row of an ingest table; rows without a clip are passed through."""
-    recs = rows.select(["split", "dialogue_id", "utterance_id", "clip_path", "status"]).to_pylist()
+    recs = rows.select(["split", "dialogue_id", "utterance_id", "clip_path", "status",
+                        "start_s", "end_s"]).to_pylist()
 
     def one(rec: dict) -> FrameResult:
         if rec["status"] in NO_CLIP or not rec["clip_path"]:
             return FrameResult(status=rec["status"], reason="no clip to decode")
         # With several clips in flight, one decoding thread each avoids oversubscription.
-        return extract_frames(rec["clip_path"], k, size, max_clip_seconds,
-                              threads=1 if workers > 1 else 0)
+        res = extract_frames(rec["clip_path"], k, size, max_clip_seconds,
+                             threads=1 if workers > 1 else 0)
+        off = duration_flag(res.duration, rec["start_s"], rec["end_s"])
+        if off:
+            res.flags.append("duration_mismatch")
+            res.reason = "; ".join(filter(None, [res.reason, off]))
+        return res
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(tqdm(pool.map(one, recs), total=len(recs), desc="frames",
@@ -157,5 +178,17 @@ def frames_for_rows(rows: pa.Table, k: int, size: int, max_clip_seconds: float,
 def run_frames(rows: pa.Table, out: str | Path, k: int, size: int, max_clip_seconds: float,
                workers: int = 1) -> pa.Table:
     table = frames_for_rows(rows, k, size, max_clip_seconds, workers)
-    write_table(table, out, row_group_size=64)
+    write_table(table, out, row_group_size=64, metadata={"meldflow_frames": {
+        "frames_per_utterance": k, "frame_size": size, "max_clip_seconds": max_clip_seconds,
+        "ffmpeg": ffmpeg_version()}})
     return table
+
+
+def ffmpeg_version() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout
+    except OSError:
+        return "unknown"
+    return out.split("\n", 1)[0]

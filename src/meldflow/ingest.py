@@ -1,15 +1,22 @@
 """Read MELD annotation CSVs, find each row's clip and cut the split into shards.
 
 Owns ``results/ingest/{split}.parquet`` (one row per annotation row, with its shard),
-``{split}.shards.json`` (shard count, read by the workflow) and ``{split}.unused.tsv``
-(clips on disk that no annotation row uses: listed, never processed).
+``{split}.shards.json`` (shard count and a digest per shard, read by the workflow) and
+``{split}.unused.tsv`` (clips on disk that no annotation row uses: listed, never processed).
+
+A shard's digest covers its rows and the size and modification time of each of its clips,
+so the workflow redoes exactly the shards whose input changed: a clip added, repaired or
+replaced after a run is picked up by the next one.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +24,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from meldflow import MeldflowError
+from meldflow.probe import ClipError, check_clip_file
 from meldflow.storage import write_table, write_text
+
+log = logging.getLogger(__name__)
 
 EMOTIONS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
 SENTIMENTS = ("neutral", "positive", "negative")
@@ -206,6 +216,40 @@ def clip_dir(meld_dir: str | Path, split: str) -> Path:
     return Path(meld_dir) / CLIP_DIRS[split]
 
 
+def _stat_key(path: Path) -> list:
+    """What identifies a clip file's content cheaply: size and modification time."""
+    try:
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns]
+    except OSError as exc:  # missing, dangling link, no permission: that is the state
+        return [type(exc).__name__]
+
+
+def clip_inventory(meld_dir: str | Path, split: str) -> str:
+    """Digest of the split's clip folder: every clip name with its size and mtime.
+
+    The workflow passes this to ``ingest`` as a parameter, so any clip added, removed or
+    rewritten makes ingest run again (a few seconds of stat calls for all of MELD).
+    """
+    folder = clip_dir(meld_dir, split)
+    digest = hashlib.sha256(str(folder.resolve()).encode())
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            if CLIP_RE.match(p.name):
+                digest.update(json.dumps([p.name, *_stat_key(p)]).encode())
+    return digest.hexdigest()
+
+
+def shard_digests(table: pa.Table) -> dict[str, str]:
+    """Per shard ("0000"): a digest of its rows and of each row's clip file state."""
+    digests: dict = {}
+    for rec in table.to_pylist():
+        d = digests.setdefault(rec["shard"], hashlib.sha256())
+        clip = [] if rec["clip_path"] is None else _stat_key(Path(rec["clip_path"]))
+        d.update(json.dumps([rec, clip], sort_keys=True, default=str).encode())
+    return {f"{k:04d}": v.hexdigest() for k, v in sorted(digests.items())}
+
+
 def plan_shards(annotations: list[Annotation], shard_size: int) -> list[int]:
     """Shard index per annotation: about ``shard_size`` rows each, dialogues kept whole.
 
@@ -272,16 +316,18 @@ def ingest_split(meld_dir: str | Path, split: str, shard_size: int) -> tuple[pa.
             reasons.insert(0, f"clip not found: {folder / ann.clip_name}")
         else:
             used.add(clip.name)
-            if clip.stat().st_size == 0:
-                status = "empty_video"
-                reasons.insert(0, f"clip is empty (0 bytes): {clip}")
+            try:
+                check_clip_file(clip)
+            except ClipError as exc:
+                status = exc.status
+                reasons.insert(0, str(exc))
         for name, value in (
             ("split", split), ("csv_line", ann.line), ("sr_no", ann.sr_no),
             ("dialogue_id", ann.dialogue_id), ("utterance_id", ann.utterance_id),
             ("speaker", ann.speaker), ("utterance", ann.utterance), ("emotion", ann.emotion),
             ("sentiment", ann.sentiment), ("season", ann.season), ("episode", ann.episode),
             ("start_s", ann.start_s), ("end_s", ann.end_s),
-            ("clip_path", str(clip.resolve()) if clip is not None else None),
+            ("clip_path", os.path.abspath(clip) if clip is not None else None),
             ("shard", shard), ("status", status), ("reason", "; ".join(reasons)),
             ("flags", ann.flags),
         ):
@@ -297,13 +343,32 @@ def ingest_split(meld_dir: str | Path, split: str, shard_size: int) -> tuple[pa.
     return pa.table(cols, schema=INGEST_SCHEMA), unused
 
 
+def clip_dir_warning(folder: Path, split: str, found: int, rows: int) -> str | None:
+    """A warning when the clip folder is missing or holds none of the split's clips."""
+    if not folder.is_dir():
+        return (f"{split}: clip folder {folder} does not exist, so every row is "
+                f"missing_video; MELD.Raw keeps {split} clips in {CLIP_DIRS[split]}/ next to "
+                f"the CSV: check meld_dir and the folder name")
+    if rows and not found:
+        return (f"{split}: no clip of the {rows} annotation rows is in {folder}; is it the "
+                f"right folder (clips are named dia{{D}}_utt{{U}}.mp4)?")
+    return None
+
+
 def run_ingest(meld_dir: str | Path, split: str, shard_size: int, out: str | Path) -> dict:
     """Write the ingest table, the shard count and the list of unused clips for one split."""
     out = Path(out)
     table, unused = ingest_split(meld_dir, split, shard_size)
     num_shards = (max(table.column("shard").to_pylist()) + 1) if table.num_rows else 0
+    folder = clip_dir(meld_dir, split)
+    found = sum(p is not None for p in table.column("clip_path").to_pylist())
     info = {"split": split, "rows": table.num_rows, "num_shards": num_shards,
-            "shard_size": shard_size, "unused_clips": len(unused)}
+            "shard_size": shard_size, "unused_clips": len(unused),
+            "clip_dir": str(folder.resolve()), "clips_found": found,
+            "warning": clip_dir_warning(folder, split, found, table.num_rows),
+            "shard_digests": shard_digests(table)}
+    if info["warning"]:
+        log.warning("%s", info["warning"])
     write_table(table, out, metadata={"meldflow_ingest": info})
     lines = ["clip\tdialogue_id\tutterance_id\tkind"]
     lines += [f"{u['clip']}\t{u['dialogue_id']}\t{u['utterance_id']}\t{u['kind']}" for u in unused]

@@ -1,20 +1,84 @@
-"""Cheap clip inspection: read an MP4's box headers instead of spawning ffprobe.
+"""Clip faults, decided here for every step, and cheap clip inspection.
 
-A bare decode of a 3.6 s clip costs a few hundred milliseconds; an ffprobe process per
-clip would add a large share of that, so the common MP4 case is read in-process.
+``check_clip_file`` (is there a readable regular file?) is what ingest, frames and
+transcribe all call, so the steps cannot disagree about a clip. ``clip_info`` reads an
+MP4's box headers instead of spawning ffprobe: a bare decode of a 3.6 s clip costs a few
+hundred milliseconds, and an ffprobe process per clip would add a large share of that.
+What only decoding reveals (decode errors, audio that stops early) is counted by the step
+that decodes and turned into flags by the functions below.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import ffmpeg
 
+# A clip whose length differs from the CSV's EndTime - StartTime by more than this many
+# seconds and this fraction is flagged (MELD has mis-cut clips that run for minutes).
+DURATION_TOLERANCE_S = 2.0
+DURATION_TOLERANCE_FRACTION = 0.5
+# Decoded audio shorter than the container by more than this is flagged `audio_short`.
+AUDIO_SHORT_S = 0.5
+AUDIO_SHORT_FRACTION = 0.1
+
 
 class ClipError(Exception):
-    """The clip cannot be used; the message says why (for the manifest's reason)."""
+    """The clip cannot be used; ``status`` is the row status, the message says why."""
+
+    def __init__(self, reason: str, status: str = "unreadable_video"):
+        super().__init__(reason)
+        self.status = status
+
+
+def check_clip_file(path: str | Path) -> None:
+    """Raise :class:`ClipError` unless ``path`` is a non-empty regular file we can read.
+
+    Missing and dangling-link clips are ``missing_video``; directories, devices, FIFOs and
+    files we may not read are ``unreadable_video``; a 0-byte file is ``empty_video``.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise ClipError(f"dangling symbolic link: {path} -> {os.readlink(path)}",
+                            "missing_video") from None
+        raise ClipError(f"clip not found: {path}", "missing_video") from None
+    except OSError as exc:
+        raise ClipError(f"cannot access clip: {path} ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise ClipError(f"clip path is {kind}: {path}")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise ClipError(f"clip cannot be read: {path} ({exc.strerror})") from None
+    if st.st_size == 0:
+        raise ClipError(f"clip is empty (0 bytes): {path}", "empty_video")
+
+
+def duration_flag(duration: float | None, start_s: float | None,
+                  end_s: float | None) -> str | None:
+    """Reason text if the clip's length is far from the CSV's EndTime - StartTime."""
+    if duration is None or start_s is None or end_s is None or end_s <= start_s:
+        return None
+    expected = end_s - start_s
+    off = abs(duration - expected)
+    if off > DURATION_TOLERANCE_S and off > DURATION_TOLERANCE_FRACTION * expected:
+        return (f"clip is {duration:.2f} s but the CSV's EndTime - StartTime is "
+                f"{expected:.2f} s")
+    return None
+
+
+def audio_short(decoded_s: float, expected_s: float) -> bool:
+    """Whether decoded audio stops well before the container's (capped) duration."""
+    return expected_s - decoded_s > max(AUDIO_SHORT_S, AUDIO_SHORT_FRACTION * expected_s)
 
 
 @dataclass
@@ -56,7 +120,7 @@ def read_mp4_info(path: str | Path) -> ClipInfo | None:
     path = Path(path)
     size = path.stat().st_size
     if size == 0:
-        raise ClipError("clip is empty (0 bytes)")
+        raise ClipError("clip is empty (0 bytes)", "empty_video")
     with path.open("rb") as f:
         top = list(_boxes(f, 0, size))
         if not top or top[0][0] not in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
@@ -93,7 +157,12 @@ def read_mp4_info(path: str | Path) -> ClipInfo | None:
 
 
 def clip_info(path: str | Path) -> ClipInfo:
-    """Clip duration and streams: the MP4 fast path, else ffprobe."""
+    """Clip duration and streams: the MP4 fast path, else ffprobe.
+
+    Raises :class:`ClipError` for any file fault (:func:`check_clip_file`) or container
+    that cannot be read.
+    """
+    check_clip_file(path)
     info = read_mp4_info(path)
     if info is not None:
         return info

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 # Most severe first: the manifest reports the first status any step gave a row.
 STATUSES: dict[str, str] = {
-    "missing_video": "no clip file for this annotation row",
+    "missing_video": "no clip file for this annotation row (or a dangling link)",
     "empty_video": "the clip file is empty (0 bytes)",
-    "unreadable_video": "the clip could not be decoded (corrupt or truncated)",
+    "unreadable_video": "the clip cannot be read or decoded (not a regular file, no "
+                        "permission, truncated, corrupt)",
     "no_video_stream": "the clip holds audio but no video stream",
     "no_audio": "the clip has no audio stream; text and frames are kept",
     "ok": "transcribed and framed",
@@ -19,7 +20,16 @@ FLAGS: dict[str, str] = {
     "empty_transcript": "Whisper heard no words",
     "no_gold_text": "the gold utterance is empty after normalisation; WER is undefined",
     "duplicate_clip_used": "the canonical clip was missing; its final_videos_test copy was used",
+    "decode_errors": "parts of the clip failed to decode (damaged); the reason gives the count",
+    "audio_short": "the decoded audio stops well before the container's duration",
+    "duration_mismatch": "the clip's length is far from the CSV's EndTime - StartTime "
+                         "(a mis-cut clip)",
 }
+
+# Flags a researcher should look at before trusting a row (listed by the audit, and
+# excludable from training): the clip is damaged or does not match its annotation.
+SUSPICIOUS_FLAGS = ("decode_errors", "audio_short", "duration_mismatch", "clip_capped",
+                    "empty_transcript", "bad_timestamps", "duplicate_clip_used")
 
 # Rows with these statuses have no usable clip: later steps do not try to decode them.
 NO_CLIP = frozenset({"missing_video", "empty_video"})
