@@ -160,7 +160,7 @@ def main() -> None:
 
         from meldflow.transcribe import Transcriber, model_dir, transcribe_rows, word_error_rate
 
-        naive_model = WhisperModel(str(model_dir("tiny.en", hf)), device="cpu",
+        naive_model = WhisperModel(str(model_dir("tiny.en", hf)[0]), device="cpu",
                                    compute_type="int8")
         ours = Transcriber("tiny.en", hf, device="cpu")
         rows = pa.table({"split": ["train"] * len(clips), "dialogue_id": list(range(len(clips))),

@@ -102,7 +102,7 @@ def test_auto_device_falls_back_to_cpu_with_one_warning(hf_home, caplog):
     if ctranslate2.get_cuda_device_count() > 0:
         pytest.skip("a CUDA device is visible: auto picks it")
     with caplog.at_level("WARNING"):
-        assert choose_device("auto", model_dir("tiny.en", hf_home)) == ("cpu", "int8")
+        assert choose_device("auto", model_dir("tiny.en", hf_home)[0]) == ("cpu", "int8")
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "CPU" in warnings[0].getMessage()
-    assert choose_device("cpu", model_dir("tiny.en", hf_home)) == ("cpu", "int8")
+    assert choose_device("cpu", model_dir("tiny.en", hf_home)[0]) == ("cpu", "int8")

@@ -1,13 +1,18 @@
 """Put models into an offline Hugging Face cache, so compute nodes never download.
 
-Owns ``{hf_home}/meldflow-stage.lock.json``: what was staged, from where, at which revision.
+Owns ``{hf_home}/meldflow-stage.lock.json``: what was staged, from where, at which revision,
+and the hash of every file. Models are verified, not trusted: in the cache a file is a link
+to a blob named by its content hash (SHA-256 for large files, the git blob SHA-1 for small
+ones), so a damaged copy is found offline, by staging and by every job that loads it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -40,6 +45,67 @@ def hub_cache(hf_home: str | Path) -> Path:
     return Path(hf_home) / "hub"
 
 
+log = logging.getLogger(__name__)
+
+
+def sha256_file(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _git_blob_sha1(path: Path) -> str:
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def blob_matches(blob: Path) -> bool | None:
+    """Whether a cache blob's content matches its name; ``None`` if the name is no hash."""
+    if re.fullmatch(r"[0-9a-f]{64}", blob.name):
+        return sha256_file(blob) == blob.name
+    if re.fullmatch(r"[0-9a-f]{40}", blob.name):
+        return _git_blob_sha1(blob) == blob.name
+    return None
+
+
+def verify_snapshot(snap: Path) -> tuple[dict[str, str], list[str]]:
+    """({file: content hash}, problems) for every file of a cache snapshot folder."""
+    files, problems = {}, []
+    for p in sorted(snap.rglob("*")):
+        if p.is_dir():
+            continue
+        rel = p.relative_to(snap).as_posix()
+        target = p.resolve()
+        if not target.is_file():
+            problems.append(f"{rel}: its blob {target} is missing")
+            continue
+        ok = blob_matches(target)
+        if ok is False:
+            problems.append(f"{rel}: content does not match its hash ({target.name[:12]}...)")
+        files[rel] = target.name if ok else f"sha256:{sha256_file(target)}"
+    return files, problems
+
+
+def verified_snapshot(hf_home: str | Path, repo_id: str, revision: str, required: tuple,
+                      what: str, hint: str) -> tuple[Path, dict[str, str]]:
+    """The snapshot of ``repo_id`` and its file hashes, or a :class:`MeldflowError` that
+    says what is missing or damaged and names the ``meldflow stage`` command (``hint``)."""
+    snap = cached_snapshot(hf_home, repo_id, revision)
+    if snap is None:
+        raise MeldflowError(f"{what} {repo_id} is not in the offline cache {hf_home}; {hint}")
+    missing = [f for f in required if not (snap / f).exists()]
+    if missing:
+        raise MeldflowError(f"{what} {repo_id} in {snap} is incomplete "
+                            f"(missing {', '.join(missing)}); {hint}")
+    files, problems = verify_snapshot(snap)
+    if problems:
+        raise MeldflowError(f"{what} {repo_id} in {snap} is damaged ({'; '.join(problems)}); "
+                            f"{hint}")
+    return snap, files
+
+
 def _repo_folder(hf_home: str | Path, repo_id: str) -> Path:
     return hub_cache(hf_home) / ("models--" + repo_id.replace("/", "--"))
 
@@ -69,20 +135,17 @@ def place_in_cache(src_dir: str | Path, hf_home: str | Path, repo_id: str) -> tu
     tree = hashlib.sha1()
     entries = []
     for p in files:
-        digest = hashlib.sha256()
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+        digest = sha256_file(p)
         rel = p.relative_to(src_dir).as_posix()
-        tree.update(f"{rel}\0{digest.hexdigest()}\n".encode())
-        entries.append((p, rel, digest.hexdigest()))
+        tree.update(f"{rel}\0{digest}\n".encode())
+        entries.append((p, rel, digest))
     commit = tree.hexdigest()
     snap = folder / "snapshots" / commit
     tmp_snap = folder / "snapshots" / f".{commit}.tmp{os.getpid()}"
     shutil.rmtree(tmp_snap, ignore_errors=True)
     for p, rel, blob in entries:
         blob_path = folder / "blobs" / blob
-        if not blob_path.exists() or blob_path.stat().st_size != p.stat().st_size:
+        if not blob_path.is_file() or not blob_matches(blob_path):  # absent or damaged
             tmp = blob_path.with_name(f".{blob}.tmp{os.getpid()}")
             shutil.copyfile(p, tmp)
             os.replace(tmp, blob_path)
@@ -112,14 +175,37 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _update_lock(hf_home: Path, key: str, entry: dict) -> None:
+def _update_lock(hf_home: Path, key: str, entry: dict) -> dict:
+    """Record ``entry`` (with the verified file hashes) under ``key``; returns what is kept."""
     lock_path = hf_home / LOCK_NAME
     lock = json.loads(lock_path.read_text()) if lock_path.is_file() else {}
     old = lock.get(key, {})
     if entry.get("source") == "cache" and old.get("revision") == entry["revision"]:
-        return  # already recorded: keep where it first came from
+        # Already recorded: keep where it first came from, refresh the verification.
+        entry = old | {"files": entry["files"], "verified_at": entry["verified_at"]}
     lock[key] = entry
     write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n", lock_path)
+    return entry
+
+
+def _checked(snap: Path | None, required: tuple) -> tuple[bool, dict[str, str]]:
+    """(complete and undamaged, file hashes) of a cached snapshot; logs what is wrong."""
+    if snap is None or not all((snap / f).exists() for f in required):
+        return False, {}
+    files, problems = verify_snapshot(snap)
+    for problem in problems:
+        log.warning("damaged file in %s: %s; staging it again", snap, problem)
+    return not problems, files
+
+
+def _finish(hf_home: Path, key: str, entry: dict, required: tuple, what: str) -> dict:
+    ok, files = _checked(Path(entry["path"]), required)
+    if not ok:
+        raise MeldflowError(f"{what} staged into {entry['path']} does not verify "
+                            f"(see the warnings above); stage it again with --source hub")
+    entry["files"] = files
+    entry["verified_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return _update_lock(hf_home, key, entry)
 
 
 def stage_whisper(hf_home: str | Path, name: str = "tiny.en", source: str = "auto") -> dict:
@@ -132,18 +218,19 @@ def stage_whisper(hf_home: str | Path, name: str = "tiny.en", source: str = "aut
     hf_home = Path(hf_home)
     repo_id = whisper_repo_id(name)
     snap = cached_snapshot(hf_home, repo_id)
-    complete = snap is not None and all((snap / f).exists() for f in WHISPER_FILES)
+    complete, _ = _checked(snap, WHISPER_FILES)
     if source == "auto" and complete:
         entry = {"repo_id": repo_id, "revision": snap.name, "source": "cache",
                  "path": str(snap)}
-        _update_lock(hf_home, f"whisper:{name}", entry)
-        return entry
+        return _finish(hf_home, f"whisper:{name}", entry, WHISPER_FILES, "Whisper model")
     if source == "auto":
         source = "hub" if hub_reachable() else "package"
     if source == "hub":
         from huggingface_hub import snapshot_download
 
-        path = Path(snapshot_download(repo_id, cache_dir=hub_cache(hf_home)))
+        # A damaged cached copy is fetched again rather than trusted.
+        path = Path(snapshot_download(repo_id, cache_dir=hub_cache(hf_home),
+                                      force_download=snap is not None and not complete))
         entry = {"repo_id": repo_id, "revision": path.name, "source": "hub", "path": str(path)}
     elif source == "package":
         if repo_id != PACKAGED_WHISPER:
@@ -164,8 +251,7 @@ def stage_whisper(hf_home: str | Path, name: str = "tiny.en", source: str = "aut
     else:
         raise MeldflowError(f"unknown source {source!r}: use auto, hub or package")
     entry["staged_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    _update_lock(hf_home, f"whisper:{name}", entry)
-    return entry
+    return _finish(hf_home, f"whisper:{name}", entry, WHISPER_FILES, "Whisper model")
 
 
 # --- Florence-2 -----------------------------------------------------------------------
@@ -265,7 +351,7 @@ def stage_florence(hf_home: str | Path, repo_id: str = FLORENCE_REPO, revision: 
     if tiny:
         repo_id = FLORENCE_TINY_REPO
         snap = cached_snapshot(hf_home, repo_id)
-        if florence_complete(snap):
+        if _checked(snap, FLORENCE_FILES)[0]:
             entry = {"repo_id": repo_id, "revision": snap.name, "source": "cache",
                      "path": str(snap)}
         else:
@@ -280,7 +366,8 @@ def stage_florence(hf_home: str | Path, repo_id: str = FLORENCE_REPO, revision: 
                      "path": str(snap)}
     else:
         snap = cached_snapshot(hf_home, repo_id, revision)
-        if florence_complete(snap):
+        complete = _checked(snap, FLORENCE_FILES)[0]
+        if complete:
             entry = {"repo_id": repo_id, "revision": snap.name, "source": "cache",
                      "path": str(snap)}
         else:
@@ -293,9 +380,9 @@ def stage_florence(hf_home: str | Path, repo_id: str = FLORENCE_REPO, revision: 
             from huggingface_hub import snapshot_download
 
             path = Path(snapshot_download(repo_id, revision=revision,
-                                          cache_dir=hub_cache(hf_home)))
+                                          cache_dir=hub_cache(hf_home),
+                                          force_download=snap is not None))
             entry = {"repo_id": repo_id, "revision": path.name, "source": "hub",
                      "path": str(path)}
     entry["staged_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    _update_lock(hf_home, key, entry)
-    return entry
+    return _finish(hf_home, key, entry, FLORENCE_FILES, "Florence-2 model")

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from meldflow import MeldflowError
 from meldflow.ingest import normalise_text
-from meldflow.stage import WHISPER_FILES, cached_snapshot, whisper_repo_id
+from meldflow.probe import ClipError, audio_short, check_clip_file
+from meldflow.stage import WHISPER_FILES, verified_snapshot, whisper_repo_id
 from meldflow.status import NO_CLIP
 from meldflow.storage import write_table
 
@@ -68,22 +69,15 @@ def word_error_rate(reference: str, hypothesis: str) -> float | None:
     return float(jiwer.wer(ref, hyp))
 
 
-def model_dir(name: str, hf_home: str | Path) -> Path:
-    """The staged CTranslate2 folder of ``name``; fails fast, naming ``meldflow stage``."""
-    repo_id = whisper_repo_id(name)
-    snap = cached_snapshot(hf_home, repo_id)
+def model_dir(name: str, hf_home: str | Path) -> tuple[Path, dict[str, str]]:
+    """The staged, verified CTranslate2 folder of ``name`` and its file hashes.
+
+    Fails in seconds, naming ``meldflow stage``, if the model is missing, incomplete or
+    damaged: a damaged model.bin otherwise loads and transcribes every clip as silence.
+    """
     hint = f"run `meldflow stage --hf-home {hf_home} --whisper-model {name}` first"
-    if snap is None:
-        raise MeldflowError(
-            f"Whisper model {repo_id} is not in the offline cache {hf_home}; {hint}"
-        )
-    missing = [f for f in WHISPER_FILES if not (snap / f).exists()]
-    if missing:
-        raise MeldflowError(
-            f"Whisper model {repo_id} in {snap} is incomplete "
-            f"(missing {', '.join(missing)}); {hint}"
-        )
-    return snap
+    return verified_snapshot(hf_home, whisper_repo_id(name), "main", WHISPER_FILES,
+                             "Whisper model", hint)
 
 
 _PROBE = """
@@ -121,15 +115,72 @@ def choose_device(device: str, model_path: Path) -> tuple[str, str]:
     return "cpu", "int8"
 
 
-def load_audio(path: str, max_seconds: float) -> np.ndarray:
-    """16 kHz mono float32 of the first ``max_seconds``; raises ``LookupError`` if no audio."""
-    from faster_whisper.audio import decode_audio
+@dataclass
+class Audio:
+    """A clip's decoded audio and what decoding it revealed."""
 
+    samples: np.ndarray  # 16 kHz mono float32, at most max_seconds
+    errors: int  # packets that failed to decode (skipped)
+    expected_s: float  # what the container promises, capped at max_seconds
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+    def faults(self) -> tuple[list[str], list[str]]:
+        """(flags, reasons) for decode errors and audio that stops early."""
+        flags, reasons = [], []
+        if self.errors:
+            flags.append("decode_errors")
+            reasons.append(f"{self.errors} audio packet(s) failed to decode")
+        if audio_short(self.seconds, self.expected_s):
+            flags.append("audio_short")
+            reasons.append(f"audio stops at {self.seconds:.2f} s of {self.expected_s:.2f} s")
+        return flags, reasons
+
+
+def decode_audio(path: str, max_seconds: float) -> Audio:
+    """16 kHz mono audio of the first ``max_seconds``, counting packets that fail to decode.
+
+    Raises :class:`ClipError` for a file fault and ``LookupError`` if there is no audio
+    stream. (faster-whisper's own decoder skips bad packets silently, which is how a
+    clip corrupted mid-stream used to pass as ``ok``.)
+    """
+    check_clip_file(path)
+    limit = int(max_seconds * SAMPLE_RATE)
+    chunks, have, errors = [], 0, 0
     with av.open(path) as container:
         if not container.streams.audio:
             raise LookupError("clip has no audio stream")
-    audio = decode_audio(path, sampling_rate=SAMPLE_RATE)
-    return audio[: int(max_seconds * SAMPLE_RATE)]
+        stream = container.streams.audio[0]
+        total = (container.duration or 0) / 1_000_000
+        if stream.duration and stream.time_base:
+            total = max(total, float(stream.duration * stream.time_base))
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        packets = container.demux(stream)
+        while have < limit:
+            try:
+                packet = next(packets)
+                frames = packet.decode()
+            except StopIteration:
+                break
+            except av.error.FFmpegError:
+                errors += 1
+                continue
+            for frame in frames:
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+                    have += chunks[-1].size
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
+    pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+    samples = pcm[:limit].astype(np.float32) / 32768.0
+    return Audio(samples, errors, min(total, max_seconds))
+
+
+def load_audio(path: str, max_seconds: float) -> np.ndarray:
+    """Just the samples of :func:`decode_audio`."""
+    return decode_audio(path, max_seconds).samples
 
 
 @dataclass
@@ -157,7 +208,7 @@ class Transcriber:
                  beam_size: int = 5, cpu_threads: int = 0, pack_seconds: float = 28.0):
         from faster_whisper import WhisperModel
 
-        path = model_dir(name, hf_home)
+        path, self.model_files = model_dir(name, hf_home)
         self.device, self.compute_type = choose_device(device, path)
         try:
             self.model = WhisperModel(str(path), device=self.device,
@@ -170,6 +221,7 @@ class Transcriber:
             ) from None
         self.beam_size = beam_size
         self.pack_seconds = pack_seconds
+        self.name, self.hf_home, self.path = name, hf_home, path
 
     def fits(self, pack: list[np.ndarray], audio: np.ndarray) -> bool:
         """Whether ``audio`` can join ``pack`` within one window."""
@@ -179,7 +231,12 @@ class Transcriber:
         return total <= self.pack_seconds * SAMPLE_RATE
 
     def transcribe_pack(self, audios: list[np.ndarray]) -> list[tuple[str, list[dict]]]:
-        """(transcript, words) for each clip; word times are relative to its own clip."""
+        """(transcript, words) for each clip; word times are relative to its own clip.
+
+        A word belongs to the clip its middle falls in. If any word of a pack reaches past
+        the middle of a gap (Whisper timed it across two clips), the clips it touches are
+        transcribed again one by one, so no word is ever attributed across clips.
+        """
         gap = np.zeros(int(self.GAP_SECONDS * SAMPLE_RATE), dtype=np.float32)
         pieces, bounds, offset = [], [], 0
         for i, a in enumerate(audios):
@@ -197,14 +254,22 @@ class Transcriber:
         )
         raw: list[list] = [[] for _ in audios]
         half_gap = self.GAP_SECONDS / 2
+        redo: set[int] = set()
         for seg in segments:
             for w in seg.words or []:
                 mid = (w.start + w.end) / 2
                 i = next((j for j, (b0, b1) in enumerate(bounds)
                           if b0 - half_gap <= mid < b1 + half_gap), len(bounds) - 1)
+                b0, b1 = bounds[i]
+                if len(audios) > 1 and (w.start < b0 - half_gap or w.end > b1 + half_gap):
+                    redo |= {j for j, (c0, c1) in enumerate(bounds)
+                             if w.start < c1 + half_gap and w.end > c0 - half_gap}
                 raw[i].append(w)
         out = []
-        for (b0, b1), ws in zip(bounds, raw, strict=True):
+        for i, ((b0, b1), ws) in enumerate(zip(bounds, raw, strict=True)):
+            if i in redo:
+                out.append(self.transcribe_pack([audios[i]])[0])
+                continue
             dur = b1 - b0
             words = [{"word": w.word.strip(),
                       "start": float(min(max(w.start - b0, 0.0), dur)),
@@ -217,16 +282,29 @@ class Transcriber:
         return self.transcribe_pack([audio])[0]
 
 
-def transcribe_rows(rows: pa.Table, transcriber: Transcriber, max_clip_seconds: float) -> pa.Table:
-    """Transcripts for every row of an ingest table; clips are decoded ahead in a thread."""
+# A shard in which more than this share of the clips with audio come back without a
+# word is an error, not a result: a damaged or wrong model produces exactly that.
+MAX_EMPTY_FRACTION = 0.5
+MIN_CLIPS_FOR_EMPTY_CHECK = 3
+
+
+def transcribe_rows(rows: pa.Table, transcriber: Transcriber, max_clip_seconds: float,
+                    max_empty_fraction: float = MAX_EMPTY_FRACTION) -> pa.Table:
+    """Transcripts for every row of an ingest table; clips are decoded ahead in a thread.
+
+    Healthy clips share packed windows; a clip with decode errors or audio that stops
+    early is transcribed on its own, so its damage cannot spill into its neighbours.
+    """
     recs = rows.select(["split", "dialogue_id", "utterance_id", "clip_path", "status",
                         "utterance"]).to_pylist()
 
-    def fetch(rec: dict):
+    def fetch(rec: dict) -> AsrResult | Audio:
         if rec["status"] in NO_CLIP or not rec["clip_path"]:
             return AsrResult(status=rec["status"], reason="no clip to transcribe")
         try:
-            return load_audio(rec["clip_path"], max_clip_seconds)
+            return decode_audio(rec["clip_path"], max_clip_seconds)
+        except ClipError as exc:
+            return AsrResult(status=exc.status, reason=str(exc))
         except LookupError as exc:
             return AsrResult(status="no_audio", reason=str(exc))
         except (av.error.FFmpegError, OSError, IndexError, ValueError) as exc:
@@ -234,35 +312,49 @@ def transcribe_rows(rows: pa.Table, transcriber: Transcriber, max_clip_seconds: 
 
     results: list[AsrResult | None] = [None] * len(recs)
     pack: list[np.ndarray] = []
-    members: list[int] = []
+    members: list[tuple[int, Audio]] = []
     bar = tqdm(total=len(recs), desc="transcribe", unit="clip", mininterval=2.0)
 
-    def flush() -> None:
-        for i, (text, words) in zip(members, transcriber.transcribe_pack(pack), strict=True):
-            res = AsrResult(transcript=text, words=words)
+    def transcribe(group: list[tuple[int, Audio]]) -> None:
+        texts = transcriber.transcribe_pack([a.samples for _, a in group])
+        for (i, audio), (text, words) in zip(group, texts, strict=True):
+            flags, reasons = audio.faults()
+            res = AsrResult(transcript=text, words=words, flags=flags,
+                            reason="; ".join(reasons))
             if not words:
                 res.flags.append("empty_transcript")
             res.wer = word_error_rate(recs[i]["utterance"], text)
             if res.wer is None:
                 res.flags.append("no_gold_text")
             results[i] = res
-        bar.update(len(members))
-        pack.clear()
-        members.clear()
+        bar.update(len(group))
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         for i, got in enumerate(pool.map(fetch, recs)):
             if isinstance(got, AsrResult):
                 results[i] = got
                 bar.update(1)
-                continue
-            if not transcriber.fits(pack, got):
-                flush()
-            pack.append(got)
-            members.append(i)
-        if pack:
-            flush()
+            elif got.faults()[0]:
+                transcribe([(i, got)])
+            else:
+                if not transcriber.fits(pack, got.samples):
+                    transcribe(members)
+                    pack.clear()
+                    members.clear()
+                pack.append(got.samples)
+                members.append((i, got))
+        if members:
+            transcribe(members)
     bar.close()
+    heard = [r for r in results if r.transcript is not None]
+    empty = sum(not r.words for r in heard)
+    if len(heard) >= MIN_CLIPS_FOR_EMPTY_CHECK and empty > max_empty_fraction * len(heard):
+        raise MeldflowError(
+            f"{empty} of {len(heard)} clips with audio came back with no words: the Whisper "
+            f"model is probably damaged or wrong. `meldflow stage --hf-home "
+            f"{transcriber.hf_home} --whisper-model {transcriber.name}` verifies and repairs "
+            f"the cache; if these clips really are silent, raise --max-empty-fraction"
+        )
     return pa.table({
         "split": [r["split"] for r in recs],
         "dialogue_id": [r["dialogue_id"] for r in recs],
@@ -278,10 +370,16 @@ def transcribe_rows(rows: pa.Table, transcriber: Transcriber, max_clip_seconds: 
 
 def run_transcribe(rows: pa.Table, out: str | Path, model: str, hf_home: str | Path,
                    device: str = "auto", beam_size: int = 5, max_clip_seconds: float = 30.0,
-                   threads: int = 0, pack_seconds: float = 28.0) -> pa.Table:
+                   threads: int = 0, pack_seconds: float = 28.0,
+                   max_empty_fraction: float = MAX_EMPTY_FRACTION) -> pa.Table:
     if os.environ.get("HF_HUB_OFFLINE") != "1":
         log.warning("HF_HUB_OFFLINE is not 1: transcription never downloads, but set it")
     transcriber = Transcriber(model, hf_home, device, beam_size, threads, pack_seconds)
-    table = transcribe_rows(rows, transcriber, max_clip_seconds)
-    write_table(table, out)
+    table = transcribe_rows(rows, transcriber, max_clip_seconds, max_empty_fraction)
+    # What made this file: the model's verified files, and every option that shapes it.
+    write_table(table, out, metadata={"meldflow_transcribe": {
+        "model": transcriber.name, "model_files": transcriber.model_files,
+        "snapshot": transcriber.path.name, "device": transcriber.device,
+        "compute_type": transcriber.compute_type, "beam_size": beam_size,
+        "pack_seconds": pack_seconds, "max_clip_seconds": max_clip_seconds}})
     return table
