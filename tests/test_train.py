@@ -54,10 +54,10 @@ def test_tiny_florence_loads_offline_with_transformers(florence_home):
 
 
 def test_missing_florence_fails_fast_naming_stage(tmp_path):
-    from meldflow.train import load_florence
+    from meldflow.train import florence_snapshot
 
     with pytest.raises(MeldflowError, match="meldflow stage"):
-        load_florence(tmp_path, FLORENCE_TINY_REPO)
+        florence_snapshot(tmp_path, FLORENCE_TINY_REPO)
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "meldflow.cli", "train", "--out", str(tmp_path / "run"),

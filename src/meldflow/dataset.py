@@ -32,15 +32,43 @@ class Unit:
 
     path: str
     group: int
-    rows: int
+    rows: int  # rows used (after exclusions)
+    keep: tuple[int, ...] | None = None  # which rows of the group; None: all
+
+
+@dataclass(frozen=True)
+class Exclude:
+    """Rows left out of training: any of ``flags``, or a WER above ``max_wer``."""
+
+    flags: frozenset[str] = frozenset()
+    max_wer: float | None = None
+
+    def keeps(self, flags: list[str] | None, wer: float | None) -> bool:
+        if self.flags & set(flags or []):
+            return False
+        return self.max_wer is None or wer is None or wer <= self.max_wer
+
+
+def _damaged(path: str, exc: Exception) -> MeldflowError:
+    return MeldflowError(f"{path} is not a readable Parquet file ({exc}); it is damaged or "
+                         f"was cut short: delete it and run the workflow again to rebuild it")
+
+
+def open_parquet(path: str) -> pq.ParquetFile:
+    """A Parquet file, or an error that names it and says how to rebuild it."""
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise _damaged(path, exc) from None
 
 
 class Source:
     """Rows of one split, addressable by row group; loads a group's columns on demand."""
 
     def __init__(self, paths: list[str | Path] | None = None, csv: str | Path | None = None,
-                 modalities: str = "text+vision"):
+                 modalities: str = "text+vision", exclude: Exclude | None = None):
         self.modalities = modalities
+        self.excluded = 0
         self.units: list[Unit] = []
         self._csv_table: pa.Table | None = None
         self._cache: tuple[Unit, list[dict]] | None = None
@@ -66,11 +94,24 @@ class Source:
                 raise MeldflowError("no aligned shards given")
             metas = []
             for p in sorted(str(p) for p in paths):
-                f = pq.ParquetFile(p)
+                f = open_parquet(p)
+                try:
+                    meta_p = f.read(columns=["dialogue_id", "utterance_id", "speaker",
+                                             "utterance", "flags", "wer"])
+                except (OSError, pa.ArrowException) as exc:
+                    raise _damaged(p, exc) from None
+                start = 0
                 for g in range(f.num_row_groups):
-                    self.units.append(Unit(p, g, f.metadata.row_group(g).num_rows))
-                metas.append(f.read(columns=["dialogue_id", "utterance_id", "speaker",
-                                             "utterance"]))
+                    n = f.metadata.row_group(g).num_rows
+                    keep = None
+                    if exclude is not None:
+                        keep = tuple(i for i in range(n) if exclude.keeps(
+                            meta_p["flags"][start + i].as_py(), meta_p["wer"][start + i].as_py()))
+                        self.excluded += n - len(keep)
+                    if keep is None or keep:
+                        self.units.append(Unit(p, g, n if keep is None else len(keep), keep))
+                    start += n
+                metas.append(meta_p.drop(["flags", "wer"]))
             meta = pa.concat_tables(metas)
         # Previous turns are looked up by id, so context survives any shuffling.
         for d, u, s, t in zip(*(meta.column(c).to_pylist() for c in
@@ -85,7 +126,13 @@ class Source:
             rows = self._csv_table.slice(unit.group * CSV_CHUNK, unit.rows).to_pylist()
         else:
             cols = TEXT_COLUMNS + (["frames"] if "vision" in self.modalities else [])
-            rows = pq.ParquetFile(unit.path).read_row_group(unit.group, columns=cols).to_pylist()
+            try:
+                table = open_parquet(unit.path).read_row_group(unit.group, columns=cols)
+            except (OSError, pa.ArrowException) as exc:
+                raise _damaged(unit.path, exc) from None
+            rows = table.to_pylist()
+            if unit.keep is not None:
+                rows = [rows[i] for i in unit.keep]
         self._cache = (unit, rows)
         return rows
 
@@ -96,8 +143,9 @@ class Source:
                 out += self._csv_table.slice(u.group * CSV_CHUNK, u.rows).column("emotion")\
                     .to_pylist()
             else:
-                out += pq.ParquetFile(u.path).read_row_group(u.group, columns=["emotion"])\
+                got = open_parquet(u.path).read_row_group(u.group, columns=["emotion"])\
                     .column("emotion").to_pylist()
+                out += got if u.keep is None else [got[i] for i in u.keep]
         return out
 
 

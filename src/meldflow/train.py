@@ -28,9 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meldflow import MeldflowError
-from meldflow.dataset import Source, frames_image, label_index, plan_epoch, prompt
+from meldflow.dataset import Exclude, Source, frames_image, label_index, plan_epoch, prompt
 from meldflow.ingest import EMOTIONS, SENTIMENTS
-from meldflow.stage import FLORENCE_TINY_REPO, cached_snapshot, florence_complete
+from meldflow.probe import ClipError, check_clip_file
+from meldflow.provenance import RUN_FILE, claim_run_dir, environment, read_run, run_identity
+from meldflow.stage import FLORENCE_FILES, FLORENCE_TINY_REPO, verified_snapshot
+from meldflow.status import FLAGS
 
 log = logging.getLogger(__name__)
 PAIRS = [(e, s) for e in EMOTIONS for s in SENTIMENTS]
@@ -68,6 +71,8 @@ class TrainConfig:
     max_steps: int = 0  # 0: whole epochs (tests use a cap)
     eval_batch: int = 16
     loader_workers: int = -1  # -1: auto (on GPU up to 4 per rank from its CPUs; 0 on CPU)
+    exclude_flags: list[str] = field(default_factory=list)  # training rows with these flags
+    exclude_max_wer: float | None = None  # ... or a transcript WER above this are left out
 
     def validate(self) -> None:
         if self.modalities not in ("text", "vision", "text+vision"):
@@ -77,6 +82,18 @@ class TrainConfig:
             raise MeldflowError(f"text_source must be gold or whisper, not {self.text_source!r}")
         if not (self.train or self.train_csv):
             raise MeldflowError("no training data: give aligned shards or train_csv")
+        unknown = sorted(set(self.exclude_flags) - set(FLAGS))
+        if unknown:
+            raise MeldflowError(f"exclude_flags: unknown flag(s) {', '.join(unknown)}; "
+                                f"known: {', '.join(FLAGS)}")
+        if (self.exclude_flags or self.exclude_max_wer is not None) and self.train_csv:
+            raise MeldflowError("exclude_flags/exclude_max_wer need aligned shards (a CSV "
+                                "source has no flags or transcripts)")
+
+    def exclusions(self) -> Exclude | None:
+        if not self.exclude_flags and self.exclude_max_wer is None:
+            return None
+        return Exclude(frozenset(self.exclude_flags), self.exclude_max_wer)
 
     @classmethod
     def from_json(cls, path: str | Path) -> TrainConfig:
@@ -125,17 +142,19 @@ def barrier() -> None:
 
 # --- model ----------------------------------------------------------------------------
 
-def load_florence(hf_home: str | Path, repo_id: str, revision: str = "main"):
-    """Model and processor from the offline cache only; fails in seconds if not staged."""
-    snap = cached_snapshot(hf_home, repo_id, revision)
+def florence_snapshot(hf_home: str | Path, repo_id: str,
+                      revision: str = "main") -> tuple[Path, dict[str, str]]:
+    """The staged, verified model folder and its file hashes; fails in seconds, naming
+    ``meldflow stage``, if it is missing, incomplete or damaged."""
     hint = (f"run `meldflow stage --hf-home {hf_home} --models florence "
             + ("--tiny`" if repo_id == FLORENCE_TINY_REPO else f"--florence-repo {repo_id}`")
             + " first (on a node that reaches the Hub, for a real checkpoint)")
-    if snap is None:
-        raise MeldflowError(f"Florence-2 model {repo_id} is not in the offline cache "
-                            f"{hf_home}; {hint}")
-    if not florence_complete(snap):
-        raise MeldflowError(f"Florence-2 model {repo_id} in {snap} is incomplete; {hint}")
+    return verified_snapshot(hf_home, repo_id, revision, FLORENCE_FILES, "Florence-2 model",
+                             hint)
+
+
+def load_florence(snap: Path):
+    """Model and processor from a verified snapshot folder, never the network."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     from transformers import AutoProcessor, Florence2ForConditionalGeneration
 
@@ -144,6 +163,12 @@ def load_florence(hf_home: str | Path, repo_id: str, revision: str = "main"):
     model = Florence2ForConditionalGeneration.from_pretrained(snap, local_files_only=True)
     processor = AutoProcessor.from_pretrained(snap, local_files_only=True)
     return model, processor
+
+
+def identity_of(cfg: TrainConfig, world: int) -> dict:
+    """The run identity of ``cfg`` trained by ``world`` processes (see meldflow.provenance)."""
+    snap, files = florence_snapshot(cfg.hf_home, cfg.model_repo, cfg.revision)
+    return run_identity(cfg, cfg.streams or world, snap.name, files)
 
 
 class Encoder:
@@ -263,10 +288,10 @@ def load_trained(path: str | Path, device="cpu"):
 def _atomic_torch_save(obj, path: Path) -> None:
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from meldflow.storage import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def class_weights(labels: list[str]) -> dict[str, float]:
@@ -375,25 +400,33 @@ def micro_batches(encoder: Encoder, source: Source, jobs: list, workers: int = 0
                                        worker_init_fn=_worker_init, prefetch_factor=2)
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train (or resume) in this process, one DDP rank of ``WORLD_SIZE``; returns metrics."""
+def train(cfg: TrainConfig, identity: dict | None = None) -> dict:
+    """Train (or resume) in this process, one DDP rank of ``WORLD_SIZE``; returns metrics.
+
+    ``identity`` (computed here if not given) decides what may be resumed: only a
+    checkpoint of the same run; a folder holding another run is moved aside first.
+    """
     import torch
     import torch.nn.functional as F
 
     cfg.validate()
     out = Path(cfg.out)
+    rank, world, local = init_distributed()
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    # Rank 0 verifies and reads the cache first so that a broken cache fails once, clearly.
+    if rank == 0:
+        identity = identity or identity_of(cfg, world)
+        claim_run_dir(out, identity)
+        snap = florence_snapshot(cfg.hf_home, cfg.model_repo, cfg.revision)[0]
+    barrier()
+    identity = read_run(out)
+    if rank != 0:
+        snap = florence_snapshot(cfg.hf_home, cfg.model_repo, cfg.revision)[0]
     if (out / "metrics.json").is_file():
         log.info("training already finished: %s", out / "metrics.json")
         return json.loads((out / "metrics.json").read_text())
-    rank, world, local = init_distributed()
-    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     _seed_all(cfg.seed)
-    # Rank 0 reads the cache first so that a broken cache fails once, clearly.
-    if rank == 0:
-        florence, processor = load_florence(cfg.hf_home, cfg.model_repo, cfg.revision)
-    barrier()
-    if rank != 0:
-        florence, processor = load_florence(cfg.hf_home, cfg.model_repo, cfg.revision)
+    florence, processor = load_florence(snap)
     _seed_all(cfg.seed)  # the heads start identical on every rank and in every run
     model = build_heads(florence)
     if cfg.freeze_vision or "vision" not in cfg.modalities:
@@ -407,7 +440,10 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.grad_checkpointing:
         florence.gradient_checkpointing_enable()
     model.to(device)
-    train_src = Source(cfg.train or None, cfg.train_csv, cfg.modalities)
+    train_src = Source(cfg.train or None, cfg.train_csv, cfg.modalities, cfg.exclusions())
+    if train_src.excluded:
+        log.info("%d training rows left out (exclude_flags %s, exclude_max_wer %s)",
+                 train_src.excluded, cfg.exclude_flags, cfg.exclude_max_wer)
     encoder = Encoder(processor, cfg, train_src)
     streams = cfg.streams or world
     if streams % world:
@@ -440,6 +476,11 @@ def train(cfg: TrainConfig) -> dict:
     ckpt = out / "checkpoint" / "state.pt"
     if ckpt.is_file():
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if saved.get("identity") != identity["digest"]:
+            raise MeldflowError(
+                f"{ckpt} belongs to another run (identity {str(saved.get('identity'))[:12]}, "
+                f"this run is {identity['digest'][:12]}); it is never resumed into a different "
+                f"configuration. Move {out} aside, or let `meldflow train` do it")
         model.load_state_dict(saved["model"])
         optim.load_state_dict(saved["optim"])
         sched.load_state_dict(saved["sched"])
@@ -454,7 +495,8 @@ def train(cfg: TrainConfig) -> dict:
         if rank == 0:
             _atomic_torch_save({"model": model.state_dict(), "optim": optim.state_dict(),
                                 "sched": sched.state_dict(), "rng": _rng_state(),
-                                "state": state, "config": dataclasses.asdict(cfg)}, ckpt)
+                                "state": state, "config": dataclasses.asdict(cfg),
+                                "identity": identity["digest"]}, ckpt)
         barrier()
 
     model.train()
@@ -534,7 +576,7 @@ def train(cfg: TrainConfig) -> dict:
     if rank == 0:
         if not (out / "best").is_dir():  # no dev set, or max_steps cut the epoch short
             save_model(model, processor, out / "best", cfg)
-        result = finish(cfg, out, device, state)
+        result = finish(cfg, out, device, state, identity, world)
     barrier()
     return result
 
@@ -587,15 +629,18 @@ def evaluate_split(model, processor, cfg: TrainConfig, source: Source, device,
     return result
 
 
-def finish(cfg: TrainConfig, out: Path, device, state: dict) -> dict:
-    """Best model on dev and test: metrics.json, predictions and plots."""
+def finish(cfg: TrainConfig, out: Path, device, state: dict, identity: dict,
+           world: int = 1) -> dict:
+    """Best model on dev and test: metrics.json (with what made it), predictions, plots."""
     from meldflow.evaluate import majority_baseline, plot_confusion, plot_curves
     from meldflow.storage import write_text
 
     model, processor = load_trained(out / "best", device)
     metrics = {"config": dataclasses.asdict(cfg), "steps": state["step"],
-               "best_dev_weighted_f1": state["best_f1"]}
-    train_labels = Source(cfg.train or None, cfg.train_csv, "text").labels()
+               "best_dev_weighted_f1": state["best_f1"],
+               "run": {"identity": identity["digest"], **identity["parts"]},
+               **environment(world)}
+    train_labels = Source(cfg.train or None, cfg.train_csv, "text", cfg.exclusions()).labels()
     for split, paths, csv in (("dev", cfg.dev, cfg.dev_csv), ("test", cfg.test, cfg.test_csv)):
         if not (paths or csv):
             continue
@@ -608,6 +653,11 @@ def finish(cfg: TrainConfig, out: Path, device, state: dict) -> dict:
     write_text(json.dumps(state["history"], indent=1), out / "history.json")
     plot_curves(state["history"], out / "curves.png")
     write_text(json.dumps(metrics, indent=2), out / "metrics.json")
+    # run.json keeps the headline figures too: Snakemake deletes metrics.json before a
+    # rerun, and a superseded run folder is archived with its run.json.
+    run = read_run(out) | {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                           "metrics": {s: metrics[s] for s in ("dev", "test") if s in metrics}}
+    write_text(json.dumps(run, indent=1), out / RUN_FILE)
     return metrics
 
 
@@ -616,8 +666,8 @@ def finish(cfg: TrainConfig, out: Path, device, state: dict) -> dict:
 class TrainJob:
     """What submitit runs on every task; requeued on timeout or preemption."""
 
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: TrainConfig, identity: dict | None = None):
+        self.cfg, self.identity = cfg, identity
 
     def __call__(self) -> dict:
         import submitit
@@ -630,50 +680,74 @@ class TrainJob:
         os.environ["HF_HUB_OFFLINE"] = "1"
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return train(self.cfg)
+        return train(self.cfg, self.identity)
 
     def checkpoint(self, *args, **kwargs):
         # Training saves its own checkpoints; requeueing only has to start it again.
         import submitit
 
-        return submitit.helpers.DelayedSubmission(TrainJob(self.cfg))
+        return submitit.helpers.DelayedSubmission(TrainJob(self.cfg, self.identity))
+
+
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "UNKNOWN",
+         "FINISHED", "INTERRUPTED", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
+
+
+def _recorded_job(out: Path, executor: str, tasks: int):
+    """The submitit job that ``{out}/job.json`` names, if it is still queued or running."""
+    import submitit
+
+    job_file = out / "job.json"
+    if executor == "debug" or not job_file.is_file():
+        return None
+    info = json.loads(job_file.read_text())
+    if info.get("executor") != executor:
+        return None
+    job = (submitit.SlurmJob if executor == "slurm" else submitit.local.local.LocalJob)(
+        out / "submitit", info["job_id"], tasks=tuple(range(info.get("tasks", tasks))))
+    return None if job.state.split()[0] in ENDED else job
 
 
 def launch(cfg: TrainConfig, executor: str = "local", tasks: int = 2, nodes: int = 1,
            timeout_min: int = 60, slurm: dict | None = None, wait: bool = True):
-    """Submit training through submitit and (by default) wait; records the job id."""
+    """Submit training through submitit and (by default) wait; records the job id.
+
+    A finished run of the same identity returns its metrics, a running one is reattached,
+    an interrupted one resumes; a run folder holding another identity is archived first.
+    """
     import submitit
 
     from meldflow.storage import write_text
 
     cfg.validate()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    job_file = out / "job.json"
+    identity = identity_of(cfg, 1 if executor == "debug" else tasks * nodes)
+    old = read_run(out)
+    if old is None or old["digest"] != identity["digest"]:
+        running = _recorded_job(out, executor, tasks)
+        if running is not None:
+            raise MeldflowError(
+                f"training job {running.job_id} of the previous configuration of {out} is "
+                f"still running; wait for it or cancel it"
+                + (f" (`scancel {running.job_id}`)" if executor == "slurm" else "")
+                + ", then run again")
+    claim_run_dir(out, identity)
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
-    folder = out / "submitit"
-    ex = submitit.AutoExecutor(folder=folder, cluster=executor)
-    params: dict = {"timeout_min": timeout_min}
-    if executor != "debug":
-        params.update(tasks_per_node=tasks, nodes=nodes)
-    if executor == "slurm":
-        params.update({k: v for k, v in (slurm or {}).items() if v is not None})
-    ex.update_parameters(**params)
-    job = None
-    if job_file.is_file() and executor != "debug":
-        info = json.loads(job_file.read_text())
-        if info.get("executor") == executor:
-            job = (submitit.SlurmJob if executor == "slurm" else submitit.local.local.LocalJob)(
-                folder, info["job_id"], tasks=tuple(range(info.get("tasks", tasks))))
-            if job.state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY",
-                             "UNKNOWN", "FINISHED", "INTERRUPTED"):
-                job = None  # finished without metrics: submit again, resuming
+    job = _recorded_job(out, executor, tasks)  # a restarted workflow reattaches
     if job is None:
-        job = ex.submit(TrainJob(cfg))
-        write_text(json.dumps({"job_id": job.job_id, "executor": executor, "tasks": tasks}),
-                   job_file)
-        log.info("submitted training job %s (%s, %d task(s))", job.job_id, executor, tasks)
+        ex = submitit.AutoExecutor(folder=out / "submitit", cluster=executor)
+        params: dict = {"timeout_min": timeout_min}
+        if executor != "debug":
+            params.update(tasks_per_node=tasks, nodes=nodes)
+        if executor == "slurm":
+            params.update({k: v for k, v in (slurm or {}).items() if v is not None})
+        ex.update_parameters(**params)
+        job = ex.submit(TrainJob(cfg, identity))
+        write_text(json.dumps({"job_id": job.job_id, "executor": executor, "tasks": tasks,
+                               "identity": identity["digest"]}), out / "job.json")
+        log.info("submitted training job %s (%s, %d task(s)), run %s", job.job_id, executor,
+                 1 if executor == "debug" else tasks * nodes, identity["digest"][:12])
     if not wait:
         return job
     results = job.results() if executor != "debug" else [job.result()]
@@ -698,6 +772,15 @@ def predict(model_dir: str | Path, clips: list[str] | None = None,
     n = max(len(clips), len(texts))
     if n == 0:
         raise MeldflowError("give clips, texts or both")
+    blank = [i + 1 for i, t in enumerate(texts) if not t.strip()]
+    if blank:
+        raise MeldflowError(f"--text: utterance(s) {', '.join(map(str, blank))} are empty; "
+                            f'give "Speaker: line" or just the line')
+    for clip in clips:
+        try:
+            check_clip_file(clip)
+        except ClipError as exc:
+            raise MeldflowError(f"--clips: {exc}") from None
     if clips and texts and len(clips) != len(texts):
         raise MeldflowError(f"{len(clips)} clips but {len(texts)} texts")
     if "vision" in cfg.modalities and not clips:
