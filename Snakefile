@@ -17,7 +17,8 @@ include: "workflow/rules/train.smk"
 
 
 rule all:
+    # Without the train split there is nothing to train on: preprocessing only.
     default_target: True
     input:
         rules.preprocess.input,
-        rules.evaluate.output,
+        rules.evaluate.output if TRAIN else [],

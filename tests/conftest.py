@@ -62,7 +62,7 @@ def make_workdir(root: Path, hf_home: Path, **overrides) -> Path:
     import yaml
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config.update(meld_dir=str(SAMPLE), hf_home=str(hf_home), **overrides)
+    config.update({"meld_dir": str(SAMPLE), "hf_home": str(hf_home)} | overrides)
     (root / "config").mkdir(parents=True, exist_ok=True)
     (root / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     return root

@@ -49,7 +49,7 @@ def cmd_transcribe(a: argparse.Namespace) -> None:
 
     t = run_transcribe(_shard_rows(a.rows, a.shard), a.out, a.model, a.hf_home, a.device,
                        a.beam_size, a.max_clip_seconds, a.threads,
-                       a.pack_seconds)
+                       a.pack_seconds, a.max_empty_fraction)
     log.info("transcribe: %d rows, %d ok -> %s", t.num_rows,
              t.column("asr_status").to_pylist().count("ok"), a.out)
 
@@ -74,7 +74,8 @@ def cmd_manifest(a: argparse.Namespace) -> None:
 def cmd_summary(a: argparse.Namespace) -> None:
     from meldflow.manifest import run_summary
 
-    text = run_summary(a.manifests, a.unused or [], a.out, a.plot)
+    text = run_summary(a.manifests, a.unused or [], a.out, a.plot, a.ingest_info, a.audit,
+                       a.audit_max_wer)
     print("Rows per status (every annotation row is in results/manifest/{split}.parquet):")
     print(text, end="")
 
@@ -103,12 +104,22 @@ def cmd_stage(a: argparse.Namespace) -> None:
 
 
 def _train_config(a: argparse.Namespace):
+    from meldflow.dataset import open_parquet
     from meldflow.train import TrainConfig
 
     def shards(split: str) -> list[str]:
-        if not a.aligned_dir:
+        given = getattr(a, f"{split}_shards")
+        if given is not None:
+            paths = list(given)
+        elif a.aligned_dir:
+            paths = sorted(str(p) for p in (Path(a.aligned_dir) / split).glob("shard-*.parquet"))
+        else:
             return []
-        return sorted(str(p) for p in (Path(a.aligned_dir) / split).glob("shard-*.parquet"))
+        for p in paths:  # a damaged shard fails here, named, before any job is submitted
+            if not Path(p).is_file():
+                raise MeldflowError(f"aligned shard not found: {p}; run the preprocess target")
+            open_parquet(p)
+        return paths
 
     cfg = TrainConfig(
         out=a.out, hf_home=str(Path(a.hf_home).resolve()), train=shards("train"),
@@ -119,10 +130,12 @@ def _train_config(a: argparse.Namespace):
         class_weighting=not a.no_class_weighting, augment=a.augment,
         freeze_vision=a.freeze_vision, grad_checkpointing=a.grad_checkpointing, seed=a.seed,
         checkpoint_every=a.checkpoint_every, streams=a.streams, max_steps=a.max_steps,
-        loader_workers=a.loader_workers,
+        loader_workers=a.loader_workers, exclude_flags=a.exclude_flags or [],
+        exclude_max_wer=a.exclude_max_wer,
     )
-    if a.aligned_dir and not cfg.train:
-        raise MeldflowError(f"no shards in {a.aligned_dir}/train/: run the preprocess target")
+    if (a.aligned_dir or a.train_shards is not None) and not (cfg.train or cfg.train_csv):
+        raise MeldflowError("no training shards: run the preprocess target (and keep 'train' "
+                            "in splits)")
     cfg.validate()
     return cfg
 
@@ -230,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pack-seconds", type=float, default=28.0,
                    help="pack short clips into Whisper windows of up to this many seconds; "
                         "0 = one clip per call (default 28)")
+    s.add_argument("--max-empty-fraction", type=float, default=0.5,
+                   help="fail the shard if more than this share of its clips with audio "
+                        "come back without a word: the sign of a damaged model (default 0.5)")
     s.set_defaults(func=cmd_transcribe)
 
     s = sub.add_parser("align", help="join annotation, transcript and frames of one shard")
@@ -249,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--unused", nargs="*", help="ingest's {split}.unused.tsv files")
     s.add_argument("--out", required=True, help="summary .tsv")
     s.add_argument("--plot", help="bar chart .png")
+    s.add_argument("--ingest-info", nargs="*", help="ingest's {split}.shards.json files "
+                                                    "(their warnings are repeated)")
+    s.add_argument("--audit", help="write the rows to check before trusting them here (.tsv)")
+    s.add_argument("--audit-max-wer", type=float, default=0.75,
+                   help="rows whose transcript WER exceeds this are listed (default 0.75)")
     s.set_defaults(func=cmd_summary)
 
     s = sub.add_parser("stage", help="put models into the offline Hugging Face cache",
@@ -276,7 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "resumes from its last checkpoint.")
     s.add_argument("--out", required=True, help="run folder (checkpoints, metrics, plots)")
     s.add_argument("--hf-home", required=True, help="offline cache with the staged Florence-2")
-    s.add_argument("--aligned-dir", help="results/aligned (holds train/, dev/, test/)")
+    s.add_argument("--aligned-dir", help="results/aligned (holds train/, dev/, test/); "
+                                          "the --*-shards options name files instead")
+    for split in ("train", "dev", "test"):
+        s.add_argument(f"--{split}-shards", nargs="*", metavar="PARQUET",
+                       help=f"the {split} split's aligned shards (what the workflow passes)")
     s.add_argument("--train-csv", help="text-only training straight from a MELD CSV")
     s.add_argument("--dev-csv")
     s.add_argument("--test-csv")
@@ -306,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--loader-workers", type=int, default=-1,
                    help="reader processes per task; -1: up to 4 on a GPU (from the task's "
                         "CPUs), none on the CPU, where they would compete with the step")
+    s.add_argument("--exclude-flags", nargs="*", metavar="FLAG",
+                   help="leave training rows with any of these flags out (see the audit in "
+                        "results/manifest/audit.tsv); dev and test stay whole")
+    s.add_argument("--exclude-max-wer", type=float,
+                   help="also leave out training rows whose transcript WER exceeds this")
     s.add_argument("--executor", default="local", choices=["local", "slurm", "debug"])
     s.add_argument("--tasks", type=int, default=2, help="tasks (GPUs) per node")
     s.add_argument("--nodes", type=int, default=1)

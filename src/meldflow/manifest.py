@@ -1,6 +1,7 @@
 """The per-split manifest: exactly one row per annotation row, with status and reason.
 
-Owns ``results/manifest/{split}.parquet`` and ``results/manifest/summary.{tsv,png}``.
+Owns ``results/manifest/{split}.parquet``, ``results/manifest/summary.{tsv,txt,png}`` and
+``results/manifest/audit.tsv`` (the rows a researcher should look at before trusting them).
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from meldflow import MeldflowError
-from meldflow.status import STATUSES
-from meldflow.storage import write_table, write_text
+from meldflow.status import STATUSES, SUSPICIOUS_FLAGS
+from meldflow.storage import atomic_path, write_table, write_text
 
 MANIFEST_COLUMNS = ["split", "dialogue_id", "utterance_id", "shard", "status", "reason",
-                    "flags", "transcript", "wer", "clip_duration_s"]
+                    "flags", "utterance", "transcript", "wer", "clip_duration_s"]
+# Whisper disagreeing with most of the gold line: a mis-cut clip, another speaker's line,
+# or noise (on real MELD whisper-small's median per-utterance WER is about 0.17).
+AUDIT_MAX_WER = 0.75
+AUDIT_COLUMNS = ["split", "dialogue_id", "utterance_id", "csv_line", "status", "why", "wer",
+                 "utterance", "transcript", "reason"]
 
 
 def build_manifest(ingest: pa.Table, aligned_paths: list[str | Path]) -> pa.Table:
@@ -108,20 +114,62 @@ def plot_summary(manifest_paths: list[str | Path], out: str | Path) -> None:
     ax.set_title("meldflow: rows per status")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(out)
+
+
+def audit_rows(manifest_paths: list[str | Path], max_wer: float = AUDIT_MAX_WER) -> list[dict]:
+    """Rows to look at before trusting them: a status other than ok, a suspicious flag,
+    or a transcript whose WER against the gold utterance exceeds ``max_wer``."""
+    out = []
+    for p in manifest_paths:
+        for r in pq.read_table(p).to_pylist():
+            why = [] if r["status"] == "ok" else [r["status"]]
+            why += [f for f in r["flags"] or [] if f in SUSPICIOUS_FLAGS]
+            if r["wer"] is not None and r["wer"] > max_wer:
+                why.append(f"wer>{max_wer:g}")
+            if why:
+                out.append(r | {"why": ",".join(why)})
+    return out
+
+
+def write_audit(rows: list[dict], out: str | Path) -> None:
+    def cell(v) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        return str(v).replace("\t", " ").replace("\n", " ")
+
+    lines = ["\t".join(AUDIT_COLUMNS)]
+    lines += ["\t".join(cell(r[c]) for c in AUDIT_COLUMNS) for r in rows]
+    write_text("\n".join(lines) + "\n", out)
 
 
 def run_summary(manifest_paths: list[str | Path], unused_paths: list[str | Path],
-                out_tsv: str | Path, out_png: str | Path | None = None) -> str:
+                out_tsv: str | Path, out_png: str | Path | None = None,
+                ingest_infos: list[str | Path] | None = None, audit_out: str | Path | None = None,
+                audit_max_wer: float = AUDIT_MAX_WER) -> str:
+    import json
+
     unused = {}
     for p in unused_paths:
         lines = Path(p).read_text().splitlines()[1:]
         unused[Path(p).name.split(".")[0]] = len([ln for ln in lines if ln.strip()])
     text = format_summary(manifest_paths, unused)
+    for p in ingest_infos or []:
+        warning = json.loads(Path(p).read_text()).get("warning")
+        if warning:
+            text += f"WARNING: {warning}\n"
+    if audit_out:
+        rows = audit_rows(manifest_paths, audit_max_wer)
+        write_audit(rows, audit_out)
+        per_split = collections.Counter(r["split"] for r in rows)
+        text += (f"audit: {len(rows)} row(s) to check before trusting them ("
+                 + ", ".join(f"{s} {n}" for s, n in per_split.items())
+                 + f"): non-ok status, suspicious flags, or WER > {audit_max_wer:g}; "
+                 f"listed in {audit_out}\n") if rows else "audit: no suspicious rows\n"
     statuses, counts = summarise(manifest_paths)
     tsv = ["split\tstatus\trows"] + [f"{sp}\t{s}\t{c[s]}" for sp, c in counts.items()
                                       for s in statuses if c[s]]

@@ -13,6 +13,9 @@ patch_slurm_plugin()
 validate(config, schema="../schemas/config.schema.yaml")
 
 SPLITS = config["splits"]
+# Training needs the train split; dev picks the best epoch, test is reported if present.
+TRAIN = "train" in SPLITS
+EVAL_SPLITS = [s for s in ("dev", "test") if s in SPLITS]
 HF_HOME = config["hf_home"]
 SHARD = "{shard,[0-9]{4}}"
 TINY_FLORENCE = "meldflow/florence2-tiny-random"
@@ -25,6 +28,23 @@ def annotation_csv(wildcards):
         if path.is_file():
             return str(path)
     raise ValueError(f"no annotation CSV for split {wildcards.split} in {config['meld_dir']}")
+
+
+def clip_fingerprint(wildcards):
+    """Digest of the split's clip folder (names, sizes, mtimes): a clip added, repaired or
+    replaced since the last run changes it, and with it ingest's parameters."""
+    from meldflow.ingest import clip_inventory
+
+    return clip_inventory(config["meld_dir"], wildcards.split)
+
+
+def shard_digest(wildcards):
+    """Digest of one shard's rows and clips, from the ingest checkpoint. The shard jobs read
+    the ingest table as ancient(), so only the shards whose digest changed are redone."""
+    info = Path(f"results/ingest/{wildcards.split}.shards.json")
+    if not info.is_file():
+        return ""
+    return json.loads(info.read_text()).get("shard_digests", {}).get(wildcards.shard, "")
 
 
 def shards_of(split):
@@ -52,10 +72,16 @@ def train_args(wildcards):
     t = config.get("train", {})
     args = [f"--model-repo {config['florence_repo']}",
             f"--revision {config.get('florence_revision', 'main')}"]
+    # The shards named one by one: never whatever an earlier shard_size left on disk.
+    for split in SPLITS:
+        args.append(f"--{split}-shards " + " ".join(aligned_of(split)))
     for key in ("executor", "tasks", "nodes", "modalities", "text_source", "context_turns",
-                "epochs", "global_batch", "lr", "time_min", "loader_workers"):
-        if key in t:
+                "epochs", "global_batch", "lr", "time_min", "loader_workers",
+                "exclude_max_wer"):
+        if t.get(key) is not None:
             args.append(f"--{key.replace('_', '-')} {t[key]}")
+    if t.get("exclude_flags"):
+        args.append("--exclude-flags " + " ".join(t["exclude_flags"]))
     slurm = t.get("slurm") or {}
     for key in ("partition", "account", "gpus_per_node", "cpus_per_task", "mem_gb"):
         if slurm.get(key) is not None:

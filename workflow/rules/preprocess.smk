@@ -32,6 +32,7 @@ checkpoint ingest:
     params:
         meld_dir=config["meld_dir"],
         shard_size=config["shard_size"],
+        clips=clip_fingerprint,
     log:
         "results/logs/ingest/{split}.log",
     benchmark:
@@ -45,11 +46,12 @@ checkpoint ingest:
 
 rule transcribe:
     input:
-        rows="results/ingest/{split}.parquet",
+        rows=ancient("results/ingest/{split}.parquet"),
         model="results/stage/whisper.json",
     output:
         f"results/transcripts/{{split}}/shard-{SHARD}.parquet",
     params:
+        rows=shard_digest,
         hf_home=HF_HOME,
         model=config["whisper_model"],
         device=config.get("whisper_device", "auto"),
@@ -72,10 +74,11 @@ rule transcribe:
 
 rule frames:
     input:
-        rows="results/ingest/{split}.parquet",
+        rows=ancient("results/ingest/{split}.parquet"),
     output:
         f"results/frames/{{split}}/shard-{SHARD}.parquet",
     params:
+        rows=shard_digest,
         k=config["frames_per_utterance"],
         size=config["frame_size"],
         cap=config.get("max_clip_seconds", 30),
@@ -94,11 +97,13 @@ rule frames:
 
 rule align:
     input:
-        rows="results/ingest/{split}.parquet",
+        rows=ancient("results/ingest/{split}.parquet"),
         transcripts="results/transcripts/{split}/shard-{shard}.parquet",
         frames="results/frames/{split}/shard-{shard}.parquet",
     output:
         f"results/aligned/{{split}}/shard-{SHARD}.parquet",
+    params:
+        rows=shard_digest,
     log:
         "results/logs/align/{split}/shard-{shard}.log",
     benchmark:
@@ -131,11 +136,16 @@ rule summary:
     input:
         manifests=expand("results/manifest/{split}.parquet", split=SPLITS),
         unused=expand("results/ingest/{split}.unused.tsv", split=SPLITS),
+        info=expand("results/ingest/{split}.shards.json", split=SPLITS),
     output:
         tsv="results/manifest/summary.tsv",
         txt="results/manifest/summary.txt",
         plot=report("results/manifest/summary.png", caption="../report/status.rst",
                     category="Preprocessing"),
+        audit=report("results/manifest/audit.tsv", caption="../report/audit.rst",
+                     category="Preprocessing"),
+    params:
+        max_wer=config.get("audit_max_wer", 0.75),
     log:
         "results/logs/summary.log",
     benchmark:
@@ -144,7 +154,8 @@ rule summary:
         "../../envs/frames.yaml"
     shell:
         "meldflow summary --manifests {input.manifests} --unused {input.unused} "
-        "--out {output.tsv} --plot {output.plot} > {log} 2>&1"
+        "--ingest-info {input.info} --out {output.tsv} --plot {output.plot} "
+        "--audit {output.audit} --audit-max-wer {params.max_wer} > {log} 2>&1"
 
 
 rule preprocess:

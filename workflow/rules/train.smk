@@ -43,8 +43,8 @@ rule train:
     conda:
         "../../envs/training.yaml"
     shell:
-        "meldflow train --out results/train --aligned-dir results/aligned "
-        "--hf-home {params.hf_home} {params.args} > {log} 2>&1"
+        "meldflow train --out results/train --hf-home {params.hf_home} {params.args} "
+        "> {log} 2>&1"
 
 
 rule evaluate:
@@ -55,10 +55,14 @@ rule evaluate:
                      category="Metrics"),
         per_class=report("results/evaluate/per_class.tsv", caption="../report/per_class.rst",
                          category="Metrics"),
-        confusion=report("results/evaluate/confusion_test.png",
-                         caption="../report/confusion.rst", category="Plots"),
         curves=report("results/evaluate/curves.png", caption="../report/curves.rst",
                       category="Plots"),
+        # one confusion matrix per evaluated split that the config has
+        **{
+            f"confusion_{s}": report(f"results/evaluate/confusion_{s}.png",
+                                     caption="../report/confusion.rst", category="Plots")
+            for s in EVAL_SPLITS
+        },
     log:
         "results/logs/evaluate.log",
     benchmark:
