@@ -94,12 +94,26 @@ def test_rerun_executes_nothing(preprocessed):
     assert {p: p.stat().st_mtime_ns for p in outputs} == before
 
 
-def test_rerun_after_failure_redoes_only_what_is_missing(tmp_path, hf_home):
+def test_damaged_cache_is_repaired_by_the_stage_rule(tmp_path, hf_home):
     broken = tmp_path / "hf"
     shutil.copytree(hf_home, broken, symlinks=True)
     model = (cached_snapshot(broken, "Systran/faster-whisper-tiny.en") / "model.bin").resolve()
-    model.write_bytes(model.read_bytes()[:1000])  # a damaged copy: every transcribe job fails
+    model.write_bytes(model.read_bytes()[:1000])
+    work = make_workdir(tmp_path / "work", broken, splits=["dev"], shard_size=100)
+    run_snakemake(work, "preprocess")
+    log = (work / "results" / "logs" / "stage_whisper.log").read_text()
+    assert "damaged file" in log and "model.bin" in log
+    assert model.stat().st_size > 1000
+
+
+def test_rerun_after_failure_redoes_only_what_is_missing(tmp_path, hf_home):
+    broken = tmp_path / "hf"
+    shutil.copytree(hf_home, broken, symlinks=True)
     work = make_workdir(tmp_path / "work", broken, splits=["dev", "test"], shard_size=10)
+    run_snakemake(work, "results/stage/whisper.json")
+    # Damaged after staging (a bad disk, a half-finished copy): every transcribe job fails.
+    model = (cached_snapshot(broken, "Systran/faster-whisper-tiny.en") / "model.bin").resolve()
+    model.write_bytes(model.read_bytes()[:1000])
     proc = run_snakemake(work, "preprocess", "--keep-going", check=False)
     assert proc.returncode != 0
     res = work / "results"

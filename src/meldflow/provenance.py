@@ -29,6 +29,7 @@ from meldflow.stage import sha256_file
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+LEGACY_RUN = ("checkpoint", "best", "metrics.json")
 # Paths (their content is in the identity instead) and options shown by tests to leave the
 # weights unchanged: loader workers, checkpoint frequency.
 IDENTITY_EXCLUDED = ("out", "hf_home", "train", "dev", "test", "train_csv", "dev_csv",
@@ -105,7 +106,11 @@ def claim_run_dir(out: Path, identity: dict) -> Path | None:
     if old is not None and old["digest"] == identity["digest"]:
         return None
     moved = None
-    entries = [p for p in out.iterdir() if p.name != RUN_FILE or old is not None]
+    # With no run.json, only a run's own products mean a run was here (a fresh submitit
+    # job finds its log folder already made).
+    entries = list(out.iterdir())
+    if old is None and not any((out / name).exists() for name in LEGACY_RUN):
+        entries = []
     if entries:
         moved = archive_dir(out, (old or {}).get("digest", ""))
         moved.mkdir(parents=True)
