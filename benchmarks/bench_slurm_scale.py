@@ -6,7 +6,12 @@ job's SLURM elapsed time plus its queue wait, minus the time the rule itself too
 (Snakemake's benchmark file written inside the job). Needs the local cluster
 (`sudo bash cluster/local-slurm/up.sh`) and `make setup`.
 
+With --init-seconds, the SLURM run is repeated for each value of the plugin's
+`slurm-init-seconds-before-status-checks` (the first status check after a submission,
+and the interval it returns to whenever a job has finished), to choose the profile's.
+
 Run: .venv/bin/python benchmarks/bench_slurm_scale.py [--shards 8] [--arrays]
+         [--init-seconds 10 20 40]
 """
 
 from __future__ import annotations
@@ -90,6 +95,8 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=8, help="about this many train shards")
     ap.add_argument("--arrays", action="store_true",
                     help="also run with --slurm-array-jobs for the shard rules")
+    ap.add_argument("--init-seconds", type=int, nargs="*", default=[],
+                    help="also run SLURM with each of these status-check settings")
     args = ap.parse_args()
     if not shutil.which("sacct"):
         raise SystemExit("no sacct: start the local cluster (sudo bash cluster/local-slurm/up.sh)")
@@ -105,6 +112,10 @@ def main() -> None:
     stage_whisper(hf_home, "tiny.en", source="package")
     modes = {"local executor": [],
              "SLURM, one job per shard step": ["--profile", str(REPO / "cluster" / "slurm")]}
+    for secs in args.init_seconds:
+        modes[f"SLURM, status checks from {secs} s"] = [
+            "--profile", str(REPO / "cluster" / "slurm"),
+            "--slurm-init-seconds-before-status-checks", str(secs)]
     if args.arrays:
         modes["SLURM, job arrays"] = ["--profile", str(REPO / "cluster" / "slurm"),
                                       "--slurm-array-jobs", "transcribe,frames,align"]
@@ -117,8 +128,11 @@ def main() -> None:
     n_jobs = len(rule_seconds(local)) - 1  # stage_whisper is a local rule in every mode
     shards = len(list((local / "results" / "aligned" / "train").glob("*.parquet")))
     base = walls["local executor"]
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True,
+                           text=True).stdout.split()
     print(f"\npreprocess on the sample's train split: {shards} shards, {n_jobs} jobs, "
-          f"2 CPUs; wall time relative to the local executor:")
+          f"2 CPUs, {len(set(nodes))} SLURM node(s); wall time relative to the local "
+          f"executor:")
     for name, wall in walls.items():
         print(f"    {name:32s} {wall / base:5.2f}x")
     for name in modes:
@@ -132,7 +146,7 @@ def main() -> None:
               f"{extra_wall:.1f} s; inside each job, SLURM elapsed minus the rule's own "
               f"time: median {statistics.median(in_job):.1f} s (the rule itself: median "
               f"{rule_time:.1f} s); queue wait median "
-              f"{statistics.median(j['wait'] for j in jobs):.1f} s (2 CPUs for all jobs)")
+              f"{statistics.median(j['wait'] for j in jobs):.1f} s")
     print(f"(work folders under {root})")
 
 

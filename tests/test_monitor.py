@@ -7,7 +7,14 @@ import sys
 
 from conftest import env_with_venv
 
-from meldflow.monitor import _mb, _seconds, job_rows, patch_slurm_plugin, slurm_state
+from meldflow.monitor import (
+    _mb,
+    _seconds,
+    job_rows,
+    patch_slurm_plugin,
+    real_nodes,
+    slurm_state,
+)
 
 
 def test_state_words():
@@ -29,6 +36,27 @@ def test_plugin_sees_bare_states_after_the_patch():
     cmd = f"{sys.executable} -c \"print('41|CANCELLED by 0'); print('42|COMPLETED')\""
     states, _ = asyncio.run(query(cmd, logging.getLogger("test")))
     assert states == {"41": "CANCELLED", "42": "COMPLETED"}
+
+
+def test_a_failed_status_query_keeps_every_job_active():
+    """sacct failing (slurmdbd down) made the plugin forget its active jobs; now the query
+    answers "nothing known", and the plugin yields every job as still running."""
+    import snakemake_executor_plugin_slurm as plugin
+
+    patch_slurm_plugin()
+    query = plugin.Executor.check_active_jobs.__globals__["query_job_status"]
+    failing = f"{sys.executable} -c \"import sys; sys.exit('slurmdbd: connection refused')\""
+    assert asyncio.run(query(failing, logging.getLogger("test"))) == ({}, 0.0)
+
+
+def test_a_node_named_none_assigned_is_not_excluded():
+    """After a NODE_FAIL the plugin put sacct's `None assigned` into --exclude, and every
+    later sbatch failed; only real node names reach the submit command now."""
+    import snakemake_executor_plugin_slurm as plugin
+
+    patch_slurm_plugin()
+    assert getattr(plugin.get_submit_command, "meldflow_wrapped", False)
+    assert real_nodes({"None assigned", "n2", "gpu[1-3]", "None", ""}) == {"n2", "gpu[1-3]"}
 
 
 def test_units_of_sacct_fields():
@@ -67,3 +95,32 @@ def test_status_without_sacct_says_so(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "meldflow.cli", "status"], env=env,
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "sacct is not available" in proc.stderr
+
+
+def test_failed_tries_are_explained_and_gpus_shown():
+    from meldflow.monitor import format_table
+
+    def rec(job, comment, state, mem, node, tres="cpu=2,mem=2000M,node=1", limit="00:30:00"):
+        return {"JobIDRaw": job, "JobID": job, "JobName": "run", "Comment": comment,
+                "State": state, "ExitCode": "0:0", "ElapsedRaw": "10", "TotalCPU": "00:05",
+                "AllocCPUS": "2", "ReqMem": mem, "MaxRSS": "", "Submit": job,
+                "NodeList": node, "AllocTRES": tres, "Timelimit": limit}
+
+    c = "rule_frames_wildcards_train_0001"
+    records = [
+        rec("11", c, "FAILED", "2000M", "n1"),
+        {**rec("11.0", "", "OUT_OF_MEMORY", "", "n1"), "MaxRSS": "1900M"},
+        rec("12", c, "NODE_FAIL", "4000M", "n2", "cpu=2,mem=4G,node=1,gres/gpu=2"),
+        rec("13", c, "TIMEOUT", "6000M", "n1", limit="00:30:00"),
+        rec("14", c, "COMPLETED", "8000M", "n1", limit="01:00:00"),
+    ]
+    rows = job_rows(records)
+    assert [r.state for r in rows] == ["OUT_OF_MEMORY", "NODE_FAIL", "TIMEOUT", "COMPLETED"]
+    assert rows[0].explanation == ("ran out of memory at 2000 MB (peak 1900 MB); "
+                                   "try 2 asked for 4000 MB")
+    assert rows[1].explanation == "node n2 failed; redone on n1 (try 3)"
+    assert rows[2].explanation == "ran past its time limit of 00:30:00; try 4 got 01:00:00"
+    assert rows[3].explanation == "" and rows[1].gpus == 2
+    table = format_table("run", rows)
+    assert "gpus" in table.splitlines()[1] and "node n2 failed" in table
+

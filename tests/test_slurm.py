@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -24,9 +25,10 @@ def slurm_cluster():
                               capture_output=True, text=True)
         if proc.returncode != 0:
             pytest.fail(f"local SLURM did not start:\n{proc.stdout}{proc.stderr}")
-    ok = shutil.which("sacct") and subprocess.run(
-        ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.strip() in (
-        "idle", "mixed", "allocated")
+    states = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True,
+                            text=True).stdout.split() if shutil.which("sinfo") else []
+    ok = shutil.which("sacct") and states and all(
+        s in ("idle", "mixed", "allocated") for s in states)
     if not ok:
         msg = "no SLURM cluster: run cluster/local-slurm/up.sh as root"
         if IN_CI:
@@ -68,6 +70,7 @@ def _signal_training_once(work, proc, timeout=900):
         if job_file.is_file() and ckpt.is_file():
             job_id = json.loads(job_file.read_text())["job_id"]
             subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+            _start_requeued_now(job_id)
             return job_id
         time.sleep(0.5)
     return None
@@ -202,3 +205,333 @@ def test_cancelled_and_timed_out_shard_jobs_are_resubmitted(slurm_cluster, prepr
     table = subprocess.run([sys.executable, "-m", "meldflow.cli", "status", "--dir",
                             str(work)], capture_output=True, text=True, check=True).stdout
     assert "TIMEOUT" in table and "CANCELLED" in table and "cpu eff" in table
+
+
+def _start_requeued_now(job_id, timeout=60):
+    """SLURM holds a requeued job back (BeginTime about 2 minutes ahead); as an admin
+    would, let it start at once."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"],
+                             capture_output=True, text=True).stdout.strip()
+        if out.startswith("PENDING"):
+            subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"],
+                           capture_output=True)
+            return
+        time.sleep(0.3)
+
+
+def _settled_history(job_id, timeout=60):
+    """The states of every run of a job (sacct -D), once accounting has its end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        history = [line[1] for line in sacct("-D", "-j", job_id, "-o", "JobID,State")]
+        if history and history[-1] not in ("RUNNING", "PENDING", "REQUEUED") \
+                or time.monotonic() > deadline:
+            return history
+        time.sleep(1)
+
+
+def test_two_nodes_train_like_one_process_and_resume_across_nodes(slurm_cluster, tmp_path):
+    """DDP over two SLURM nodes (one gloo task each, rendezvous on n1) trains to the weights
+    of one process with two data streams, also when preempted mid-run and resumed."""
+    from test_train import _cfg, max_diff, weights
+
+    from meldflow.stage import stage_florence
+    from meldflow.train import launch, train
+
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True,
+                           text=True).stdout.split()
+    if len(set(nodes)) < 2:
+        pytest.fail(f"the local cluster has one node ({nodes}): up.sh starts two by default")
+    home = tmp_path / "hf"
+    stage_florence(home, tiny=True)
+    from test_train import DEV_CSV
+
+    kw = dict(epochs=20, checkpoint_every=25, dev_csv=DEV_CSV)  # 160 steps, streams=2
+    train(_cfg(home, tmp_path / "one", **kw))
+    cfg = _cfg(home, tmp_path / "two", **kw)
+    job = launch(cfg, executor="slurm", tasks=1, nodes=2, timeout_min=30, wait=False,
+                 slurm={"slurm_partition": "debug", "mem_gb": 3, "cpus_per_task": 1})
+    ckpt = tmp_path / "two" / "checkpoint" / "state.pt"
+    deadline = time.monotonic() + 600
+    while not ckpt.is_file() and time.monotonic() < deadline and not job.done():
+        time.sleep(0.5)
+    assert ckpt.is_file(), job.stderr()
+    subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)  # preemption
+    _start_requeued_now(job.job_id)
+    job.results()
+    history = _settled_history(job.job_id)
+    assert history[0] == "REQUEUED" and history[-1] == "COMPLETED", history
+    alloc = sacct("-j", job.job_id, "-o", "JobID,NNodes,NodeList")
+    assert alloc[-1][1] == "2", alloc
+    logs = {p.name: p.read_text() for p in (tmp_path / "two" / "submitit").glob("*_log.err")}
+    rank1 = "".join(t for n, t in logs.items() if n.endswith("_1_log.err"))
+    assert "rank 1:" in rank1 and "resumed from" in "".join(logs.values())
+    assert "epoch 1: dev" not in rank1  # only rank 0 evaluates and writes
+    # The key projections' biases get no gradient in exact arithmetic (softmax ignores a
+    # constant added to every score); AdamW scales their rounding noise up to lr-sized
+    # steps, so over 340 steps they drift apart by ~5e-4 for any change of process count.
+    one_w, two_w = weights(tmp_path / "one" / "best"), weights(tmp_path / "two" / "best")
+    noise = [k for k in one_w if k.endswith("k_proj.bias")]
+    assert max_diff(*({k: v for k, v in w.items() if k not in noise}
+                      for w in (one_w, two_w))) < 1e-4
+    assert max(float((one_w[k] - two_w[k]).abs().max()) for k in noise) < 2e-3
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert m2["steps"] == m1["steps"] and m2["hardware"]["world_size"] == 2
+    assert m2["run"]["identity"] == m1["run"]["identity"]
+    assert m2["hardware"]["slurm"]["SLURM_NNODES"] == "2"
+
+
+# ffmpeg stand-in for fault tests. The first call (of a whole run) holds 2.6 GB, past a
+# first try's 2 GB: the kernel kills it and SLURM ends its job OUT_OF_MEMORY. The first
+# call in any other job sleeps, so that its job can be caught running. Every later call is
+# the real ffmpeg. (mkdir is atomic: one job gets each fault.)
+FAULTY_FFMPEG = """#!/bin/sh
+if mkdir "{marker}-oom" 2>/dev/null; then
+  echo "$SLURM_JOB_ID" > "{marker}-oom/job"
+  {python} -c "import time; x = b'1' * (2600 * 2**20); time.sleep(30)"
+  exit 1
+fi
+if [ "$SLURM_JOB_ID" != "$(cat "{marker}-oom/job" 2>/dev/null)" ] \\
+   && mkdir "{marker}-slow" 2>/dev/null; then
+  echo "$SLURM_JOB_ID" > "{marker}-slow/job"
+  sleep {sleep}
+fi
+exec {ffmpeg} "$@"
+"""
+
+
+def _faulty_ffmpeg(tmp_path, oom=True, sleep=300):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    if not oom:
+        (tmp_path / "fault-oom").mkdir()
+    (fake / "ffmpeg").write_text(FAULTY_FFMPEG.format(
+        marker=tmp_path / "fault", python=sys.executable, ffmpeg=shutil.which("ffmpeg"),
+        sleep=sleep))
+    (fake / "ffmpeg").chmod(0o755)
+    env = env_with_venv()
+    env["PATH"] = f"{fake}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def _fail_node(node, job):
+    """What a node's power loss does: its slurmd and every process of the job it runs die
+    at once, and SLURM marks it down (its jobs end NODE_FAIL)."""
+    subprocess.run(["pkill", "-9", "-f", f"slurmd -N {node}$"], check=True)
+    for proc in Path("/proc").iterdir():
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"SLURM_JOB_ID={job}".encode() in env or cmd.startswith(f"slurmstepd: [{job}.".encode()):
+            try:
+                os.kill(int(proc.name), 9)
+            except (ProcessLookupError, ValueError):
+                pass
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=down",
+                    "reason=meldflow-test"], check=True)
+
+
+def _wait_node_up(node, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True,
+                               text=True).stdout.strip()
+        if state in ("idle", "mixed", "allocated"):
+            return
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"],
+                       capture_output=True)
+        time.sleep(0.5)
+    raise AssertionError(f"node {node} did not come back")
+
+
+def _tries(start):
+    """{comment: [(job id, state, ReqMem, NodeList, Start, End)]} of the shard jobs; a job
+    whose step the kernel killed for memory counts as OUT_OF_MEMORY (the job itself may
+    only say FAILED)."""
+    out = subprocess.run(["sacct", "-P", "-n", "-S", start, "-o",
+                          "JobIDRaw,Comment%200,State%40,ReqMem,NodeList%40,Start,End"],
+                         capture_output=True, text=True, check=True).stdout
+    jobs, oom = {}, set()
+    for rec in (line.split("|") for line in out.splitlines() if line):
+        if "." in rec[0]:
+            if rec[2].startswith("OUT_OF_MEMORY"):
+                oom.add(rec[0].split(".")[0])
+        elif rec[1].startswith("rule_"):
+            jobs[rec[0]] = rec
+    tries = {}
+    for job, rec in jobs.items():
+        state = "OUT_OF_MEMORY" if job in oom else rec[2].split()[0]
+        tries.setdefault(rec[1], []).append((int(job), state, *rec[3:]))
+    return {c: sorted(v) for c, v in tries.items()}
+
+
+def _assert_same_shards(work, preprocessed, split="train"):
+    for local in sorted((preprocessed / "results" / "aligned" / split).glob("*.parquet")):
+        remote = work / "results" / "aligned" / split / local.name
+        assert pq.read_table(remote).equals(pq.read_table(local)), remote
+
+
+def test_out_of_memory_and_node_failure_are_redone(slurm_cluster, preprocessed, hf_home,
+                                                   tmp_path):
+    """A frames job over its memory ends OUT_OF_MEMORY and is resubmitted with more; a node
+    that goes down under a running job: the job is redone on the other node."""
+    work = slurm_workdir(tmp_path / "faults", hf_home, splits=["train"])
+    env = _faulty_ffmpeg(tmp_path)
+    start = time.strftime("%Y-%m-%dT%H:%M:%S")
+    proc = start_snakemake(work, tmp_path / "snakemake.log", "--", "preprocess", env=env)
+    downed = None
+    try:
+        deadline = time.monotonic() + 400
+        while downed is None and time.monotonic() < deadline and proc.poll() is None:
+            marker = tmp_path / "fault-slow" / "job"
+            if marker.is_file() and marker.read_text().strip():
+                job = marker.read_text().strip()
+                node = subprocess.run(["squeue", "-h", "-j", job, "-o", "%N"],
+                                      capture_output=True, text=True).stdout.strip()
+                if node:
+                    downed = node
+                    _fail_node(downed, job)
+            time.sleep(0.5)
+        assert downed, "the slow frames job was never seen running"
+        rc = proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if downed:  # repaired: ReturnToService=2 takes it back once slurmd registers
+            subprocess.run(["slurmd", "-N", downed], check=True)
+            _wait_node_up(downed)
+    text = (tmp_path / "snakemake.log").read_text()
+    assert rc == 0, text[-4000:]
+    tries = _tries(start)
+    oom = [v for v in tries.values() if v[0][1] == "OUT_OF_MEMORY"]
+    assert len(oom) == 1, tries
+    assert [t[1] for t in oom[0]] == ["OUT_OF_MEMORY", "COMPLETED"]
+    assert monitor_mb(oom[0][1][2]) == 2 * monitor_mb(oom[0][0][2])  # 2 GB, then 4 GB
+    failed = [v for v in tries.values() if v[0][1] == "NODE_FAIL"]
+    assert len(failed) == 1, tries
+    assert failed[0][0][3] == downed and failed[0][-1][1] == "COMPLETED"
+    assert failed[0][-1][3] != downed  # redone on the other node
+    later = [t for v in tries.values() for t in v if t[0] > failed[0][0][0]]
+    assert later and all(t[3] != downed for t in later)  # the dead node was not chosen again
+    _assert_same_shards(work, preprocessed)
+    # meldflow status explains what happened and what was done about it
+    table = subprocess.run([sys.executable, "-m", "meldflow.cli", "status", "--dir",
+                            str(work)], capture_output=True, text=True, check=True).stdout
+    assert "ran out of memory at 2000 MB" in table and "try 2 asked for 4000 MB" in table
+    assert f"node {downed} failed" in table and "redone on" in table
+
+
+def monitor_mb(text):
+    from meldflow.monitor import _mb
+
+    return _mb(text)
+
+
+def _daemon_up(name, check_cmd):
+    """Start a SLURM daemon again if it is not running, and wait until it answers."""
+    if subprocess.run(["pgrep", "-x", name], capture_output=True).returncode != 0:
+        subprocess.run([name], check=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if subprocess.run(check_cmd, capture_output=True).returncode == 0:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{name} did not come back")
+
+
+def test_accounting_outage_and_controller_restart_are_survived(slurm_cluster, preprocessed,
+                                                               hf_home, tmp_path):
+    """slurmdbd stopped for longer than several status checks, then slurmctld restarted,
+    mid-run: no job is taken for failed or redone, and the run finishes."""
+    work = slurm_workdir(tmp_path / "outage", hf_home, splits=["train"])
+    env = _faulty_ffmpeg(tmp_path, oom=False, sleep=45)  # one frames job runs 45 s longer
+    start = time.strftime("%Y-%m-%dT%H:%M:%S")
+    proc = start_snakemake(work, tmp_path / "snakemake.log", "--", "preprocess", env=env)
+    dbd_check, ctld_check = ["sacctmgr", "-n", "list", "cluster"], ["squeue", "-h"]
+    try:
+        marker = tmp_path / "fault-slow" / "job"
+        deadline = time.monotonic() + 300
+        while not (marker.is_file() and marker.read_text().strip()) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        subprocess.run(["pkill", "-x", "slurmdbd"], check=True)  # accounting goes away
+        time.sleep(10)
+        status = subprocess.run([sys.executable, "-m", "meldflow.cli", "status", "--dir",
+                                 str(work)], capture_output=True, text=True, timeout=120)
+        time.sleep(90)  # status checks 20 s after the last submission, then 30, 40, 50 s
+        assert proc.poll() is None, "the run ended while accounting was down"
+        _daemon_up("slurmdbd", dbd_check)
+        deadline = time.monotonic() + 300
+        while not _squeue_running("rule_") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        subprocess.run(["pkill", "-x", "slurmctld"], check=True)  # the controller restarts
+        deadline = time.monotonic() + 180  # it saves its state first (a minute, at times)
+        while subprocess.run(["pgrep", "-x", "slurmctld"]).returncode == 0 \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
+        _daemon_up("slurmctld", ctld_check)
+        rc = proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _daemon_up("slurmdbd", dbd_check)
+        _daemon_up("slurmctld", ctld_check)
+    text = (tmp_path / "snakemake.log").read_text()
+    assert rc == 0, text[-4000:]
+    assert "the job status query failed" in text and "answers again after" in text
+    # during the outage, meldflow status said so and showed what squeue saw
+    assert status.returncode == 0, status.stderr
+    assert "accounting is unreachable" in status.stdout
+    import re
+
+    assert re.search(rf"\b{marker.read_text().strip()}\s+n\d\s+RUNNING\b", status.stdout), \
+        status.stdout
+    tries = _tries(start)
+    assert len(tries) >= 7 and all([t[1] for t in v] == ["COMPLETED"] for v in tries.values()), \
+        tries
+    _assert_same_shards(work, preprocessed)
+
+
+def test_killed_snakemake_rerun_never_runs_a_job_twice(slurm_cluster, preprocessed, hf_home,
+                                                       tmp_path):
+    """Snakemake killed (-9) while shard jobs run, then the same command again: the new run
+    cancels the old run's jobs before it submits, so no output has two writers."""
+    import signal
+
+    work = slurm_workdir(tmp_path / "killed", hf_home, splits=["train"])
+    env = _faulty_ffmpeg(tmp_path, oom=False)  # only the slow call
+    start = time.strftime("%Y-%m-%dT%H:%M:%S")
+    proc = start_snakemake(work, tmp_path / "first.log", "--", "preprocess", env=env)
+    marker = tmp_path / "fault-slow" / "job"
+    deadline = time.monotonic() + 300
+    while not (marker.is_file() and marker.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert marker.is_file(), (tmp_path / "first.log").read_text()[-3000:]
+    slow_job = marker.read_text().strip()
+    os.kill(proc.pid, signal.SIGKILL)  # the login session drops
+    proc.wait()
+    assert slow_job in _squeue_running("rule_frames")  # its job runs on
+    unlock = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d",
+                             str(work), "--unlock"], capture_output=True, text=True, env=env)
+    assert unlock.returncode == 0, unlock.stderr
+    again = start_snakemake(work, tmp_path / "second.log", "--", "preprocess", env=env)
+    try:
+        rc = again.wait(timeout=900)
+    finally:
+        if again.poll() is None:
+            again.kill()
+    text = (tmp_path / "second.log").read_text()
+    assert rc == 0, text[-4000:]
+    assert "of an earlier run of this workflow are still running" in text and slow_job in text
+    tries = _tries(start)
+    for comment, seq in tries.items():  # no two tries of one output overlap in time
+        for a, b in zip(seq, seq[1:], strict=False):
+            assert a[5] <= b[4], (comment, seq)
+    cancelled = [t for v in tries.values() for t in v if t[0] == int(slow_job)]
+    assert cancelled and cancelled[0][1].startswith("CANCELLED")
+    _assert_same_shards(work, preprocessed)

@@ -1,22 +1,42 @@
 #!/usr/bin/env bash
-# Start a real one-node SLURM cluster with accounting on this machine, for tests and demos:
-# munge, MariaDB, slurmdbd, slurmctld and slurmd from Debian's packages, run as root.
-# Idempotent: a cluster that already answers is left as it is. Stop it with down.sh.
+# Start a real SLURM cluster with accounting on this machine, for tests and demos: munge,
+# MariaDB, slurmdbd, slurmctld and N slurmd daemons (nodes n1..nN, default 2) from Debian's
+# packages, run as root. This Debian build has MULTIPLE_SLURMD, so each node is its own
+# `slurmd -N nI` with its own port; the node names resolve to 127.0.0.1 (/etc/hosts) for
+# torch's rendezvous. Memory is a consumable, enforced resource: with the cgroup v1 memory
+# controller (present on these machines) a job over its request is killed by the kernel
+# and ends OUT_OF_MEMORY; without it, slurmstepd's OverMemoryKill kills it and the job
+# ends FAILED. Each node offers all of the machine's CPUs (they are shared) and 1/N of
+# its memory.
+#   MELDFLOW_SLURM_NODES=1 bash cluster/local-slurm/up.sh   # one node
+# Idempotent: a cluster that already answers with this configuration is left as it is.
+# Stop it with down.sh.
 set -euo pipefail
 
 CLUSTER=meldflow
 ACCOUNT=meldflow
+NODES=${MELDFLOW_SLURM_NODES:-2}
 STATE=${MELDFLOW_SLURM_STATE:-/var/lib/meldflow-slurm}
 ETC=/etc/slurm
 PACKAGES="munge mariadb-server slurmdbd slurmctld slurmd slurm-client"
-CONF_VERSION="meldflow local-slurm configuration v3"  # bump when slurm.conf changes
+if grep -qE '^[^ ]+ /sys/fs/cgroup/memory cgroup ' /proc/mounts; then
+  LIMITS=cgroup
+  PROCTRACK=proctrack/cgroup TASK=task/cgroup GATHER_PARAMS=NoOverMemoryKill
+else
+  LIMITS=overmemorykill
+  PROCTRACK=proctrack/linuxproc TASK=task/none GATHER_PARAMS=OverMemoryKill
+fi
+CONF_VERSION="meldflow local-slurm configuration v4, $NODES node(s), memory limits by $LIMITS"
 
 log() { echo "[local-slurm] $*"; }
 die() { echo "[local-slurm] error: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages and starts daemons)"
 
-if sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)' \
+nodes_up() {  # how many nodes answer (idle, mixed or allocated)
+  sinfo -h -N -o '%N %T' 2>/dev/null | grep -cE ' (idle|mixed|allocated)$' || true
+}
+if [ "$(nodes_up)" = "$NODES" ] \
    && sacct -n -X -S now-1minutes >/dev/null 2>&1 \
    && grep -qF "# $CONF_VERSION" "$ETC/slurm.conf" 2>/dev/null; then
   log "already up: $(sinfo -h -o '%P %D %T')"
@@ -76,24 +96,40 @@ PidFile=$STATE/run/slurmdbd.pid
 CONF
 chmod 600 "$ETC/slurmdbd.conf"
 
-NODE=$(slurmd -C | head -n 1)
+# The machine's CPUs and memory, from slurmd's own view of it.
+HW=$(slurmd -C | head -n 1)
+CPUS=$(sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' <<<"$HW")
+MEM=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$HW")
+NODE_MEM=$(( MEM * 9 / 10 / NODES ))
+NODE_LINES=""
+for i in $(seq "$NODES"); do
+  NODE_LINES+="NodeName=n$i NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((17000 + i)) CPUs=$CPUS RealMemory=$NODE_MEM State=UNKNOWN"$'\n'
+done
+# Node names must resolve (torch's rendezvous takes the first host of the job's node list).
+for i in $(seq "$NODES"); do
+  grep -qE "^127\.0\.0\.1([[:space:]].*)?[[:space:]]n$i([[:space:]]|\$)" /etc/hosts \
+    || echo "127.0.0.1 n$i" >> /etc/hosts
+done
 old_conf=$(cat "$ETC/slurm.conf" 2>/dev/null || true)
 cat > "$ETC/slurm.conf" <<CONF
 # $CONF_VERSION
-# Written by cluster/local-slurm/up.sh: one node, accounting through slurmdbd.
+# Written by cluster/local-slurm/up.sh: $NODES node(s) on one machine, accounting through
+# slurmdbd, memory consumable and enforced (over-limit jobs end OUT_OF_MEMORY).
 ClusterName=$CLUSTER
 SlurmctldHost=$HOST
 SlurmUser=root
 AuthType=auth/munge
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+ProctrackType=$PROCTRACK
+TaskPlugin=$TASK
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=3000
 SchedulerType=sched/backfill
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=2
+JobAcctGatherParams=$GATHER_PARAMS
 # Keep the job comment (Snakemake puts rule and wildcards there) for meldflow status.
 AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
@@ -104,13 +140,12 @@ InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=60
 StateSaveLocation=$STATE/spool-ctld
-SlurmdSpoolDir=$STATE/spool-d
+SlurmdSpoolDir=$STATE/spool-d/%n
 SlurmctldPidFile=$STATE/run/slurmctld.pid
-SlurmdPidFile=$STATE/run/slurmd.pid
+SlurmdPidFile=$STATE/run/slurmd-%n.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
-SlurmdLogFile=$STATE/log/slurmd.log
-$NODE State=UNKNOWN
-PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+SlurmdLogFile=$STATE/log/slurmd-%n.log
+${NODE_LINES}PartitionName=debug Nodes=n[1-$NODES] Default=YES MaxTime=INFINITE State=UP
 CONF
 
 # --- daemons -------------------------------------------------------------------------
@@ -124,16 +159,31 @@ sacctmgr -n list account format=account%30 | grep -qw "$ACCOUNT" \
 sacctmgr -n list user root format=user,defaultaccount%30 | grep -qw "$ACCOUNT" \
   || sacctmgr -i add user root Account="$ACCOUNT" DefaultAccount="$ACCOUNT" >/dev/null
 
-# Running daemons re-read a changed configuration instead of keeping the old one.
-if pgrep -x slurmctld >/dev/null && [ "$old_conf" != "$(cat "$ETC/slurm.conf")" ]; then
-  scontrol reconfigure || die "scontrol reconfigure failed ($STATE/log/)"
+cat > "$ETC/cgroup.conf" <<CONF
+# Written by cluster/local-slurm/up.sh: jobs are held to the memory they ask for.
+CgroupPlugin=cgroup/v1
+ConstrainRAMSpace=yes
+ConstrainSwapSpace=no
+CONF
+
+# A changed configuration (other nodes, other limits) is applied by restarting the
+# controller and the node daemons: reconfigure cannot add or remove nodes.
+if [ "$old_conf" != "$(cat "$ETC/slurm.conf")" ]; then
+  pkill -x slurmd 2>/dev/null || true
+  pkill -x slurmctld 2>/dev/null || true
+  for _ in $(seq 100); do pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || break; sleep 0.1; done
 fi
+for i in $(seq "$NODES"); do mkdir -p "$STATE/spool-d/n$i"; done
 pgrep -x slurmctld >/dev/null || slurmctld
-pgrep -x slurmd >/dev/null || slurmd
+for i in $(seq "$NODES"); do
+  pgrep -f "slurmd -N n$i\$" >/dev/null || slurmd -N "n$i"
+done
 for _ in $(seq 300); do
-  state=$(sinfo -h -o %T 2>/dev/null | head -n 1 || true)
-  case "$state" in idle|mixed|allocated) break ;; down*|drain*) scontrol update nodename="$HOST" state=resume 2>/dev/null || true ;; esac
+  [ "$(nodes_up)" = "$NODES" ] && break
+  for n in $(sinfo -h -N -o '%N %T' 2>/dev/null | awk '$2 ~ /^(down|drain)/ {print $1}'); do
+    scontrol update nodename="$n" state=resume 2>/dev/null || true
+  done
   sleep 0.2
 done
-sinfo -h -o %T | grep -qE '^(idle|mixed|allocated)' || die "node not ready: $(sinfo -h 2>&1) ($STATE/log/)"
-log "up: cluster $CLUSTER, node $HOST ($(sinfo -h -o '%c CPUs, %m MB')), account $ACCOUNT"
+[ "$(nodes_up)" = "$NODES" ] || die "nodes not ready: $(sinfo -h -N 2>&1) ($STATE/log/)"
+log "up: cluster $CLUSTER, $NODES node(s) n[1-$NODES] on $HOST ($CPUS CPUs and $NODE_MEM MB each, memory limits by $LIMITS), account $ACCOUNT"

@@ -21,8 +21,10 @@ from meldflow import MeldflowError
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
             "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 SACCT_FIELDS = ["JobIDRaw", "JobID", "JobName%200", "Comment%300", "State%40", "ExitCode",
-                "ElapsedRaw", "TotalCPU", "AllocCPUS", "ReqMem", "MaxRSS", "Submit"]
+                "ElapsedRaw", "TotalCPU", "AllocCPUS", "ReqMem", "MaxRSS", "Submit",
+                "NodeList%200", "AllocTRES%300", "Timelimit"]
 RUN_ID = re.compile(r"SLURM run ID: (\S+)")
+NODE_NAME = re.compile(r"[A-Za-z0-9][\w.\-]*(\[[\d,\-]+\])?(,[A-Za-z0-9][\w.\-]*(\[[\d,\-]+\])?)*")
 
 
 def slurm_state(raw: str) -> str:
@@ -31,13 +33,40 @@ def slurm_state(raw: str) -> str:
     return words[0].rstrip("+") if words else "UNKNOWN"
 
 
-def patch_slurm_plugin() -> bool:
-    """Make snakemake-executor-plugin-slurm compare bare state words.
+def plugin_state(raw: str) -> str:
+    """The state the plugin should act on. A job SLURM preempted and did not requeue (the
+    profile submits with --no-requeue) is over: the plugin (2.8.0) would keep it as
+    running forever, so it sees CANCELLED, a failed try that is resubmitted."""
+    state = slurm_state(raw)
+    return "CANCELLED" if state == "PREEMPTED" else state
 
-    Its ``check_active_jobs`` (2.8.0) tests ``status in fail_stati`` on sacct's raw state,
-    so ``CANCELLED by 0`` (a job scancel'ed from outside) counts as still running and the
-    workflow waits forever. The plugin looks ``query_job_status`` up in its module at each
-    poll, so wrapping that one function fixes every state at its source. Idempotent;
+
+def real_nodes(names) -> set[str]:
+    """The node names (or host lists) among ``names``; drops sacct's ``None assigned``."""
+    return {n for n in names or () if NODE_NAME.fullmatch(n) and n != "None"}
+
+
+def patch_slurm_plugin() -> bool:
+    """Make snakemake-executor-plugin-slurm (2.8.0) survive two things real clusters do.
+
+    1. ``check_active_jobs`` tests ``status in fail_stati`` on sacct's raw state, so
+       ``CANCELLED by 0`` (a job scancel'ed from outside) counts as still running and the
+       workflow waits forever: states are cut to their bare word.
+    Preempted jobs that SLURM does not requeue are failed tries too (``plugin_state``).
+    2. When ``sacct`` fails (slurmdbd stopped or overloaded), ``query_job_status`` returns
+       None and ``check_active_jobs`` then yields none of the active jobs: Snakemake
+       forgets them, and a run whose jobs all finish during the outage waits forever.
+       An empty answer instead keeps every job active (the plugin yields jobs that sacct
+       does not list) until accounting answers again.
+
+    3. After a NODE_FAIL the plugin asks sacct for the job's node and adds the answer to
+       ``--exclude`` for every later submission; right after the failure sacct answers
+       ``None assigned``, and ``--exclude=None assigned`` makes every later ``sbatch``
+       fail ("Unable to open file assigned"). Only real node names are passed on (SLURM
+       itself never schedules onto a node that is down).
+
+    The plugin looks ``query_job_status`` and ``get_submit_command`` up in its module at
+    each call, so wrapping those functions fixes all three at their source. Idempotent;
     returns False where the plugin is not installed.
     """
     try:
@@ -47,16 +76,76 @@ def patch_slurm_plugin() -> bool:
     original = plugin.query_job_status
     if getattr(original, "meldflow_normalised", False):
         return True
+    outage = {"since": None}
 
     async def query_job_status(command, logger):
         states, duration = await original(command, logger)
-        if states is not None:
-            states = {job: slurm_state(state) for job, state in states.items()}
-        return states, duration
+        if states is None:
+            if outage["since"] is None:
+                outage["since"] = time.monotonic()
+                logger.warning("meldflow: the job status query failed (is slurmdbd down?); "
+                               "every submitted job is kept as running until SLURM "
+                               "accounting answers again")
+            return {}, 0.0
+        if outage["since"] is not None:
+            logger.warning(f"meldflow: SLURM accounting answers again after "
+                           f"{time.monotonic() - outage['since']:.0f} s")
+            outage["since"] = None
+        return {job: plugin_state(state) for job, state in states.items()}, duration
 
     query_job_status.meldflow_normalised = True
     plugin.query_job_status = query_job_status
+
+    submit_command = plugin.get_submit_command
+
+    def get_submit_command(job, params, settings=None, failed_nodes=None, array_job=False):
+        return submit_command(job, params, settings=settings,
+                              failed_nodes=real_nodes(failed_nodes), array_job=array_job)
+
+    get_submit_command.meldflow_wrapped = True
+    plugin.get_submit_command = get_submit_command
     return True
+
+
+def cancel_orphaned_jobs(workdir: str | Path = ".", wait_s: float = 120.0,
+                         say=print) -> list[str]:
+    """Cancel SLURM shard jobs of an earlier run of this workflow folder that still run.
+
+    When the process running Snakemake dies (``kill -9``, a dropped login session), its
+    SLURM jobs run on, and the next run would submit the same jobs again: two jobs writing
+    one output. Called before the new run submits anything, this cancels them (Snakemake
+    jobs of this folder, recognised by their ``rule_``/``group_`` comment), waits until
+    they are gone and says so; their outputs are redone (``rerun-incomplete``). The
+    submitit training job is left alone: ``meldflow train`` reattaches to it.
+    """
+    if not shutil.which("squeue"):
+        return []
+    here = Path(workdir).resolve()
+    try:
+        out = _run(["squeue", "-h", "--me", "-o", "%i|%k|%Z|%T"])
+    except (MeldflowError, subprocess.TimeoutExpired):
+        return []
+    orphans = []
+    for line in out.splitlines():
+        job, comment, folder, _state = (line.split("|") + ["", "", ""])[:4]
+        if comment.startswith(("rule_", "group_")) and folder and Path(folder).resolve() == here:
+            orphans.append(job)
+    if not orphans:
+        return []
+    say(f"meldflow: {len(orphans)} SLURM job(s) of an earlier run of this workflow are still "
+        f"running (was Snakemake killed?): cancelling {', '.join(orphans)} so that no output "
+        f"is ever written by two jobs at once; their outputs are redone")
+    subprocess.run(["scancel", *orphans], capture_output=True, timeout=60)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            left = set(_run(["squeue", "-h", "--me", "-o", "%i"]).split()) & set(orphans)
+        except (MeldflowError, subprocess.TimeoutExpired):
+            left = set(orphans)
+        if not left:
+            break
+        time.sleep(1)
+    return orphans
 
 
 @dataclass
@@ -76,6 +165,10 @@ class JobRow:
     reason: str = ""  # why a pending job waits (squeue)
     log: str = ""
     log_tail: list[str] = field(default_factory=list)
+    node: str = ""
+    gpus: int | None = None  # GPUs allocated (AllocTRES gres/gpu)
+    time_limit: str = ""
+    explanation: str = ""  # for a failed try: what happened, and what was done about it
 
 
 def _mb(text: str) -> float | None:
@@ -166,6 +259,7 @@ def job_rows(records: list[dict], logdir: Path | None = None, reasons: dict | No
     """
     allocs: dict[str, dict] = {}
     rss: dict[str, float] = {}
+    oom: set[str] = set()
     for rec in records:
         raw = rec["JobIDRaw"]
         if "." in raw:  # a step: its peak memory counts for the job
@@ -173,6 +267,9 @@ def job_rows(records: list[dict], logdir: Path | None = None, reasons: dict | No
             mb = _mb(rec.get("MaxRSS", ""))
             if mb is not None:
                 rss[job] = max(rss.get(job, 0.0), mb)
+            # The kernel's OOM kill shows on the step; the job may only say FAILED.
+            if slurm_state(rec.get("State", "")) == "OUT_OF_MEMORY":
+                oom.add(job)
         else:
             allocs[raw] = rec
     rows = []
@@ -187,6 +284,10 @@ def job_rows(records: list[dict], logdir: Path | None = None, reasons: dict | No
         cpus = int(rec.get("AllocCPUS") or 0)
         cpu = _seconds(rec.get("TotalCPU", ""))
         state = slurm_state(rec.get("State", ""))
+        req, peak = _mb(rec.get("ReqMem", "")), rss.get(raw)
+        if state in ("FAILED", "CANCELLED") and (
+                raw in oom or (req and peak and peak >= 0.95 * req)):
+            state = "OUT_OF_MEMORY"  # killed at its limit (cgroup, or OverMemoryKill)
         log = ""
         if logdir is not None and comment:
             kind = comment.split("_wildcards_")[0]
@@ -200,38 +301,113 @@ def job_rows(records: list[dict], logdir: Path | None = None, reasons: dict | No
             max_rss_mb=round(rss[raw], 1) if raw in rss else None,
             req_mem_mb=_mb(rec.get("ReqMem", "")), reason=(reasons or {}).get(raw, ""),
             log=log, log_tail=tail(Path(log), tail_lines)
-            if log and state not in ("COMPLETED", "RUNNING", "PENDING") else []))
-    seen: dict[tuple[str, str], int] = {}
+            if log and state not in ("COMPLETED", "RUNNING", "PENDING") else [],
+            node=rec.get("NodeList", "") if rec.get("NodeList") != "None assigned" else "",
+            gpus=_gpus(rec.get("AllocTRES", "")), time_limit=rec.get("Timelimit", "")))
+    tries: dict[tuple[str, str], list[JobRow]] = {}
     for row in rows:  # in submission order
-        key = (row.rule, row.wildcards)
-        seen[key] = seen.get(key, 0) + 1
-        row.attempt = seen[key]
+        tries.setdefault((row.rule, row.wildcards), []).append(row)
+        row.attempt = len(tries[(row.rule, row.wildcards)])
+    for seq in tries.values():
+        for row, after in zip(seq, seq[1:] + [None], strict=True):
+            row.explanation = explain(row, after)
+    return rows
+
+
+def _gpus(tres: str) -> int | None:
+    """GPUs in an AllocTRES string (``cpu=4,mem=16G,node=1,gres/gpu=2``), else None."""
+    m = re.search(r"gres/gpu(?::[^=,]+)?=(\d+)", tres or "")
+    return int(m.group(1)) if m else None
+
+
+def explain(row: JobRow, after: JobRow | None) -> str:
+    """A failed try in plain words: what happened, and what was done about it."""
+    nxt = f"try {row.attempt + 1}"
+    mem = f"{row.req_mem_mb:.0f} MB" if row.req_mem_mb else "its memory request"
+    peak = f" (peak {row.max_rss_mb:.0f} MB)" if row.max_rss_mb else ""
+    node = row.node or "its node"
+    what = {
+        "OUT_OF_MEMORY": f"ran out of memory at {mem}{peak}",
+        "TIMEOUT": f"ran past its time limit of {row.time_limit or '?'}",
+        "NODE_FAIL": f"node {node} failed under it",
+        "CANCELLED": "was cancelled from outside (scancel, an admin or a preemption)",
+        "PREEMPTED": "was preempted",
+        "FAILED": f"failed (exit {row.exit_code}): the rule's own error, see its log",
+        "BOOT_FAIL": f"node {node} failed to start it",
+        "DEADLINE": "missed its deadline",
+    }.get(row.state)
+    if what is None:
+        return ""
+    if row.state == "NODE_FAIL":
+        what = f"node {node} failed"
+    if after is None:
+        return f"{what}; not tried again (retries used up, or the run was stopped)"
+    if row.state == "OUT_OF_MEMORY" and after.req_mem_mb:
+        return f"{what}; {nxt} asked for {after.req_mem_mb:.0f} MB"
+    if row.state == "TIMEOUT" and after.time_limit:
+        return f"{what}; {nxt} got {after.time_limit}"
+    if row.state == "NODE_FAIL":
+        where = f"redone on {after.node}" if after.node else "redone"
+        return f"{what}; {where} ({nxt})"
+    return f"{what}; resubmitted as {nxt}"
+
+
+def squeue_rows(name: str) -> list[JobRow]:
+    """What squeue (slurmctld, not accounting) knows of a run: its queued and running jobs."""
+    out = _run(["squeue", "-h", "--name", name, "-o", "%i|%k|%T|%N|%r|%L|%b"])
+    rows = []
+    for line in out.splitlines():
+        job, comment, state, node, reason, _left, gres = (line.split("|") + [""] * 7)[:7]
+        body = comment.split("_", 1)[1] if comment.startswith(("rule_", "group_")) else ""
+        rule, _, wildcards = body.partition("_wildcards_")
+        rows.append(JobRow(job_id=job, rule=rule or name, wildcards=wildcards, attempt=0,
+                           state=state, exit_code="", elapsed_s=0, cpu_efficiency=None,
+                           max_rss_mb=None, req_mem_mb=None,
+                           reason=reason if state == "PENDING" else "", node=node,
+                           gpus=_gpus(gres.replace("gpu:", "gres/gpu=")) if gres else None))
     return rows
 
 
 def collect(workdir: str | Path = ".", run_id: str | None = None, tail_lines: int = 5,
-            slurm_logdir: str = "results/logs/slurm") -> tuple[str | None, list[JobRow]]:
-    """(run id, rows) for one workflow run and its training job."""
+            slurm_logdir: str = "results/logs/slurm"
+            ) -> tuple[str | None, list[JobRow], str]:
+    """(run id, rows, note) for one workflow run and its training job.
+
+    Without accounting (slurmdbd down or overloaded), the note says so and the rows are
+    what squeue still sees queued or running.
+    """
     if not shutil.which("sacct"):
         raise MeldflowError("sacct is not available here: `meldflow status` reads SLURM "
                             "accounting, so run it on the cluster's login node (a local run "
                             "logs to results/logs/ instead)")
     workdir = Path(workdir)
     run_id = run_id or latest_run_id(workdir)
-    records: list[dict] = []
-    reasons: dict[str, str] = {}
-    if run_id:
-        records += sacct_records(name=run_id)
-        reasons |= squeue_reasons(run_id)
-    labels = {}
+    labels, train_ids = {}, []
     job_file = workdir / "results" / "train" / "job.json"
     if job_file.is_file():
         job = json.loads(job_file.read_text())
         if job.get("executor") == "slurm" and job.get("job_id"):
             jid = str(job["job_id"]).split("_")[0]
-            records += sacct_records(job_ids=[jid])
+            train_ids.append(jid)
             labels[jid] = ("train (submitit)", "")
-    return run_id, job_rows(records, workdir / slurm_logdir, reasons, tail_lines, labels)
+    try:
+        records: list[dict] = []
+        if run_id:
+            records += sacct_records(name=run_id)
+        if train_ids:
+            records += sacct_records(job_ids=train_ids)
+    except (MeldflowError, subprocess.TimeoutExpired) as exc:
+        note = (f"SLURM accounting is unreachable ({str(exc).splitlines()[0][:200]}): "
+                f"finished jobs cannot be shown until slurmdbd answers again; below is what "
+                f"squeue sees still queued or running")
+        try:
+            rows = squeue_rows(run_id) if run_id else []
+        except (MeldflowError, subprocess.TimeoutExpired) as exc2:
+            note += f" (squeue failed too: {str(exc2)[:200]})"
+            rows = []
+        return run_id, rows, note
+    reasons = squeue_reasons(run_id) if run_id else {}
+    return run_id, job_rows(records, workdir / slurm_logdir, reasons, tail_lines, labels), ""
 
 
 def _fmt_mem(row: JobRow) -> str:
@@ -240,23 +416,27 @@ def _fmt_mem(row: JobRow) -> str:
     return f"{used}/{req}"
 
 
-def format_table(run_id: str | None, rows: list[JobRow]) -> str:
-    """A fixed-width table, then the failures with their log tails."""
-    if not rows:
+def format_table(run_id: str | None, rows: list[JobRow], note: str = "") -> str:
+    """A fixed-width table, then each failed try explained, with its log tail."""
+    if not rows and not note:
         return (f"no SLURM jobs found for run {run_id}" if run_id else
                 "no SLURM run found: no .snakemake/log/ with a SLURM run ID here "
                 "(run `snakemake --profile cluster/slurm` from this folder)")
-    head = ["rule", "wildcards", "try", "job", "state", "exit", "elapsed", "cpu eff",
-            "mem MB used/req"]
+    gpus = any(r.gpus for r in rows)
+    head = ["rule", "wildcards", "try", "job", "node", "state", "exit", "elapsed", "cpu eff",
+            "mem MB used/req"] + (["gpus"] if gpus else [])
     table = [head]
     for r in rows:
         state = r.state + (f" ({r.reason})" if r.reason else "")
-        table.append([r.rule, r.wildcards or "-", str(r.attempt), r.job_id, state,
-                      r.exit_code, time.strftime("%H:%M:%S", time.gmtime(r.elapsed_s)),
+        table.append([r.rule, r.wildcards or "-", str(r.attempt or "-"), r.job_id,
+                      r.node or "-", state, r.exit_code or "-",
+                      time.strftime("%H:%M:%S", time.gmtime(r.elapsed_s)),
                       f"{r.cpu_efficiency:.0%}" if r.cpu_efficiency is not None else "-",
-                      _fmt_mem(r)])
+                      _fmt_mem(r)] + ([str(r.gpus or "-")] if gpus else []))
     widths = [max(len(line[i]) for line in table) for i in range(len(head))]
     out = [f"SLURM run {run_id}" if run_id else "SLURM jobs"]
+    if note:
+        out.append(f"NOTE: {note}")
     out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
             for line in table]
     counts: dict[str, int] = {}
@@ -264,9 +444,11 @@ def format_table(run_id: str | None, rows: list[JobRow]) -> str:
         counts[r.state] = counts.get(r.state, 0) + 1
     out.append("jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for r in rows:
-        if r.state not in ("COMPLETED", "RUNNING", "PENDING"):
-            out.append(f"\n{r.rule} {r.wildcards} try {r.attempt} (job {r.job_id}): {r.state}"
-                       f", exit {r.exit_code}; log {r.log or 'not found'}")
+        if r.state not in ("COMPLETED", "RUNNING", "PENDING", "REQUEUED"):
+            out.append(f"\n{r.rule} {r.wildcards} try {r.attempt} (job {r.job_id}"
+                       + (f", node {r.node}" if r.node else "") + f"): {r.state}"
+                       + (f": {r.explanation}" if r.explanation else "")
+                       + f"\n    log {r.log or 'not found'}")
             out += [f"    {line}" for line in r.log_tail]
     return "\n".join(out)
 
@@ -275,14 +457,15 @@ def status(workdir: str | Path = ".", run_id: str | None = None, as_json: bool =
            watch: float = 0, tail_lines: int = 5) -> int:
     """Print the run's jobs (refreshing every ``watch`` s until all are done); exit code."""
     while True:
-        rid, rows = collect(workdir, run_id, tail_lines)
+        rid, rows, note = collect(workdir, run_id, tail_lines)
         if as_json:
-            print(json.dumps({"run_id": rid, "jobs": [asdict(r) for r in rows]}, indent=1))
+            print(json.dumps({"run_id": rid, "note": note, "jobs": [asdict(r) for r in rows]},
+                             indent=1))
         else:
             if watch:
                 print("\033[2J\033[H", end="")
-            print(format_table(rid, rows))
-        done = all(r.state in TERMINAL for r in rows)
+            print(format_table(rid, rows, note))
+        done = not note and all(r.state in TERMINAL for r in rows)
         if not watch or done:
             return 0
         time.sleep(watch)

@@ -92,6 +92,14 @@ def train_args(wildcards):
     return " ".join(args)
 
 
+onstart:
+    # SLURM jobs of an earlier run that was killed would write the same outputs as this
+    # run's: cancel them before anything is submitted (README: "Faults").
+    from meldflow.monitor import cancel_orphaned_jobs
+
+    cancel_orphaned_jobs(Path.cwd())
+
+
 onsuccess:
     summary = Path("results/manifest/summary.txt")
     if summary.is_file():
