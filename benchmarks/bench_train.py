@@ -40,13 +40,14 @@ def main() -> None:
         MicroBatches,
         TrainConfig,
         build_heads,
+        florence_snapshot,
         load_florence,
         micro_batches,
     )
 
     hf = Path(tempfile.mkdtemp(prefix="meldflow-bench-hf-"))
     entry = stage_florence(hf, tiny=True)
-    florence, processor = load_florence(hf, entry["repo_id"])
+    florence, processor = load_florence(florence_snapshot(hf, entry["repo_id"])[0])
     model = build_heads(florence)
     cfg = TrainConfig(out=str(hf / "run"), hf_home=str(hf), train=shards,
                       modalities=args.modalities)
