@@ -26,10 +26,10 @@ def _shard_rows(path: str, shard: int):
 def cmd_ingest(a: argparse.Namespace) -> None:
     from meldflow.ingest import run_ingest
 
-    info = run_ingest(a.meld_dir, a.split, a.shard_size, a.out)
+    info = run_ingest(a.meld_dir, a.split, a.shard_size, a.out, a.unused, a.info)
     log.info("%s: %d annotation rows in %d shard(s); %d clip(s) on disk unused (see %s)",
              a.split, info["rows"], info["num_shards"], info["unused_clips"],
-             Path(a.out).with_suffix(".unused.tsv"))
+             a.unused or Path(a.out).with_suffix(".unused.tsv"))
 
 
 def cmd_frames(a: argparse.Namespace) -> None:
@@ -75,7 +75,7 @@ def cmd_summary(a: argparse.Namespace) -> None:
     from meldflow.manifest import run_summary
 
     text = run_summary(a.manifests, a.unused or [], a.out, a.plot, a.ingest_info, a.audit,
-                       a.audit_max_wer)
+                       a.audit_max_wer, a.txt)
     print("Rows per status (every annotation row is in results/manifest/{split}.parquet):")
     print(text, end="")
 
@@ -103,52 +103,44 @@ def cmd_stage(a: argparse.Namespace) -> None:
         write_text((Path(a.hf_home) / LOCK_NAME).read_text(), a.lock_out)
 
 
-def _train_config(a: argparse.Namespace):
+def _train_configs(a: argparse.Namespace):
+    """(TrainConfig, LaunchConfig): dataclass defaults < the --options file < flags."""
     from meldflow.dataset import open_parquet
-    from meldflow.train import TrainConfig
+    from meldflow.options import LaunchConfig, TrainConfig, given, read_options_file
 
-    def shards(split: str) -> list[str]:
-        given = getattr(a, f"{split}_shards")
-        if given is not None:
-            paths = list(given)
+    train_kw, launch_kw = read_options_file(a.options) if a.options else ({}, {})
+    for name in ("hf_home", "model_repo", "revision", "train_csv", "dev_csv", "test_csv"):
+        if getattr(a, name) is not None:
+            train_kw[name] = getattr(a, name)
+    for split in ("train", "dev", "test"):
+        if getattr(a, f"{split}_shards") is not None:
+            train_kw[split] = list(getattr(a, f"{split}_shards"))
         elif a.aligned_dir:
-            paths = sorted(str(p) for p in (Path(a.aligned_dir) / split).glob("shard-*.parquet"))
-        else:
-            return []
-        for p in paths:  # a damaged shard fails here, named, before any job is submitted
-            if not Path(p).is_file():
-                raise MeldflowError(f"aligned shard not found: {p}; run the preprocess target")
-            open_parquet(p)
-        return paths
-
-    cfg = TrainConfig(
-        out=a.out, hf_home=str(Path(a.hf_home).resolve()), train=shards("train"),
-        dev=shards("dev"), test=shards("test"), train_csv=a.train_csv, dev_csv=a.dev_csv,
-        test_csv=a.test_csv, model_repo=a.model_repo, revision=a.revision,
-        modalities=a.modalities, text_source=a.text_source, context_turns=a.context_turns,
-        epochs=a.epochs, global_batch=a.global_batch, grad_accum=a.grad_accum, lr=a.lr,
-        class_weighting=not a.no_class_weighting, augment=a.augment,
-        freeze_vision=a.freeze_vision, grad_checkpointing=a.grad_checkpointing, seed=a.seed,
-        checkpoint_every=a.checkpoint_every, streams=a.streams, max_steps=a.max_steps,
-        loader_workers=a.loader_workers, exclude_flags=a.exclude_flags or [],
-        exclude_max_wer=a.exclude_max_wer,
-    )
-    if (a.aligned_dir or a.train_shards is not None) and not (cfg.train or cfg.train_csv):
-        raise MeldflowError("no training shards: run the preprocess target (and keep 'train' "
-                            "in splits)")
+            train_kw[split] = sorted(str(p) for p in
+                                     (Path(a.aligned_dir) / split).glob("shard-*.parquet"))
+    train_kw |= given(a, TrainConfig)
+    if not train_kw.get("hf_home"):
+        raise MeldflowError("--hf-home is required (or hf_home in the --options file)")
+    train_kw["hf_home"] = str(Path(train_kw["hf_home"]).resolve())
+    cfg = TrainConfig(out=a.out, **train_kw)
+    for p in cfg.train + cfg.dev + cfg.test:  # a damaged shard fails here, named, early
+        if not Path(p).is_file():
+            raise MeldflowError(f"aligned shard not found: {p}; run the preprocess target")
+        open_parquet(p)
+    if not (cfg.train or cfg.train_csv):
+        raise MeldflowError("no training data: run the preprocess target (and keep 'train' "
+                            "in splits), or give --train-csv")
     cfg.validate()
-    return cfg
+    launch = LaunchConfig(**(launch_kw | given(a, LaunchConfig)))
+    return cfg, launch
 
 
 def cmd_train(a: argparse.Namespace) -> None:
     from meldflow.train import launch
 
-    cfg = _train_config(a)
-    slurm = {"slurm_partition": a.partition, "slurm_account": a.account,
-             "gpus_per_node": a.gpus_per_node, "cpus_per_task": a.cpus_per_task,
-             "mem_gb": a.mem_gb, "slurm_additional_parameters": dict(
-                 kv.split("=", 1) for kv in (a.sbatch or [])) or None}
-    metrics = launch(cfg, a.executor, a.tasks, a.nodes, a.time_min, slurm)
+    cfg, how = _train_configs(a)
+    metrics = launch(cfg, how.executor, how.tasks, how.nodes, how.time_min,
+                     how.slurm_parameters())
     for split in ("dev", "test"):
         if split in metrics:
             m = metrics[split]
@@ -215,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard-size", type=int, default=1000,
                    help="utterances per shard; dialogues are never split (default 1000)")
     s.add_argument("--out", required=True, help="ingest table (.parquet)")
+    s.add_argument("--unused", help="clips no row uses (.tsv; default: beside --out)")
+    s.add_argument("--info", help="shard plan and warnings (.json; default: beside --out)")
     s.set_defaults(func=cmd_ingest)
 
     def shard_args(s: argparse.ArgumentParser) -> None:
@@ -264,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--manifests", nargs="+", required=True)
     s.add_argument("--unused", nargs="*", help="ingest's {split}.unused.tsv files")
     s.add_argument("--out", required=True, help="summary .tsv")
+    s.add_argument("--txt", help="the printed table (.txt; default: beside --out)")
     s.add_argument("--plot", help="bar chart .png")
     s.add_argument("--ingest-info", nargs="*", help="ingest's {split}.shards.json files "
                                                     "(their warnings are repeated)")
@@ -293,59 +288,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="fine-tune Florence-2 on the aligned shards (submitit)",
                        description="Launches training through submitit and waits. A rerun "
-                                   "of a finished training does nothing; an interrupted one "
-                                   "resumes from its last checkpoint.")
+                                   "of a finished run does nothing, an interrupted one "
+                                   "resumes from its last checkpoint, and a run whose "
+                                   "options, model or data changed starts afresh (the old "
+                                   "one moves to <out>-archive/). Options come from the "
+                                   "dataclasses in meldflow/options.py; a flag overrides "
+                                   "the --options file, which overrides the default.")
     s.add_argument("--out", required=True, help="run folder (checkpoints, metrics, plots)")
-    s.add_argument("--hf-home", required=True, help="offline cache with the staged Florence-2")
+    s.add_argument("--options", help="YAML file of options, data and launch settings (what "
+                                     "the workflow writes: results/train/options.yaml)")
+    s.add_argument("--hf-home", help="offline cache with the staged Florence-2")
     s.add_argument("--aligned-dir", help="results/aligned (holds train/, dev/, test/); "
                                           "the --*-shards options name files instead")
     for split in ("train", "dev", "test"):
         s.add_argument(f"--{split}-shards", nargs="*", metavar="PARQUET",
-                       help=f"the {split} split's aligned shards (what the workflow passes)")
+                       help=f"the {split} split's aligned shards")
     s.add_argument("--train-csv", help="text-only training straight from a MELD CSV")
     s.add_argument("--dev-csv")
     s.add_argument("--test-csv")
-    s.add_argument("--model-repo", default="meldflow/florence2-tiny-random",
-                   help="staged Florence-2 repo id (florence-community/Florence-2-base on a "
-                        "cluster; default: the offline tiny model)")
-    s.add_argument("--revision", default="main")
-    s.add_argument("--modalities", default="text+vision", choices=["text", "vision",
-                                                                   "text+vision"])
-    s.add_argument("--text-source", default="gold", choices=["gold", "whisper"])
-    s.add_argument("--context-turns", type=int, default=0,
-                   help="previous utterances (with speakers) put in the prompt")
-    s.add_argument("--epochs", type=int, default=8)
-    s.add_argument("--global-batch", type=int, default=8)
-    s.add_argument("--grad-accum", type=int, default=1)
-    s.add_argument("--lr", type=float, default=1e-3,
-                   help="1e-3 suits the tiny random model; use 1e-5 for Florence-2-base")
-    s.add_argument("--no-class-weighting", action="store_true")
-    s.add_argument("--augment", action="store_true", help="frame re-draw + brightness jitter")
-    s.add_argument("--freeze-vision", action="store_true")
-    s.add_argument("--grad-checkpointing", action="store_true")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--checkpoint-every", type=int, default=20, help="optimizer steps")
-    s.add_argument("--streams", type=int, default=0,
-                   help="data streams (0 = one per task); fixes the batches across task counts")
-    s.add_argument("--max-steps", type=int, default=0)
-    s.add_argument("--loader-workers", type=int, default=-1,
-                   help="reader processes per task; -1: up to 4 on a GPU (from the task's "
-                        "CPUs), none on the CPU, where they would compete with the step")
-    s.add_argument("--exclude-flags", nargs="*", metavar="FLAG",
-                   help="leave training rows with any of these flags out (see the audit in "
-                        "results/manifest/audit.tsv); dev and test stay whole")
-    s.add_argument("--exclude-max-wer", type=float,
-                   help="also leave out training rows whose transcript WER exceeds this")
-    s.add_argument("--executor", default="local", choices=["local", "slurm", "debug"])
-    s.add_argument("--tasks", type=int, default=2, help="tasks (GPUs) per node")
-    s.add_argument("--nodes", type=int, default=1)
-    s.add_argument("--time-min", type=int, default=60)
-    s.add_argument("--partition")
-    s.add_argument("--account")
-    s.add_argument("--gpus-per-node", type=int)
-    s.add_argument("--cpus-per-task", type=int)
-    s.add_argument("--mem-gb", type=int)
-    s.add_argument("--sbatch", nargs="*", metavar="KEY=VALUE", help="extra sbatch options")
+    s.add_argument("--model-repo", help="staged Florence-2 repo id (default: the offline "
+                                        "tiny model; florence-community/Florence-2-base on "
+                                        "a cluster)")
+    s.add_argument("--revision", help="its revision (default main)")
+    from meldflow.options import LaunchConfig, TrainConfig, add_arguments
+
+    add_arguments(s.add_argument_group("training options"), TrainConfig)
+    add_arguments(s.add_argument_group("where it runs"), LaunchConfig)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="metrics tables and plots of a finished training run")

@@ -355,8 +355,10 @@ def clip_dir_warning(folder: Path, split: str, found: int, rows: int) -> str | N
     return None
 
 
-def run_ingest(meld_dir: str | Path, split: str, shard_size: int, out: str | Path) -> dict:
-    """Write the ingest table, the shard count and the list of unused clips for one split."""
+def run_ingest(meld_dir: str | Path, split: str, shard_size: int, out: str | Path,
+               unused_out: str | Path | None = None, info_out: str | Path | None = None) -> dict:
+    """Write the ingest table, the shard plan (``info_out``, default ``{out}.shards.json``)
+    and the list of unused clips (``unused_out``, default ``{out}.unused.tsv``)."""
     out = Path(out)
     table, unused = ingest_split(meld_dir, split, shard_size)
     num_shards = (max(table.column("shard").to_pylist()) + 1) if table.num_rows else 0
@@ -372,6 +374,6 @@ def run_ingest(meld_dir: str | Path, split: str, shard_size: int, out: str | Pat
     write_table(table, out, metadata={"meldflow_ingest": info})
     lines = ["clip\tdialogue_id\tutterance_id\tkind"]
     lines += [f"{u['clip']}\t{u['dialogue_id']}\t{u['utterance_id']}\t{u['kind']}" for u in unused]
-    write_text("\n".join(lines) + "\n", out.with_suffix(".unused.tsv"))
-    write_text(json.dumps(info, indent=2) + "\n", out.with_suffix(".shards.json"))
+    write_text("\n".join(lines) + "\n", unused_out or out.with_suffix(".unused.tsv"))
+    write_text(json.dumps(info, indent=2) + "\n", info_out or out.with_suffix(".shards.json"))
     return info

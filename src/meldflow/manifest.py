@@ -150,7 +150,7 @@ def write_audit(rows: list[dict], out: str | Path) -> None:
 def run_summary(manifest_paths: list[str | Path], unused_paths: list[str | Path],
                 out_tsv: str | Path, out_png: str | Path | None = None,
                 ingest_infos: list[str | Path] | None = None, audit_out: str | Path | None = None,
-                audit_max_wer: float = AUDIT_MAX_WER) -> str:
+                audit_max_wer: float = AUDIT_MAX_WER, txt_out: str | Path | None = None) -> str:
     import json
 
     unused = {}
@@ -174,7 +174,7 @@ def run_summary(manifest_paths: list[str | Path], unused_paths: list[str | Path]
     tsv = ["split\tstatus\trows"] + [f"{sp}\t{s}\t{c[s]}" for sp, c in counts.items()
                                       for s in statuses if c[s]]
     write_text("\n".join(tsv) + "\n", out_tsv)
-    write_text(text, Path(out_tsv).with_suffix(".txt"))
+    write_text(text, txt_out or Path(out_tsv).with_suffix(".txt"))
     if out_png:
         plot_summary(manifest_paths, out_png)
     return text

@@ -24,85 +24,18 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from meldflow import MeldflowError
-from meldflow.dataset import Exclude, Source, frames_image, label_index, plan_epoch, prompt
+from meldflow.dataset import Source, frames_image, label_index, plan_epoch, prompt
 from meldflow.ingest import EMOTIONS, SENTIMENTS
+from meldflow.options import LaunchConfig, TrainConfig  # noqa: F401 (re-exported)
 from meldflow.probe import ClipError, check_clip_file
 from meldflow.provenance import RUN_FILE, claim_run_dir, environment, read_run, run_identity
 from meldflow.stage import FLORENCE_FILES, FLORENCE_TINY_REPO, verified_snapshot
-from meldflow.status import FLAGS
 
 log = logging.getLogger(__name__)
 PAIRS = [(e, s) for e in EMOTIONS for s in SENTIMENTS]
-
-
-@dataclass
-class TrainConfig:
-    out: str
-    hf_home: str
-    train: list[str] = field(default_factory=list)  # aligned shards
-    dev: list[str] = field(default_factory=list)
-    test: list[str] = field(default_factory=list)
-    train_csv: str | None = None  # text-only runs straight from annotation CSVs
-    dev_csv: str | None = None
-    test_csv: str | None = None
-    model_repo: str = FLORENCE_TINY_REPO
-    revision: str = "main"
-    modalities: str = "text+vision"  # text | vision | text+vision
-    text_source: str = "gold"  # gold | whisper
-    context_turns: int = 0
-    epochs: int = 3
-    global_batch: int = 8
-    grad_accum: int = 1
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    class_weighting: bool = True
-    augment: bool = False
-    freeze_vision: bool = False
-    grad_checkpointing: bool = False
-    bf16: bool = True  # autocast on GPU only
-    seed: int = 0
-    checkpoint_every: int = 20
-    streams: int = 0  # 0: one data stream per rank
-    max_steps: int = 0  # 0: whole epochs (tests use a cap)
-    eval_batch: int = 16
-    loader_workers: int = -1  # -1: auto (on GPU up to 4 per rank from its CPUs; 0 on CPU)
-    exclude_flags: list[str] = field(default_factory=list)  # training rows with these flags
-    exclude_max_wer: float | None = None  # ... or a transcript WER above this are left out
-
-    def validate(self) -> None:
-        if self.modalities not in ("text", "vision", "text+vision"):
-            raise MeldflowError(f"modalities must be text, vision or text+vision, "
-                                f"not {self.modalities!r}")
-        if self.text_source not in ("gold", "whisper"):
-            raise MeldflowError(f"text_source must be gold or whisper, not {self.text_source!r}")
-        if not (self.train or self.train_csv):
-            raise MeldflowError("no training data: give aligned shards or train_csv")
-        unknown = sorted(set(self.exclude_flags) - set(FLAGS))
-        if unknown:
-            raise MeldflowError(f"exclude_flags: unknown flag(s) {', '.join(unknown)}; "
-                                f"known: {', '.join(FLAGS)}")
-        if (self.exclude_flags or self.exclude_max_wer is not None) and self.train_csv:
-            raise MeldflowError("exclude_flags/exclude_max_wer need aligned shards (a CSV "
-                                "source has no flags or transcripts)")
-
-    def exclusions(self) -> Exclude | None:
-        if not self.exclude_flags and self.exclude_max_wer is None:
-            return None
-        return Exclude(frozenset(self.exclude_flags), self.exclude_max_wer)
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> TrainConfig:
-        data = json.loads(Path(path).read_text())
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise MeldflowError(f"{path}: unknown training option(s) {', '.join(sorted(unknown))}")
-        return cls(**data)
 
 
 # --- distributed set-up ---------------------------------------------------------------

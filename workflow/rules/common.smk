@@ -1,4 +1,5 @@
 import json
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -11,6 +12,10 @@ from meldflow.monitor import patch_slurm_plugin
 patch_slurm_plugin()
 
 validate(config, schema="../schemas/config.schema.yaml")
+
+# Rules call `meldflow`: found on PATH (an activated venv, a conda env of the rule), else
+# beside the Python that runs Snakemake, so `.venv/bin/snakemake` works unactivated.
+shell.prefix(f'set -euo pipefail; export PATH="$PATH:{Path(sys.executable).parent}"; ')
 
 SPLITS = config["splits"]
 # Training needs the train split; dev picks the best epoch, test is reported if present.
@@ -67,29 +72,15 @@ def all_aligned(wildcards):
     return [path for split in SPLITS for path in aligned_of(split)]
 
 
-def train_args(wildcards):
-    """`meldflow train` options from the `train:` block of the config."""
-    t = config.get("train", {})
-    args = [f"--model-repo {config['florence_repo']}",
-            f"--revision {config.get('florence_revision', 'main')}"]
-    # The shards named one by one: never whatever an earlier shard_size left on disk.
-    for split in SPLITS:
-        args.append(f"--{split}-shards " + " ".join(aligned_of(split)))
-    for key in ("executor", "tasks", "nodes", "modalities", "text_source", "context_turns",
-                "epochs", "global_batch", "lr", "time_min", "loader_workers",
-                "exclude_max_wer"):
-        if t.get(key) is not None:
-            args.append(f"--{key.replace('_', '-')} {t[key]}")
-    if t.get("exclude_flags"):
-        args.append("--exclude-flags " + " ".join(t["exclude_flags"]))
-    slurm = t.get("slurm") or {}
-    for key in ("partition", "account", "gpus_per_node", "cpus_per_task", "mem_gb"):
-        if slurm.get(key) is not None:
-            args.append(f"--{key.replace('_', '-')} {slurm[key]}")
-    extra = slurm.get("sbatch") or {}
-    if extra:
-        args.append("--sbatch " + " ".join(f"{k}={v}" for k, v in extra.items()))
-    return " ".join(args)
+def train_options(wildcards):
+    """Everything `meldflow train` needs, for results/train/options.yaml: the `train:`
+    block (options defined in meldflow/options.py), the model, and the shards one by one
+    (never whatever an earlier shard_size left on disk)."""
+    options = {k: v for k, v in config.get("train", {}).items()}
+    options |= {"hf_home": HF_HOME, "model_repo": config["florence_repo"],
+                "revision": config.get("florence_revision", "main")}
+    options |= {split: aligned_of(split) for split in SPLITS}
+    return options
 
 
 onstart:
@@ -98,6 +89,13 @@ onstart:
     from meldflow.monitor import cancel_orphaned_jobs
 
     cancel_orphaned_jobs(Path.cwd())
+
+
+onerror:
+    # Snakemake only says "check log file(s)": show the end of each failed job's log.
+    from meldflow.monitor import failed_log_tails
+
+    print(failed_log_tails(log), file=sys.stderr)
 
 
 onsuccess:

@@ -41,7 +41,8 @@ checkpoint ingest:
         "../../envs/frames.yaml"
     shell:
         "meldflow ingest --meld-dir {params.meld_dir} --split {wildcards.split} "
-        "--shard-size {params.shard_size} --out {output.table} > {log} 2>&1"
+        "--shard-size {params.shard_size} --out {output.table} --unused {output.unused} "
+        "--info {output.shards} > {log} 2>&1"
 
 
 rule transcribe:
@@ -154,7 +155,7 @@ rule summary:
         "../../envs/frames.yaml"
     shell:
         "meldflow summary --manifests {input.manifests} --unused {input.unused} "
-        "--ingest-info {input.info} --out {output.tsv} --plot {output.plot} "
+        "--ingest-info {input.info} --out {output.tsv} --txt {output.txt} --plot {output.plot} "
         "--audit {output.audit} --audit-max-wer {params.max_wer} > {log} 2>&1"
 
 

@@ -1,5 +1,6 @@
 localrules:
     stage_florence,
+    train_options,
     train,
 
 
@@ -25,17 +26,32 @@ rule stage_florence:
         "--meld-dir {params.meld_dir} --lock-out {output} > {log} 2>&1"
 
 
+rule train_options:
+    # Local: the options `meldflow train` gets, as one file (its content changes when the
+    # config's train: block, the model or the shards do, and then train runs again).
+    input:
+        shards=all_aligned,
+    output:
+        "results/train/options.yaml",
+    params:
+        options=train_options,
+    log:
+        "results/logs/train_options.log",
+    run:
+        from meldflow.options import write_options_file
+
+        write_options_file(params.options, output[0], log[0])
+
+
 rule train:
     # Local: it only submits through submitit (SLURM or local processes) and waits. The
     # job id is kept in results/train/job.json, so a restarted workflow reattaches.
     input:
+        options="results/train/options.yaml",
         shards=all_aligned,
         model="results/stage/florence.json",
     output:
         "results/train/metrics.json",
-    params:
-        hf_home=HF_HOME,
-        args=train_args,
     log:
         "results/logs/train.log",
     benchmark:
@@ -43,8 +59,7 @@ rule train:
     conda:
         "../../envs/training.yaml"
     shell:
-        "meldflow train --out results/train --hf-home {params.hf_home} {params.args} "
-        "> {log} 2>&1"
+        "meldflow train --options {input.options} --out results/train > {log} 2>&1"
 
 
 rule evaluate:
