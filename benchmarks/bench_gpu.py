@@ -49,14 +49,14 @@ def main() -> None:
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import Florence2ForConditionalGeneration
 
-    from meldflow.train import build_heads
+    from meldflow.training.model import EmotionClassifier
 
     device = torch.device(args.device)
     torch.manual_seed(0)
     florence = Florence2ForConditionalGeneration(base_config())
     if args.grad_checkpointing:
         florence.gradient_checkpointing_enable()
-    model = build_heads(florence).to(device).train()
+    model = EmotionClassifier(florence).to(device).train()
     params = sum(p.numel() for p in model.parameters())
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     image_tokens = (args.image_size // 32) ** 2 + 1

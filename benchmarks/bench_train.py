@@ -1,5 +1,6 @@
-"""Training benchmark on the CPU with the tiny Florence-2: samples/s of a training step, of
-the data reader alone, and of a naive reader, all measured in this run on the same shards.
+"""Training benchmark on the CPU with the tiny Florence-2: samples/s of the real training
+step (meldflow.training.loop.Recipe.train_step), of the run's data reader alone, and of a
+naive reader, all measured in this run on the same shards.
 
 Run after `make demo` (it reads results/aligned):
     .venv/bin/python benchmarks/bench_train.py [--aligned results/aligned] [--steps 30]
@@ -30,74 +31,59 @@ def main() -> None:
         raise SystemExit(f"no shards under {args.aligned}/train: run `make demo` first")
     os.environ["HF_HUB_OFFLINE"] = "1"
     import pyarrow.parquet as pq
-    import torch
-    import torch.nn.functional as F
 
-    from meldflow.dataset import Source, plan_epoch
     from meldflow.stage import stage_florence
-    from meldflow.train import (
-        Encoder,
-        MicroBatches,
-        TrainConfig,
-        build_heads,
-        florence_snapshot,
-        load_florence,
-        micro_batches,
-    )
+    from meldflow.training.batches import micro_batches
+    from meldflow.training.loop import Recipe
+    from meldflow.training.options import TrainConfig
 
     hf = Path(tempfile.mkdtemp(prefix="meldflow-bench-hf-"))
     entry = stage_florence(hf, tiny=True)
-    florence, processor = load_florence(florence_snapshot(hf, entry["repo_id"])[0])
-    model = build_heads(florence)
-    cfg = TrainConfig(out=str(hf / "run"), hf_home=str(hf), train=shards,
-                      modalities=args.modalities)
-    src = Source(shards, modalities=args.modalities)
-    enc = Encoder(processor, cfg, src)
-    plan = plan_epoch(src.units, 1, args.batch, 0, 0)[0]
-    n_batches = len(plan) // args.batch
-    batches = [plan[(i % n_batches) * args.batch:(i % n_batches + 1) * args.batch]
-               for i in range(args.steps)]
-    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    # The real training run's parts (meldflow.training.loop.Recipe): its step, its reader.
+    cfg = TrainConfig(out=str(hf / "run"), hf_home=str(hf), model_repo=entry["repo_id"],
+                      train=shards, modalities=args.modalities, global_batch=args.batch,
+                      streams=1, epochs=1000, checkpoint_every=10**9, loader_workers=0)
+    run = Recipe(cfg)
+    run.setup()
+    plan = run.epoch_plan()
+    steps = [plan[i % len(plan)] for i in range(args.steps)]
+    src, enc = run.train_src, run.encoder
 
-    def read(picks):
-        rows = [src.rows(u)[r] for u, r, _ in picks]
-        return rows, enc.inputs(rows)
+    def read(step):
+        return list(run.read([step]))
 
-    def naive_read(picks):  # one whole-file read per sample, as a per-row loader would
+    def naive_read(step):  # one whole-file read per sample, as a per-row loader would
         rows = []
-        for u, r, _ in picks:
-            rows.append(pq.read_table(u.path).slice(
-                sum(x.rows for x in src.units if x.path == u.path and x.group < u.group) + r, 1
-            ).to_pylist()[0])
+        for picks, _ in step.micro:
+            for u, r, _ in picks:
+                rows.append(pq.read_table(u.path).slice(
+                    sum(x.rows for x in src.units if x.path == u.path and x.group < u.group)
+                    + r, 1).to_pylist()[0])
         return rows, enc.inputs(rows)
 
-    def step_on(item):
-        e, s = model(**item["batch"])
-        loss = F.cross_entropy(e, torch.tensor(item["emotion"])) \
-            + F.cross_entropy(s, torch.tensor(item["sentiment"]))
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-
-    def step(picks):
-        step_on(MicroBatches(enc, src, [(picks, 0)])[0])
+    def step(s):
+        run.train_step(s, run.read([s]))
 
     def per_batch(fn):
-        fn(batches[0])  # warm-up
+        fn(steps[0])  # warm-up
         times = []
-        for picks in batches:
+        for s in steps:
             t = time.perf_counter()
-            fn(picks)
+            fn(s)
             times.append(time.perf_counter() - t)
         return args.batch / statistics.median(times)
 
     def through_workers(workers, train_too):
-        jobs = [(picks, 0) for picks in batches]
+        jobs = [job for s in steps for job in s.micro]
         t = time.perf_counter()
-        for item in micro_batches(enc, src, jobs, workers):
-            if train_too:
-                step_on(item)
-        return len(jobs) * args.batch / (time.perf_counter() - t)
+        loaded = iter(micro_batches(enc, src, jobs, workers))
+        if train_too:
+            for s in steps:
+                run.train_step(s, loaded)
+        else:
+            for _ in loaded:
+                pass
+        return len(steps) * args.batch / (time.perf_counter() - t)
 
     results = {
         "train step (read in-process + fwd/bwd)": per_batch(step),

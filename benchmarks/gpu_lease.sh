@@ -94,7 +94,8 @@ p('/tmp/whisper', '/tmp/hf', 'Systran/faster-whisper-tiny.en')"
 import glob, json, logging, os
 logging.basicConfig(level=logging.INFO)
 os.environ["HF_HUB_OFFLINE"] = "1"
-from meldflow.train import TrainConfig, train
+from meldflow.training.options import TrainConfig
+from meldflow.training.loop import train
 s = "/tmp/stash/aligned"
 cfg = TrainConfig(out="/tmp/run", hf_home="/tmp/hf_florence",
                   train=sorted(glob.glob(f"{s}/train/*.parquet")),

@@ -6,7 +6,7 @@ from meldflow.align import align_shard, rows_per_group, word_at
 from meldflow.frames import FRAMES_SCHEMA
 from meldflow.ingest import INGEST_SCHEMA
 from meldflow.manifest import build_manifest
-from meldflow.status import STATUSES, worst
+from meldflow.row_status import STATUSES, worst
 from meldflow.storage import write_table
 from meldflow.transcribe import TRANSCRIPT_SCHEMA
 

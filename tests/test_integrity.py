@@ -31,7 +31,7 @@ def florence_home(tmp_path_factory):
 
 
 def _cfg(home, out, **kw):
-    from meldflow.train import TrainConfig
+    from meldflow.training.options import TrainConfig
 
     base = dict(out=str(out), hf_home=str(home), train_csv=TRAIN_CSV, dev_csv=DEV_CSV,
                 modalities="text", epochs=1, streams=1, lr=1e-3, checkpoint_every=3)
@@ -47,7 +47,7 @@ def _heads(run):
 # --- 1. a changed setting retrains ------------------------------------------------------
 
 def test_changed_setting_starts_a_fresh_run_and_keeps_the_old_one(florence_home, tmp_path):
-    from meldflow.train import launch
+    from meldflow.training.launch import launch
 
     out = tmp_path / "train"
     first = launch(_cfg(florence_home, out), executor="debug")
@@ -81,7 +81,7 @@ def test_changed_setting_starts_a_fresh_run_and_keeps_the_old_one(florence_home,
 
 
 def test_identity_covers_data_and_model_not_paths_or_workers(florence_home, tmp_path):
-    from meldflow.train import identity_of
+    from meldflow.training.loop import identity_of
 
     base = identity_of(_cfg(florence_home, tmp_path / "a"), 1)
     assert identity_of(_cfg(florence_home, tmp_path / "b", loader_workers=2,
@@ -99,7 +99,7 @@ def test_identity_covers_data_and_model_not_paths_or_workers(florence_home, tmp_
 
 
 def test_a_checkpoint_is_never_resumed_into_another_run(florence_home, tmp_path):
-    from meldflow.train import train
+    from meldflow.training.loop import train
 
     train(_cfg(florence_home, tmp_path / "a", max_steps=3))
     other = tmp_path / "b"
@@ -153,7 +153,7 @@ def test_damaged_whisper_model_is_refused_then_restaged(hf_home, tmp_path):
 
 
 def test_damaged_florence_model_is_refused_then_rebuilt(florence_home, tmp_path):
-    from meldflow.train import florence_snapshot
+    from meldflow.training.model import florence_snapshot
 
     home = tmp_path / "hf"
     shutil.copytree(florence_home, home, symlinks=True)
@@ -421,7 +421,7 @@ def test_damaged_aligned_shard_is_named(preprocessed, florence_home, tmp_path):
 
 
 def test_predict_says_what_is_wrong(tmp_path):
-    from meldflow.train import TrainConfig
+    from meldflow.training.options import TrainConfig
 
     model = tmp_path / "best"
     model.mkdir()

@@ -1,4 +1,4 @@
-"""Every training option defined once (meldflow/options.py), and the workflow handing it
+"""Every training option defined once (meldflow/training/options.py), and the workflow handing it
 over as one file; rules that work without an activated venv and show why they failed."""
 
 import os
@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import BIN, REPO, SAMPLE, env_with_venv, make_workdir, need_tool
 
-from meldflow.options import (
+from meldflow.training.options import (
     LaunchConfig,
     TrainConfig,
     default_of,

@@ -238,7 +238,8 @@ def test_two_nodes_train_like_one_process_and_resume_across_nodes(slurm_cluster,
     from test_train import _cfg, max_diff, weights
 
     from meldflow.stage import stage_florence
-    from meldflow.train import launch, train
+    from meldflow.training.launch import launch
+    from meldflow.training.loop import train
 
     nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True,
                            text=True).stdout.split()

@@ -55,7 +55,7 @@ def test_tiny_florence_loads_offline_with_transformers(florence_home):
 
 
 def test_missing_florence_fails_fast_naming_stage(tmp_path):
-    from meldflow.train import florence_snapshot
+    from meldflow.training.model import florence_snapshot
 
     with pytest.raises(MeldflowError, match="meldflow stage"):
         florence_snapshot(tmp_path, FLORENCE_TINY_REPO)
@@ -70,7 +70,7 @@ def test_missing_florence_fails_fast_naming_stage(tmp_path):
 
 
 def _cfg(florence_home, out, **kw):
-    from meldflow.train import TrainConfig
+    from meldflow.training.options import TrainConfig
 
     base = dict(out=str(out), hf_home=str(florence_home), train_csv=TRAIN_CSV,
                 modalities="text", epochs=2, global_batch=8, streams=2, lr=1e-3,
@@ -79,7 +79,8 @@ def _cfg(florence_home, out, **kw):
 
 
 def test_two_gloo_processes_match_one(florence_home, tmp_path):
-    from meldflow.train import launch, train
+    from meldflow.training.launch import launch
+    from meldflow.training.loop import train
 
     one = _cfg(florence_home, tmp_path / "one", max_steps=6)
     train(one)
@@ -97,7 +98,8 @@ def test_two_gloo_processes_match_one(florence_home, tmp_path):
 def test_timeout_signal_requeues_and_resumes_to_the_same_weights(florence_home, tmp_path):
     import submitit
 
-    from meldflow.train import TrainJob, train
+    from meldflow.training.launch import TrainJob
+    from meldflow.training.loop import train
 
     ref = _cfg(florence_home, tmp_path / "ref", epochs=100, streams=1, checkpoint_every=25)
     train(ref)
@@ -122,7 +124,7 @@ def test_timeout_signal_requeues_and_resumes_to_the_same_weights(florence_home, 
 
 
 def test_text_only_on_real_meld_beats_majority(florence_home, shared_meld, tmp_path):
-    from meldflow.train import train
+    from meldflow.training.loop import train
 
     cfg = _cfg(florence_home, tmp_path / "meld", train_csv=str(shared_meld / "train_sent_emo.csv"),
                dev_csv=str(shared_meld / "dev_sent_emo.csv"), epochs=2, global_batch=32,
@@ -133,7 +135,8 @@ def test_text_only_on_real_meld_beats_majority(florence_home, shared_meld, tmp_p
 
 def test_vision_only_beats_majority_on_held_out_sample(florence_home, preprocessed, tmp_path):
     """Frames alone carry the label in the sample (background colour): the model must see it."""
-    from meldflow.train import predict, train
+    from meldflow.training.loop import train
+    from meldflow.training.predict import predict
 
     aligned = preprocessed / "results" / "aligned"
     cfg = _cfg(florence_home, tmp_path / "vision", train_csv=None, modalities="vision",
@@ -161,7 +164,7 @@ def test_vision_only_beats_majority_on_held_out_sample(florence_home, preprocess
 
 def test_loader_workers_give_the_same_training(florence_home, preprocessed, tmp_path):
     """Two reader processes (with augmentation on) train exactly as the in-process reader."""
-    from meldflow.train import train
+    from meldflow.training.loop import train
 
     shards = sorted(str(p) for p in (preprocessed / "results" / "aligned" / "train")
                     .glob("*.parquet"))
@@ -178,7 +181,7 @@ def test_loader_workers_give_the_same_training(florence_home, preprocessed, tmp_
 
 def test_grad_accumulation_and_checkpointing_change_nothing(florence_home, tmp_path):
     """Both only trade memory for time: the weights must come out the same."""
-    from meldflow.train import train
+    from meldflow.training.loop import train
 
     runs = {}
     for name, kw in {"plain": {}, "accum": {"grad_accum": 2},
@@ -215,7 +218,7 @@ def test_single_run_weights_unchanged_by_refactoring(name, florence_home, prepro
     """The same options and seed train to the same weights as the code before the training
     package was split (tests/data/single_run_reference.json, written by that code with
     MELDFLOW_WRITE_REFERENCE=1)."""
-    from meldflow.train import train
+    from meldflow.training.loop import train
 
     shards = sorted(str(p) for p in (preprocessed / "results" / "aligned" / "train")
                     .glob("*.parquet"))

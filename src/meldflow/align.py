@@ -13,7 +13,7 @@ import pyarrow as pa
 from meldflow import MeldflowError
 from meldflow.frames import FRAMES_SCHEMA
 from meldflow.ingest import INGEST_SCHEMA
-from meldflow.status import worst
+from meldflow.row_status import worst
 from meldflow.storage import table_metadata, write_table
 from meldflow.transcribe import TRANSCRIPT_SCHEMA
 

@@ -106,7 +106,7 @@ def cmd_stage(a: argparse.Namespace) -> None:
 def _train_configs(a: argparse.Namespace):
     """(TrainConfig, LaunchConfig): dataclass defaults < the --options file < flags."""
     from meldflow.dataset import open_parquet
-    from meldflow.options import LaunchConfig, TrainConfig, given, read_options_file
+    from meldflow.training.options import LaunchConfig, TrainConfig, given, read_options_file
 
     train_kw, launch_kw = read_options_file(a.options) if a.options else ({}, {})
     for name in ("hf_home", "model_repo", "revision", "train_csv", "dev_csv", "test_csv"):
@@ -136,7 +136,7 @@ def _train_configs(a: argparse.Namespace):
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from meldflow.train import launch
+    from meldflow.training.launch import launch
 
     cfg, how = _train_configs(a)
     metrics = launch(cfg, how.executor, how.tasks, how.nodes, how.time_min,
@@ -169,7 +169,7 @@ def cmd_status(a: argparse.Namespace) -> None:
 def cmd_predict(a: argparse.Namespace) -> None:
     import json
 
-    from meldflow.train import predict
+    from meldflow.training.predict import predict
 
     rows = predict(a.model, a.clips, a.text, a.device)
     for r in rows:
@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "resumes from its last checkpoint, and a run whose "
                                    "options, model or data changed starts afresh (the old "
                                    "one moves to <out>-archive/). Options come from the "
-                                   "dataclasses in meldflow/options.py; a flag overrides "
+                                   "dataclasses in meldflow/training/options.py; a flag overrides "
                                    "the --options file, which overrides the default.")
     s.add_argument("--out", required=True, help="run folder (checkpoints, metrics, plots)")
     s.add_argument("--options", help="YAML file of options, data and launch settings (what "
@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "tiny model; florence-community/Florence-2-base on "
                                         "a cluster)")
     s.add_argument("--revision", help="its revision (default main)")
-    from meldflow.options import LaunchConfig, TrainConfig, add_arguments
+    from meldflow.training.options import LaunchConfig, TrainConfig, add_arguments
 
     add_arguments(s.add_argument_group("training options"), TrainConfig)
     add_arguments(s.add_argument_group("where it runs"), LaunchConfig)

@@ -15,7 +15,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from meldflow.probe import ClipError, clip_info, duration_flag, last_line
-from meldflow.status import NO_CLIP
+from meldflow.row_status import NO_CLIP
 from meldflow.storage import write_table
 
 FRAMES_SCHEMA = pa.schema([

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from meldflow import MeldflowError
-from meldflow.status import STATUSES, SUSPICIOUS_FLAGS
+from meldflow.row_status import STATUSES, SUSPICIOUS_FLAGS
 from meldflow.storage import atomic_path, write_table, write_text
 
 MANIFEST_COLUMNS = ["split", "dialogue_id", "utterance_id", "shard", "status", "reason",

@@ -23,8 +23,8 @@ from tqdm import tqdm
 from meldflow import MeldflowError
 from meldflow.ingest import normalise_text
 from meldflow.probe import ClipError, audio_short, check_clip_file
+from meldflow.row_status import NO_CLIP
 from meldflow.stage import WHISPER_FILES, verified_snapshot, whisper_repo_id
-from meldflow.status import NO_CLIP
 from meldflow.storage import write_table
 
 log = logging.getLogger(__name__)

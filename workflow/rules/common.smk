@@ -74,7 +74,7 @@ def all_aligned(wildcards):
 
 def train_options(wildcards):
     """Everything `meldflow train` needs, for results/train/options.yaml: the `train:`
-    block (options defined in meldflow/options.py), the model, and the shards one by one
+    block (options defined in meldflow/training/options.py), the model, and the shards one by one
     (never whatever an earlier shard_size left on disk)."""
     options = {k: v for k, v in config.get("train", {}).items()}
     options |= {"hf_home": HF_HOME, "model_repo": config["florence_repo"],

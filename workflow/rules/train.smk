@@ -38,7 +38,7 @@ rule train_options:
     log:
         "results/logs/train_options.log",
     run:
-        from meldflow.options import write_options_file
+        from meldflow.training.options import write_options_file
 
         write_options_file(params.options, output[0], log[0])
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from meldflow import MeldflowError
+from meldflow.row_status import FLAGS
 from meldflow.stage import FLORENCE_TINY_REPO
-from meldflow.status import FLAGS
 
 
 def option(default: Any, help: str, **meta: Any):

@@ -1,0 +1,52 @@
+"""DDP set-up from the variables torchrun or submitit export; gloo on the CPU, NCCL on GPUs."""
+
+from __future__ import annotations
+
+import os
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world, local_rank); joins the process group when there is more than one."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return rank, world, local
+
+
+def device_of(local_rank: int):
+    """This rank's GPU, or the CPU."""
+    import torch
+
+    return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+
+
+def barrier() -> None:
+    d = _dist()
+    if d:
+        d.barrier()
+
+
+def sum_over_ranks(value: float, device) -> float:
+    """``value`` summed over every rank (itself when there is one process)."""
+    d = _dist()
+    if d is None:
+        return value
+    import torch
+
+    t = torch.tensor([value], device=device)
+    d.all_reduce(t)
+    return float(t)

@@ -1,0 +1,313 @@
+"""One rank's training run, read top to bottom.
+
+``train()`` is the whole loop; ``Recipe`` holds its parts as named methods (set-up, a
+train step, the end of an epoch, checkpoints), the shape of torchtune's recipes. Only
+global rank 0 writes: ``{out}/checkpoint/state.pt``, ``{out}/best/``, ``{out}/tensorboard/``,
+``history.json``, ``metrics.json``, predictions and plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from meldflow import MeldflowError
+from meldflow.dataset import Source, plan_epoch
+from meldflow.ingest import EMOTIONS
+from meldflow.provenance import claim_run_dir, read_run, run_identity
+from meldflow.training.batches import (
+    Encoder,
+    Step,
+    class_weights,
+    epoch_steps,
+    micro_batches,
+    resolve_workers,
+    to_device,
+)
+from meldflow.training.distributed import barrier, device_of, init_distributed, sum_over_ranks
+from meldflow.training.evaluation import evaluate_split, write_results
+from meldflow.training.model import EmotionClassifier, florence_snapshot, load_florence
+from meldflow.training.options import TrainConfig
+from meldflow.training.progress import Progress
+
+log = logging.getLogger("meldflow.training")
+
+
+def train(cfg: TrainConfig, identity: dict | None = None) -> dict:
+    """Train (or resume) in this process, one DDP rank of ``WORLD_SIZE``; returns metrics.
+
+    ``identity`` (computed here if not given) decides what may be resumed: only a
+    checkpoint of the same run; a folder holding another run is moved aside first.
+    """
+    run = Recipe(cfg, identity)
+    if run.finished:
+        log.info("training already finished: %s", run.out / "metrics.json")
+        return json.loads((run.out / "metrics.json").read_text())
+    run.setup()
+    while not run.done:
+        steps = run.epoch_plan()
+        batches = run.read(steps)
+        for step in steps:
+            run.train_step(step, batches)
+        if run.epoch_complete:  # not when max_steps ends the run inside an epoch
+            run.end_epoch()
+    return run.finish()
+
+
+def identity_of(cfg: TrainConfig, world: int) -> dict:
+    """The run identity of ``cfg`` trained by ``world`` processes (see meldflow.provenance)."""
+    snap, files = florence_snapshot(cfg.hf_home, cfg.model_repo, cfg.revision)
+    return run_identity(cfg, cfg.streams or world, snap.name, files)
+
+
+class Recipe:
+    """The parts of one rank's run; ``train()`` calls them in order."""
+
+    def __init__(self, cfg: TrainConfig, identity: dict | None = None):
+        cfg.validate()
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.rank, self.world, local = init_distributed()
+        self.device = device_of(local)
+        # Rank 0 verifies and reads the cache first so that a broken cache fails once, clearly.
+        if self.rank == 0:
+            claim_run_dir(self.out, identity or identity_of(cfg, self.world))
+            self.snapshot = florence_snapshot(cfg.hf_home, cfg.model_repo, cfg.revision)[0]
+        barrier()
+        self.identity = read_run(self.out)
+        if self.rank != 0:
+            self.snapshot = florence_snapshot(cfg.hf_home, cfg.model_repo, cfg.revision)[0]
+        self.finished = (self.out / "metrics.json").is_file()
+        self.checkpoint_path = self.out / "checkpoint" / "state.pt"
+        self.state = {"epoch": 0, "step_in_epoch": 0, "step": 0, "history": [], "best_f1": -1.0}
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Model, data, optimizer and schedule, then this run's checkpoint if there is one."""
+        import torch
+
+        cfg = self.cfg
+        seed_all(cfg.seed)
+        florence, self.processor = load_florence(self.snapshot)
+        seed_all(cfg.seed)  # the heads start identical on every rank and in every run
+        self.model = EmotionClassifier(florence)
+        self.model.freeze_unused(cfg.modalities, cfg.freeze_vision)
+        if cfg.grad_checkpointing:
+            florence.gradient_checkpointing_enable()
+        self.model.to(self.device)
+        self.setup_data()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # a plain function: LambdaLR keeps its state_dict free of it
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.optim, lambda s: self.lr_factor(s))
+        self.use_amp = self.device.type == "cuda" and cfg.bf16
+        self.ddp = self.model
+        if self.world > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                else None)
+        if self.checkpoint_path.is_file():
+            self.load_checkpoint()
+        self.progress = Progress(self.out, self.rank, self.total, self.state["step"],
+                                 cfg.global_batch)
+        self.model.train()
+        self.started = time.monotonic()
+
+    def setup_data(self) -> None:
+        """The training rows, the epoch geometry and the class weights; dev for epoch ends."""
+        cfg = self.cfg
+        self.train_src = Source(cfg.train or None, cfg.train_csv, cfg.modalities,
+                                cfg.exclusions())
+        if self.train_src.excluded:
+            log.info("%d training rows left out (exclude_flags %s, exclude_max_wer %s)",
+                     self.train_src.excluded, cfg.exclude_flags, cfg.exclude_max_wer)
+        self.encoder = Encoder(self.processor, cfg, self.train_src)
+        self.streams = cfg.streams or self.world
+        if self.streams % self.world:
+            raise MeldflowError(f"streams ({self.streams}) must be a multiple of the world "
+                                f"size ({self.world})")
+        if cfg.global_batch % (self.streams * cfg.grad_accum):
+            raise MeldflowError("global_batch must divide by streams x grad_accum")
+        self.local_batch = cfg.global_batch // self.streams
+        units = self.train_src.units
+        self.emotions = {u: [r["emotion"] for r in self.train_src.rows(u)] for u in units}
+        self.weights = (class_weights([e for u in units for e in self.emotions[u]])
+                        if cfg.class_weighting else dict.fromkeys(EMOTIONS, 1.0))
+        self.steps_per_epoch = len(plan_epoch(units, self.streams, self.local_batch, cfg.seed,
+                                              0)[0]) // self.local_batch
+        self.total = self.steps_per_epoch * cfg.epochs
+        if cfg.max_steps:
+            self.total = min(self.total, cfg.max_steps)
+        self.dev_src = (Source(cfg.dev or None, cfg.dev_csv, cfg.modalities)
+                        if (cfg.dev or cfg.dev_csv) else None)
+        self.workers = resolve_workers(cfg.loader_workers, self.device.type)
+
+    def lr_factor(self, s: int) -> float:
+        """Linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0."""
+        warm = max(1, int(self.cfg.warmup_ratio * self.total))
+        return (s + 1) / warm if s < warm else max(0.0, (self.total - s) / max(1, self.total
+                                                                                - warm))
+
+    # --- the loop's parts -----------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.state["step"] >= self.total or self.state["epoch"] >= self.cfg.epochs
+
+    @property
+    def epoch_complete(self) -> bool:
+        return self.state["step_in_epoch"] >= self.steps_per_epoch
+
+    def epoch_plan(self) -> list[Step]:
+        """This rank's remaining steps of the current epoch, up to the run's total."""
+        st, cfg = self.state, self.cfg
+        plan = plan_epoch(self.train_src.units, self.streams, self.local_batch, cfg.seed,
+                          st["epoch"])
+        first = st["step_in_epoch"]
+        last = min(self.steps_per_epoch, first + self.total - st["step"])
+        return epoch_steps(plan, first, last, self.local_batch, self.rank, self.world,
+                           cfg.grad_accum, cfg.seed, st["epoch"],
+                           lambda u, r: self.weights[self.emotions[u][r]])
+
+    def read(self, steps: list[Step]) -> Iterator[dict]:
+        """The encoded micro-batches of ``steps`` in order (from loader workers if any)."""
+        jobs = [job for step in steps for job in step.micro]
+        return iter(micro_batches(self.encoder, self.train_src, jobs, self.workers))
+
+    def loss(self, item: dict, step: Step):
+        """Class-weighted emotion loss plus sentiment loss, as this rank's share of the
+        global batch's means."""
+        import torch
+        import torch.nn.functional as F
+
+        device = self.device
+        emo = torch.tensor(item["emotion"], device=device)
+        sen = torch.tensor(item["sentiment"], device=device)
+        w = torch.tensor(item["weight"], device=device)
+        cw = torch.tensor([self.weights[EMOTIONS[e]] for e in item["emotion"]], device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            emo_logits, sen_logits = self.ddp(**to_device(item["batch"], device))
+        return ((F.cross_entropy(emo_logits.float(), emo, reduction="none") * w * cw).sum()
+                / step.emotion_norm
+                + (F.cross_entropy(sen_logits.float(), sen, reduction="none") * w).sum()
+                / step.sentiment_norm)
+
+    def train_step(self, step: Step, batches: Iterator[dict]) -> float:
+        """One optimizer step over this rank's micro-batches (taken from ``batches``);
+        returns the global batch's loss."""
+        st = self.state
+        self.optim.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for _ in step.micro:
+            loss = self.loss(next(batches), step)
+            # DDP averages gradients over ranks: scale back up to the global sum.
+            (loss * self.world).backward()
+            loss_sum += float(loss.detach())
+        lr = self.sched.get_last_lr()[0]
+        self.optim.step()
+        self.sched.step()
+        st["step"] += 1
+        st["step_in_epoch"] = step.index + 1
+        loss_sum = sum_over_ranks(loss_sum, self.device)
+        st["history"].append({"step": st["step"], "epoch": st["epoch"], "loss": loss_sum})
+        self.progress.step(st["step"], st["epoch"], loss_sum, lr)
+        if st["step"] % self.cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+        return loss_sum
+
+    def end_epoch(self) -> None:
+        """Dev metrics (rank 0), the best model so far kept in ``best/``, a checkpoint."""
+        st = self.state
+        st["epoch"] += 1
+        st["step_in_epoch"] = 0
+        if self.dev_src is not None and self.rank == 0:
+            m = evaluate_split(self.model, self.processor, self.cfg, self.dev_src, self.device)
+            e = m["emotion"]
+            st["history"].append({"epoch": st["epoch"], "dev_weighted_f1": e["weighted_f1"],
+                                  "dev_macro_f1": e["macro_f1"], "dev_accuracy": e["accuracy"]})
+            log.info("epoch %d: dev weighted F1 %.3f, macro F1 %.3f, accuracy %.3f",
+                     st["epoch"], e["weighted_f1"], e["macro_f1"], e["accuracy"])
+            self.progress.dev(st["step"], st["epoch"], m)
+            if e["weighted_f1"] > st["best_f1"]:
+                st["best_f1"] = e["weighted_f1"]
+                self.model.save(self.processor, self.out / "best", dataclasses.asdict(self.cfg))
+            self.model.train()
+        self.save_checkpoint()
+
+    def finish(self) -> dict:
+        """The last checkpoint; then (rank 0) the best model on dev and test."""
+        self.save_checkpoint()
+        log.info("rank %d: %d steps in %.1f s", self.rank, self.state["step"],
+                 time.monotonic() - self.started)
+        result: dict = {}
+        if self.rank == 0:
+            if not (self.out / "best").is_dir():  # no dev set, or max_steps cut the epoch
+                self.model.save(self.processor, self.out / "best", dataclasses.asdict(self.cfg))
+            result = write_results(self.cfg, self.out, self.device, self.state, self.identity,
+                                   self.world, self.progress)
+        self.progress.close()
+        barrier()
+        return result
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        if self.rank == 0:
+            import torch
+
+            from meldflow.storage import atomic_path
+
+            with atomic_path(self.checkpoint_path) as tmp:
+                torch.save({"model": self.model.state_dict(), "optim": self.optim.state_dict(),
+                            "sched": self.sched.state_dict(), "rng": rng_state(),
+                            "state": self.state, "config": dataclasses.asdict(self.cfg),
+                            "identity": self.identity["digest"]}, tmp)
+        barrier()
+
+    def load_checkpoint(self) -> None:
+        import torch
+
+        ckpt = self.checkpoint_path
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if saved.get("identity") != self.identity["digest"]:
+            raise MeldflowError(
+                f"{ckpt} belongs to another run (identity {str(saved.get('identity'))[:12]}, "
+                f"this run is {self.identity['digest'][:12]}); it is never resumed into a "
+                f"different configuration. Move {self.out} aside, or let `meldflow train` do it")
+        self.model.load_state_dict(saved["model"])
+        self.optim.load_state_dict(saved["optim"])
+        self.sched.load_state_dict(saved["sched"])
+        set_rng_state(saved["rng"])
+        self.state = saved["state"]
+        log.info("resumed from %s at step %d", ckpt, self.state["step"])
+
+
+def seed_all(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])

@@ -1,0 +1,141 @@
+"""The classifier: Florence-2's encoder states, mean-pooled, under two linear heads.
+
+Florence-2's encoder holds the image tokens and the prompt together; the heads classify
+7 emotions and 3 sentiments from the masked mean of its states. Why not score label strings
+with the decoder: in our trials the tiny random model's decoder learned only the label
+prior (text-only loss flat at the prior after 15 epochs on the sample) while the heads fit
+in a few epochs; a head also needs one encoder pass per clip instead of one decoder pass
+per label, and its softmax is a probability for every class. The decoder and LM head are
+unused, so they are frozen (DDP needs every trainable weight to get a gradient).
+
+A saved model (``best/``) is the Florence-2 model and processor (save_pretrained),
+``heads.safetensors``, ``labels.json`` and ``meldflow_train.json`` (its options).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from meldflow import MeldflowError
+from meldflow.ingest import EMOTIONS, SENTIMENTS
+from meldflow.stage import FLORENCE_FILES, FLORENCE_TINY_REPO, verified_snapshot
+
+HEADS_FILE = "heads.safetensors"
+
+
+class EmotionClassifier(torch.nn.Module):
+    """Florence-2 encoder states, mean-pooled over real tokens, into two classifiers."""
+
+    def __init__(self, florence):
+        super().__init__()
+        self.florence = florence
+        d = florence.config.text_config.d_model
+        self.emotion = torch.nn.Linear(d, len(EMOTIONS))
+        self.sentiment = torch.nn.Linear(d, len(SENTIMENTS))
+        for module in (florence.get_decoder(), florence.get_output_embeddings()):
+            for p in module.parameters():
+                p.requires_grad_(False)
+        # The input embeddings are shared with the frozen decoder; keep them trainable.
+        florence.get_input_embeddings().weight.requires_grad_(True)
+
+    def encode(self, input_ids, attention_mask, pixel_values=None):
+        f = self.florence
+        embeds = f.get_input_embeddings()(input_ids)
+        if pixel_values is not None:
+            feats = f.get_image_features(pixel_values.to(embeds.dtype))
+            mask = (input_ids == f.config.image_token_id).unsqueeze(-1).expand_as(embeds)
+            embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
+        return f.get_encoder()(inputs_embeds=embeds,
+                               attention_mask=attention_mask).last_hidden_state
+
+    def forward(self, input_ids, attention_mask, pixel_values=None):
+        h = self.encode(input_ids, attention_mask, pixel_values)
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        return self.emotion(pooled.float()), self.sentiment(pooled.float())
+
+    def freeze_unused(self, modalities: str, freeze_vision: bool) -> None:
+        """Unused weights must not be trainable under DDP; a frozen tower saves memory too."""
+        frozen = []
+        if freeze_vision or "vision" not in modalities:
+            frozen.append(self.florence.model.vision_tower)
+        if "vision" not in modalities:
+            frozen.append(self.florence.model.multi_modal_projector)
+        for module in frozen:
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def load_heads(self, path: Path) -> EmotionClassifier:
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+        self.emotion.load_state_dict({k[8:]: v for k, v in state.items()
+                                      if k.startswith("emotion.")})
+        self.sentiment.load_state_dict({k[10:]: v for k, v in state.items()
+                                        if k.startswith("sentiment.")})
+        return self
+
+    def save(self, processor, out: Path, options: dict | None = None) -> None:
+        """Florence-2 + processor via save_pretrained, the heads beside them; atomically."""
+        from safetensors.torch import save_file
+
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.florence.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        state = {f"emotion.{k}": v.detach().cpu().contiguous()
+                 for k, v in self.emotion.state_dict().items()}
+        state |= {f"sentiment.{k}": v.detach().cpu().contiguous()
+                  for k, v in self.sentiment.state_dict().items()}
+        save_file(state, str(tmp / HEADS_FILE))
+        (tmp / "labels.json").write_text(json.dumps({"emotion": EMOTIONS,
+                                                     "sentiment": SENTIMENTS}))
+        if options is not None:  # how to build inputs at prediction time
+            (tmp / "meldflow_train.json").write_text(json.dumps(options, indent=1))
+        old = out.with_name(f".{out.name}.old{os.getpid()}")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def florence_snapshot(hf_home: str | Path, repo_id: str,
+                      revision: str = "main") -> tuple[Path, dict[str, str]]:
+    """The staged, verified model folder and its file hashes; fails in seconds, naming
+    ``meldflow stage``, if it is missing, incomplete or damaged."""
+    hint = (f"run `meldflow stage --hf-home {hf_home} --models florence "
+            + ("--tiny`" if repo_id == FLORENCE_TINY_REPO else f"--florence-repo {repo_id}`")
+            + " first (on a node that reaches the Hub, for a real checkpoint)")
+    return verified_snapshot(hf_home, repo_id, revision, FLORENCE_FILES, "Florence-2 model",
+                             hint)
+
+
+def load_florence(snap: Path):
+    """Model and processor from a verified snapshot folder, never the network."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers import AutoProcessor, Florence2ForConditionalGeneration
+
+    # The snapshot folder itself, not the repo id: a folder never touches the network,
+    # even where huggingface_hub was imported before HF_HUB_OFFLINE was set.
+    model = Florence2ForConditionalGeneration.from_pretrained(snap, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(snap, local_files_only=True)
+    return model, processor
+
+
+def load_trained(path: str | Path, device="cpu"):
+    """(classifier, processor) saved by training; offline, from a plain folder."""
+    from transformers import AutoProcessor, Florence2ForConditionalGeneration
+
+    path = Path(path)
+    if not (path / HEADS_FILE).is_file():
+        raise MeldflowError(f"{path} is not a trained meldflow model (no {HEADS_FILE})")
+    florence = Florence2ForConditionalGeneration.from_pretrained(path, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    model = EmotionClassifier(florence).load_heads(path / HEADS_FILE)
+    return model.to(device).eval(), processor
+
