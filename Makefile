@@ -46,8 +46,8 @@ demo: setup
 	@echo
 	@echo "Done. Aligned shards: results/aligned/{train,dev,test}/shard-*.parquet"
 	@echo "      Manifests:      results/manifest/{train,dev,test}.parquet (summary.txt, .png)"
-	@echo "      Training run:   results/train/ (best/ model, metrics.json, predictions)"
-	@echo "      Metrics, plots: results/evaluate/"
+	@echo "      Training runs:  results/train/{experiment}/seed-{n}/ (best/ model, metrics, TensorBoard)"
+	@echo "      Comparison:     results/evaluate/ (mean ± sd over seeds, plots)"
 	@echo "      HTML report:    results/report.html"
 	@echo "      Logs per job:   results/logs/"
 

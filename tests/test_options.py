@@ -79,11 +79,11 @@ def test_workflow_hands_training_one_options_file(preprocessed):
     """`train_options` writes every option, the model and the shards named one by one."""
     proc = subprocess.run(
         [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(preprocessed),
-         "--cores", "1", "results/train/options.yaml"],
+         "--cores", "1", "results/train/default/seed-0.yaml"],
         capture_output=True, text=True, env=env_with_venv(), cwd=preprocessed)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    train_kw, launch_kw = read_options_file(preprocessed / "results" / "train" /
-                                            "options.yaml")
+    train_kw, launch_kw = read_options_file(preprocessed / "results" / "train" / "default" /
+                                            "seed-0.yaml")
     shards = sorted(str(p.relative_to(preprocessed)) for p in
                     (preprocessed / "results" / "aligned" / "train").glob("*.parquet"))
     assert train_kw["train"] == shards and train_kw["model_repo"]

@@ -14,6 +14,8 @@ from conftest import BIN, IN_CI, REPO, env_with_venv, make_workdir
 
 pytestmark = pytest.mark.integration
 
+RUN = Path("results/train/default/seed-0")  # the default config's one training run
+
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
@@ -63,8 +65,8 @@ def start_snakemake(work, log_path, *args, env=None):
 def _signal_training_once(work, proc, timeout=900):
     """Once training has checkpointed, send its job the signal SLURM sends on preemption
     or near the time limit (USR2 to every task); returns the job id."""
-    job_file = work / "results" / "train" / "job.json"
-    ckpt = work / "results" / "train" / "checkpoint" / "state.pt"
+    job_file = work / RUN / "job.json"
+    ckpt = work / RUN / "checkpoint" / "state.pt"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         if job_file.is_file() and ckpt.is_file():
@@ -99,13 +101,13 @@ def test_whole_workflow_on_slurm_matches_local_run(slurm_cluster, trained, hf_ho
     assert len(workflow_jobs) >= 15 and all(j[2] == "COMPLETED" for j in jobs), jobs
     assert len({j[1] for j in workflow_jobs}) == 1  # one run, one UUID as the job name
     assert "submitit" in names
-    train_job = json.loads((work / "results" / "train" / "job.json").read_text())
+    train_job = json.loads((work / RUN / "job.json").read_text())
     assert train_job["executor"] == "slurm" and train_job["job_id"] == signalled
     assert any(j[0] == train_job["job_id"] and j[2] == "COMPLETED" for j in jobs)
     # The same job ran twice: the first run was requeued, the second resumed.
     history = [line[1] for line in sacct("-D", "-j", signalled, "-o", "JobID,State")]
     assert history[0] == "REQUEUED" and history[-1] == "COMPLETED", history
-    logs = "".join(p.read_text() for p in (work / "results" / "train" / "submitit")
+    logs = "".join(p.read_text() for p in (work / RUN / "submitit")
                    .glob("*_0_log.*"))
     assert "preempted" in logs and "resumed from" in logs
     # Same shards and the same metrics as the local run of the same configuration.

@@ -117,6 +117,11 @@ def test_timeout_signal_requeues_and_resumes_to_the_same_weights(florence_home, 
     metrics = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert metrics["steps"] == json.loads((tmp_path / "ref" / "metrics.json").read_text())["steps"]
     assert max_diff(weights(tmp_path / "ref" / "best"), weights(tmp_path / "cut" / "best")) < 1e-4
+    # the resumed run's TensorBoard curve does not double back: one loss per step
+    from test_workflow import tensorboard_events
+
+    steps = [e.step for e in tensorboard_events(tmp_path / "cut").Scalars("train/loss")]
+    assert steps == list(range(1, metrics["steps"] + 1))
     # a rerun of a finished training does nothing
     before = os.stat(tmp_path / "cut" / "metrics.json").st_mtime_ns
     train(cfg)

@@ -3,7 +3,9 @@
 import csv
 import io
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -141,19 +143,91 @@ def test_whole_workflow_trains_evaluates_and_reports(trained):
     preprocessed, text = trained
     assert "rule frames" not in text  # preprocessing was already done
     res = preprocessed / "results"
-    job = json.loads((res / "train" / "job.json").read_text())
+    run = res / "train" / "default" / "seed-0"
+    job = json.loads((run / "job.json").read_text())
     assert job["executor"] == "local" and job["tasks"] == 2
-    logs = "".join(p.read_text() for p in (res / "train" / "submitit").glob("*_1_log.err"))
+    logs = "".join(p.read_text() for p in (run / "submitit").glob("*_1_log.err"))
     assert "rank 1:" in logs
     table = (res / "evaluate" / "metrics.tsv").read_text().splitlines()
-    assert table[0].startswith("split\ttask\tn\tweighted_f1")
+    assert table[0].startswith("split\ttask\texperiment\tseeds\tweighted_f1_mean")
     test_emotion = next(r.split("\t") for r in table if r.startswith("test\temotion"))
-    assert float(test_emotion[3]) > float(test_emotion[6])  # beats the majority class
+    assert test_emotion[2:4] == ["default", "1"]
+    assert float(test_emotion[4]) > float(test_emotion[10])  # beats the majority class
     assert "Florence-2 results" in text
-    for name in ("confusion_test.png", "curves.png"):
+    # live curves: TensorBoard event files, and progress lines in the log
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    err = "".join(p.read_text() for p in (run / "submitit").glob("*_0_log.err"))
+    assert re.search(r"step \d+/\d+ .* steps/s, .* samples/s \| .* left", err), err[-2000:]
+    for name in ("confusion_test.png", "curves.png", "experiments_test.png"):
         assert Image.open(res / "evaluate" / name).format == "PNG"
     report = res / "report.html"
     run_snakemake(preprocessed, "--report", str(report))
     assert report.stat().st_size > 100_000
     again = run_snakemake(preprocessed)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def tensorboard_events(run):
+    """The run's TensorBoard events, as TensorBoard itself reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0,
+                                                                     "images": 0})
+    events.Reload()
+    return events
+
+
+def test_experiments_times_seeds_give_one_comparison_table(preprocessed, tmp_path):
+    """Two experiments x two seeds: four runs of their own, one table of mean ± sd."""
+    import statistics
+
+    import yaml
+
+    work = tmp_path / "work"
+    skip = {preprocessed / "results" / "train", preprocessed / "results" / "evaluate",
+            preprocessed / ".snakemake" / "locks"}
+    shutil.copytree(preprocessed, work, symlinks=True,  # mtimes kept: nothing is redone
+                    ignore=lambda d, names: [n for n in names if Path(d) / n in skip])
+    cfg_path = work / "config" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["train"] |= {"executor": "debug", "modalities": "text", "epochs": 2}
+    cfg["experiments"] = {"text": None, "text+context": {"context_turns": 2}}
+    cfg["seeds"] = [0, 1]
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake(work)
+    out = proc.stdout + proc.stderr
+    assert "rule frames" not in out and "rule transcribe" not in out
+    res = work / "results"
+    runs = {(e, s): json.loads((res / "train" / e / f"seed-{s}" / "metrics.json").read_text())
+            for e in ("text", "text+context") for s in (0, 1)}
+    assert {(e, m["config"]["seed"], m["config"]["context_turns"])
+            for (e, _), m in runs.items()} == {("text", 0, 0), ("text", 1, 0),
+                                               ("text+context", 0, 2), ("text+context", 1, 2)}
+    assert len({m["run"]["identity"] for m in runs.values()}) == 4  # four distinct runs
+    table = list(csv.DictReader(io.StringIO((res / "evaluate" / "metrics.tsv").read_text()),
+                                delimiter="\t"))
+    assert {(r["split"], r["task"], r["experiment"]) for r in table} == {
+        (sp, t, e) for sp in ("dev", "test") for t in ("emotion", "sentiment")
+        for e in ("text", "text+context")}
+    for r in table:
+        vals = [runs[(r["experiment"], s)][r["split"]][r["task"]]["weighted_f1"]
+                for s in (0, 1)]
+        assert r["seeds"] == "2"
+        assert float(r["weighted_f1_mean"]) == pytest.approx(statistics.fmean(vals), abs=1e-4)
+        assert float(r["weighted_f1_sd"]) == pytest.approx(statistics.stdev(vals), abs=1e-4)
+    per_class = (res / "evaluate" / "per_class.tsv").read_text().splitlines()
+    assert len(per_class) == 1 + 2 * 2 * (7 + 3)
+    assert len((res / "evaluate" / "runs.tsv").read_text().splitlines()) == 1 + 4 * 2 * 2
+    assert "±" in out and "text+context" in out  # the summary, printed at the end
+    for name in ("experiments_dev.png", "experiments_test.png", "confusion_test.png",
+                 "curves.png"):
+        assert Image.open(res / "evaluate" / name).format == "PNG"
+    assert run_snakemake(work, "-n").stdout.count("rule train:") == 0
+    # every run's TensorBoard events: loss per step, dev metrics per epoch, confusion images
+    events = tensorboard_events(res / "train" / "text+context" / "seed-1")
+    assert len(events.Scalars("train/loss")) == runs[("text+context", 1)]["steps"]
+    assert [e.value for e in events.Scalars("dev/emotion_weighted_f1")] == pytest.approx(
+        [h["dev_weighted_f1"] for h in json.loads(
+            (res / "train" / "text+context" / "seed-1" / "history.json").read_text())
+         if "dev_weighted_f1" in h])
+    assert {"dev/confusion_emotion", "test/confusion_emotion"} <= set(events.Tags()["images"])

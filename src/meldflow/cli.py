@@ -152,9 +152,9 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from meldflow.evaluate import run_evaluate
+    from meldflow.evaluate import compare_runs
 
-    print(run_evaluate(a.run, a.out), end="")
+    print(compare_runs(a.runs, a.out), end="")
 
 
 def cmd_status(a: argparse.Namespace) -> None:
@@ -296,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the --options file, which overrides the default.")
     s.add_argument("--out", required=True, help="run folder (checkpoints, metrics, plots)")
     s.add_argument("--options", help="YAML file of options, data and launch settings (what "
-                                     "the workflow writes: results/train/options.yaml)")
+                                     "the workflow writes one per run: "
+                                     "results/train/{experiment}/seed-{n}.yaml)")
     s.add_argument("--hf-home", help="offline cache with the staged Florence-2")
     s.add_argument("--aligned-dir", help="results/aligned (holds train/, dev/, test/); "
                                           "the --*-shards options name files instead")
@@ -316,9 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(s.add_argument_group("where it runs"), LaunchConfig)
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("evaluate", help="metrics tables and plots of a finished training run")
-    s.add_argument("--run", required=True, help="the training run folder")
-    s.add_argument("--out", required=True, help="folder for metrics.tsv, per_class.tsv, plots")
+    s = sub.add_parser("evaluate", help="compare finished training runs: tables and plots, "
+                       "mean ± sd over seeds per experiment",
+                       description="Reads each run's metrics.json; a run folder "
+                                   "…/{experiment}/seed-{n} counts as one seed of "
+                                   "{experiment}. Writes metrics.tsv, per_class.tsv, runs.tsv, "
+                                   "summary.txt, experiments_{split}.png, "
+                                   "confusion_{split}.png and curves.png.")
+    s.add_argument("--runs", nargs="+", required=True, metavar="RUN_DIR",
+                   help="training run folders, e.g. results/train/*/seed-*")
+    s.add_argument("--out", required=True, help="folder for the tables and plots")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("predict", help="label new clips or utterances with a trained model")

@@ -410,13 +410,14 @@ def collect(workdir: str | Path = ".", run_id: str | None = None, tail_lines: in
     workdir = Path(workdir)
     run_id = run_id or latest_run_id(workdir)
     labels, train_ids = {}, []
-    job_file = workdir / "results" / "train" / "job.json"
-    if job_file.is_file():
+    # One submitit job per (experiment, seed) run: results/train/{experiment}/seed-{n}/.
+    for job_file in sorted((workdir / "results" / "train").glob("*/seed-*/job.json")):
         job = json.loads(job_file.read_text())
         if job.get("executor") == "slurm" and job.get("job_id"):
             jid = str(job["job_id"]).split("_")[0]
             train_ids.append(jid)
-            labels[jid] = ("train (submitit)", "")
+            run = job_file.parent.relative_to(workdir / "results" / "train")
+            labels[jid] = (f"train {run} (submitit)", "")
     try:
         records: list[dict] = []
         if run_id:

@@ -5,6 +5,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from meldflow.monitor import patch_slurm_plugin
+from meldflow.training.options import EXPERIMENT_NAME, experiment_runs
 
 # sacct reports a job cancelled from outside as "CANCELLED by <uid>", which the SLURM
 # plugin (2.8.0) takes for a running job, so the workflow would wait forever. This makes
@@ -72,11 +73,16 @@ def all_aligned(wildcards):
     return [path for split in SPLITS for path in aligned_of(split)]
 
 
+# Every (experiment, seed) training run and its options (meldflow/training/options.py).
+RUNS = experiment_runs(config.get("train", {}), config.get("experiments"), config.get("seeds"))
+RUN_DIRS = [f"results/train/{name}/seed-{seed}" for name, seed in RUNS]
+
+
 def train_options(wildcards):
-    """Everything `meldflow train` needs, for results/train/options.yaml: the `train:`
-    block (options defined in meldflow/training/options.py), the model, and the shards one by one
-    (never whatever an earlier shard_size left on disk)."""
-    options = {k: v for k, v in config.get("train", {}).items()}
+    """Everything `meldflow train` needs for one run, for its options file: the `train:`
+    block with the experiment's overrides and the seed, the model, and the shards one by
+    one (never whatever an earlier shard_size left on disk)."""
+    options = dict(RUNS[(wildcards.experiment, int(wildcards.seed))])
     options |= {"hf_home": HF_HOME, "model_repo": config["florence_repo"],
                 "revision": config.get("florence_revision", "main")}
     options |= {split: aligned_of(split) for split in SPLITS}
@@ -103,10 +109,7 @@ onsuccess:
     if summary.is_file():
         print("\nmeldflow: rows per status (details in results/manifest/{split}.parquet)")
         print(summary.read_text(), end="")
-    metrics = Path("results/evaluate/metrics.tsv")
-    if metrics.is_file():
-        print("\nmeldflow: Florence-2 results (plots in results/evaluate/)")
-        rows = [line.split("\t") for line in metrics.read_text().splitlines()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+    summary = Path("results/evaluate/summary.txt")
+    if summary.is_file():
+        print("\nmeldflow: Florence-2 results, mean ± sd over seeds (results/evaluate/)")
+        print(summary.read_text(), end="")

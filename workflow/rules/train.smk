@@ -26,17 +26,23 @@ rule stage_florence:
         "--meld-dir {params.meld_dir} --lock-out {output} > {log} 2>&1"
 
 
+wildcard_constraints:
+    experiment=EXPERIMENT_NAME,
+    seed="[0-9]+",
+
+
 rule train_options:
-    # Local: the options `meldflow train` gets, as one file (its content changes when the
-    # config's train: block, the model or the shards do, and then train runs again).
+    # Local: the options `meldflow train` gets for one run, as one file (its content
+    # changes when the config's train: block, the experiment, the model or the shards do,
+    # and then that run trains again).
     input:
         shards=all_aligned,
     output:
-        "results/train/options.yaml",
+        "results/train/{experiment}/seed-{seed}.yaml",
     params:
         options=train_options,
     log:
-        "results/logs/train_options.log",
+        "results/logs/train_options/{experiment}/seed-{seed}.log",
     run:
         from meldflow.training.options import write_options_file
 
@@ -44,40 +50,56 @@ rule train_options:
 
 
 rule train:
-    # Local: it only submits through submitit (SLURM or local processes) and waits. The
-    # job id is kept in results/train/job.json, so a restarted workflow reattaches.
+    # Local: it only submits through submitit (SLURM or local processes) and waits; the
+    # job id is kept in the run's job.json, so a restarted workflow reattaches. Locally a
+    # run takes every core (runs go one after another); with executor slurm it takes
+    # none of them, so every (experiment, seed) is queued at once.
     input:
-        options="results/train/options.yaml",
+        options="results/train/{experiment}/seed-{seed}.yaml",
         shards=all_aligned,
         model="results/stage/florence.json",
     output:
-        "results/train/metrics.json",
+        "results/train/{experiment}/seed-{seed}/metrics.json",
+    params:
+        out=subpath(output[0], parent=True),
+    threads: 1 if config["train"].get("executor") == "slurm" else workflow.cores
     log:
-        "results/logs/train.log",
+        "results/logs/train/{experiment}/seed-{seed}.log",
     benchmark:
-        "results/benchmarks/train.tsv"
+        "results/benchmarks/train/{experiment}/seed-{seed}.tsv"
     conda:
         "../../envs/training.yaml"
     shell:
-        "meldflow train --options {input.options} --out results/train > {log} 2>&1"
+        "meldflow train --options {input.options} --out {params.out} > {log} 2>&1"
 
 
 rule evaluate:
+    # Every run's metrics side by side: mean ± sd over seeds per experiment and split.
     input:
-        "results/train/metrics.json",
+        expand("{run}/metrics.json", run=RUN_DIRS),
     output:
         table=report("results/evaluate/metrics.tsv", caption="../report/metrics.rst",
                      category="Metrics"),
         per_class=report("results/evaluate/per_class.tsv", caption="../report/per_class.rst",
                          category="Metrics"),
+        runs=report("results/evaluate/runs.tsv", caption="../report/runs.rst",
+                    category="Metrics"),
+        summary="results/evaluate/summary.txt",
         curves=report("results/evaluate/curves.png", caption="../report/curves.rst",
                       category="Plots"),
-        # one confusion matrix per evaluated split that the config has
+        # per evaluated split that the config has: the comparison and the confusion matrices
+        **{
+            f"compare_{s}": report(f"results/evaluate/experiments_{s}.png",
+                                   caption="../report/experiments.rst", category="Plots")
+            for s in EVAL_SPLITS
+        },
         **{
             f"confusion_{s}": report(f"results/evaluate/confusion_{s}.png",
                                      caption="../report/confusion.rst", category="Plots")
             for s in EVAL_SPLITS
         },
+    params:
+        runs=RUN_DIRS,
     log:
         "results/logs/evaluate.log",
     benchmark:
@@ -85,4 +107,4 @@ rule evaluate:
     conda:
         "../../envs/training.yaml"
     shell:
-        "meldflow evaluate --run results/train --out results/evaluate > {log} 2>&1"
+        "meldflow evaluate --runs {params.runs} --out results/evaluate > {log} 2>&1"

@@ -232,3 +232,40 @@ def schema_defaults() -> dict:
             else:
                 out[f.name] = default
     return out
+
+
+EXPERIMENT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"
+
+
+def experiment_runs(train: dict, experiments: dict | None,
+                    seeds: list[int] | None) -> dict[tuple[str, int], dict]:
+    """The options of every (experiment, seed) run: the config's ``train:`` block with the
+    experiment's overrides on top (``slurm:`` merged key by key) and the seed set.
+
+    ``seeds`` (every experiment runs once per seed) defaults to ``train.seed``; an
+    experiment may not set ``seed`` itself when ``seeds`` is given.
+    """
+    import re
+
+    experiments = experiments or {"default": {}}
+    known = {f.name for f in option_fields(TrainConfig)} | \
+        {f.name for f in option_fields(LaunchConfig)} | {"slurm"}
+    runs: dict[tuple[str, int], dict] = {}
+    for name, overrides in experiments.items():
+        overrides = dict(overrides or {})
+        if not re.fullmatch(EXPERIMENT_NAME, str(name)):
+            raise MeldflowError(f"experiment name {name!r}: use letters, digits and _ . + - "
+                                f"(it becomes the folder results/train/{name}/)")
+        unknown = set(overrides) - known
+        if unknown:
+            raise MeldflowError(f"experiment {name}: unknown training option(s) "
+                                f"{', '.join(sorted(unknown))} (the options are the keys of "
+                                f"the train: block; `meldflow train --help`)")
+        if seeds and "seed" in overrides:
+            raise MeldflowError(f"experiment {name} sets seed, but seeds: {seeds} is given: "
+                                f"leave seeds to the seeds: list")
+        options = dict(train) | overrides
+        options["slurm"] = dict(train.get("slurm") or {}) | dict(overrides.get("slurm") or {})
+        for seed in seeds or [options.get("seed", 0)]:
+            runs[(str(name), int(seed))] = options | {"seed": int(seed)}
+    return runs

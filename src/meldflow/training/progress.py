@@ -39,9 +39,9 @@ class Progress:
                 log.warning("tensorboard is not installed: no event files for this run")
                 return
             # purge_step: a resumed run's new events replace those written after its
-            # checkpoint, so the curves do not double back.
+            # checkpoint (at start_step, included in it), so the curves do not double back.
             self.writer = SummaryWriter(str(out / EVENTS_DIR), flush_secs=5,
-                                        purge_step=start_step or None)
+                                        purge_step=start_step + 1 if start_step else None)
 
     def step(self, step: int, epoch: int, loss: float, lr: float) -> None:
         if self.rank != 0:
