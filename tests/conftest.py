@@ -68,6 +68,16 @@ def make_workdir(root: Path, hf_home: Path, **overrides) -> Path:
     return root
 
 
+def copy_preprocessed(preprocessed: Path, dest: Path) -> Path:
+    """A copy of the `preprocessed` folder without its training results, mtimes kept, so
+    that Snakemake there redoes nothing of the preprocessing."""
+    skip = {preprocessed / "results" / "train", preprocessed / "results" / "evaluate",
+            preprocessed / ".snakemake" / "locks"}
+    shutil.copytree(preprocessed, dest, symlinks=True,
+                    ignore=lambda d, names: [n for n in names if Path(d) / n in skip])
+    return dest
+
+
 @pytest.fixture(scope="session")
 def preprocessed(tmp_path_factory, hf_home) -> Path:
     """The `preprocess` target run once on the sample, with real ffmpeg and Whisper."""

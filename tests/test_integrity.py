@@ -81,7 +81,7 @@ def test_changed_setting_starts_a_fresh_run_and_keeps_the_old_one(florence_home,
 
 
 def test_identity_covers_data_and_model_not_paths_or_workers(florence_home, tmp_path):
-    from meldflow.training.loop import identity_of
+    from meldflow.training.identity import identity_of
 
     base = identity_of(_cfg(florence_home, tmp_path / "a"), 1)
     assert identity_of(_cfg(florence_home, tmp_path / "b", loader_workers=2,
@@ -153,7 +153,7 @@ def test_damaged_whisper_model_is_refused_then_restaged(hf_home, tmp_path):
 
 
 def test_damaged_florence_model_is_refused_then_rebuilt(florence_home, tmp_path):
-    from meldflow.training.model import florence_snapshot
+    from meldflow.training.identity import florence_snapshot
 
     home = tmp_path / "hf"
     shutil.copytree(florence_home, home, symlinks=True)

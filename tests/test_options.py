@@ -3,6 +3,7 @@ over as one file; rules that work without an activated venv and show why they fa
 
 import os
 import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -123,3 +124,13 @@ def test_aligned_shards_load_with_pandas(preprocessed):
     assert len(frame) == sum(pq.read_metadata(p).num_rows for p in shards) == 66
     assert {"utterance", "emotion", "frames", "transcript"} <= set(frame.columns)
     assert frame.query("status == 'ok'")["frames"].map(len).eq(8).all()
+
+
+def test_the_waiting_launcher_does_not_load_torch():
+    """`meldflow train` only submits and waits (one per experiment and seed on a login
+    node): it must not hold PyTorch in memory."""
+    code = ("import sys, meldflow.cli, meldflow.training.launch; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env_with_venv()).stdout
+    assert out.strip() == "False"

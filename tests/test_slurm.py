@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import BIN, IN_CI, REPO, env_with_venv, make_workdir
+from conftest import BIN, IN_CI, REPO, copy_preprocessed, env_with_venv, make_workdir
 
 pytestmark = pytest.mark.integration
 
@@ -125,6 +125,33 @@ SLOW_FIRST_FFMPEG = """#!/bin/sh
 if mkdir "{marker}" 2>/dev/null; then sleep 150; fi
 exec {ffmpeg} "$@"
 """
+
+
+def test_experiments_train_at_once_on_slurm(slurm_cluster, preprocessed, tmp_path):
+    """Two experiments on SLURM: two training jobs queued together, running side by side."""
+    import yaml
+
+    work = copy_preprocessed(preprocessed, tmp_path / "work")
+    (work / "cluster" / "slurm").mkdir(parents=True)
+    shutil.copy(REPO / "cluster" / "slurm" / "workflow-overrides.yaml",
+                work / "cluster" / "slurm")
+    cfg_path = work / "config" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["train"] |= {"modalities": "text", "epochs": 1, "tasks": 1}
+    cfg["experiments"] = {"a": None, "b": {"context_turns": 1}}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    start = time.strftime("%Y-%m-%dT%H:%M:%S")
+    proc = start_snakemake(work, tmp_path / "snakemake.log")
+    rc = proc.wait(timeout=900)
+    text = (tmp_path / "snakemake.log").read_text()
+    assert rc == 0, text[-4000:]
+    ids = [json.loads((work / "results" / "train" / e / "seed-0" / "job.json").read_text())
+           ["job_id"] for e in ("a", "b")]
+    times = {j[0]: j[1:] for j in sacct("-S", start, "-o", "JobID,Start,End,State")}
+    (s1, e1, st1), (s2, e2, st2) = times[ids[0]], times[ids[1]]
+    assert st1 == st2 == "COMPLETED"
+    assert s1 < e2 and s2 < e1, times  # the two runs overlapped in time
+    assert "a" in (work / "results" / "evaluate" / "summary.txt").read_text()
 
 
 def _squeue_running(prefix):

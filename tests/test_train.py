@@ -55,7 +55,7 @@ def test_tiny_florence_loads_offline_with_transformers(florence_home):
 
 
 def test_missing_florence_fails_fast_naming_stage(tmp_path):
-    from meldflow.training.model import florence_snapshot
+    from meldflow.training.identity import florence_snapshot
 
     with pytest.raises(MeldflowError, match="meldflow stage"):
         florence_snapshot(tmp_path, FLORENCE_TINY_REPO)

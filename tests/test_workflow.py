@@ -5,11 +5,10 @@ import io
 import json
 import re
 import shutil
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE, make_workdir, run_snakemake
+from conftest import SAMPLE, copy_preprocessed, make_workdir, run_snakemake
 from PIL import Image
 
 from meldflow.stage import cached_snapshot, stage_whisper
@@ -183,11 +182,7 @@ def test_experiments_times_seeds_give_one_comparison_table(preprocessed, tmp_pat
 
     import yaml
 
-    work = tmp_path / "work"
-    skip = {preprocessed / "results" / "train", preprocessed / "results" / "evaluate",
-            preprocessed / ".snakemake" / "locks"}
-    shutil.copytree(preprocessed, work, symlinks=True,  # mtimes kept: nothing is redone
-                    ignore=lambda d, names: [n for n in names if Path(d) / n in skip])
+    work = copy_preprocessed(preprocessed, tmp_path / "work")
     cfg_path = work / "config" / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["train"] |= {"executor": "debug", "modalities": "text", "epochs": 2}
@@ -223,6 +218,9 @@ def test_experiments_times_seeds_give_one_comparison_table(preprocessed, tmp_pat
                  "curves.png"):
         assert Image.open(res / "evaluate" / name).format == "PNG"
     assert run_snakemake(work, "-n").stdout.count("rule train:") == 0
+    # a third seed trains only the two new runs; the four finished ones are kept
+    more = run_snakemake(work, "-n", "--config", "seeds=[0,1,2]").stdout
+    assert more.count("localrule train:") == 2 and more.count("seed-2/metrics.json") >= 2
     # every run's TensorBoard events: loss per step, dev metrics per epoch, confusion images
     events = tensorboard_events(res / "train" / "text+context" / "seed-1")
     assert len(events.Scalars("train/loss")) == runs[("text+context", 1)]["steps"]

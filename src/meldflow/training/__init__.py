@@ -1,6 +1,7 @@
 """Florence-2 fine-tuning for emotion and sentiment, one module per responsibility.
 
 - ``options``: every training option, defined once (flags, config, options file)
+- ``identity``: the verified model snapshot and a run's identity (no torch)
 - ``model``: the classifier (Florence-2's encoder under two heads), loading and saving
 - ``batches``: rows into model inputs, micro-batches per rank, loader workers
 - ``distributed``: process group set-up (gloo on the CPU, NCCL on GPUs)

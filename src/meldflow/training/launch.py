@@ -13,7 +13,7 @@ from pathlib import Path
 
 from meldflow import MeldflowError
 from meldflow.provenance import claim_run_dir, read_run
-from meldflow.training.loop import identity_of, train
+from meldflow.training.identity import identity_of
 from meldflow.training.options import TrainConfig
 
 log = logging.getLogger("meldflow.training")
@@ -40,6 +40,8 @@ class TrainJob:
         os.environ["HF_HUB_OFFLINE"] = "1"
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from meldflow.training.loop import train  # torch: only where training runs
+
         return train(self.cfg, self.identity)
 
     def checkpoint(self, *args, **kwargs):

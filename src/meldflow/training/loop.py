@@ -19,7 +19,7 @@ from pathlib import Path
 from meldflow import MeldflowError
 from meldflow.dataset import Source, plan_epoch
 from meldflow.ingest import EMOTIONS
-from meldflow.provenance import claim_run_dir, read_run, run_identity
+from meldflow.provenance import claim_run_dir, read_run
 from meldflow.training.batches import (
     Encoder,
     Step,
@@ -31,7 +31,8 @@ from meldflow.training.batches import (
 )
 from meldflow.training.distributed import barrier, device_of, init_distributed, sum_over_ranks
 from meldflow.training.evaluation import evaluate_split, write_results
-from meldflow.training.model import EmotionClassifier, florence_snapshot, load_florence
+from meldflow.training.identity import florence_snapshot, identity_of
+from meldflow.training.model import EmotionClassifier, load_florence
 from meldflow.training.options import TrainConfig
 from meldflow.training.progress import Progress
 
@@ -57,12 +58,6 @@ def train(cfg: TrainConfig, identity: dict | None = None) -> dict:
         if run.epoch_complete:  # not when max_steps ends the run inside an epoch
             run.end_epoch()
     return run.finish()
-
-
-def identity_of(cfg: TrainConfig, world: int) -> dict:
-    """The run identity of ``cfg`` trained by ``world`` processes (see meldflow.provenance)."""
-    snap, files = florence_snapshot(cfg.hf_home, cfg.model_repo, cfg.revision)
-    return run_identity(cfg, cfg.streams or world, snap.name, files)
 
 
 class Recipe:

@@ -23,7 +23,6 @@ import torch
 
 from meldflow import MeldflowError
 from meldflow.ingest import EMOTIONS, SENTIMENTS
-from meldflow.stage import FLORENCE_FILES, FLORENCE_TINY_REPO, verified_snapshot
 
 HEADS_FILE = "heads.safetensors"
 
@@ -102,17 +101,6 @@ class EmotionClassifier(torch.nn.Module):
             os.replace(out, old)
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
-
-
-def florence_snapshot(hf_home: str | Path, repo_id: str,
-                      revision: str = "main") -> tuple[Path, dict[str, str]]:
-    """The staged, verified model folder and its file hashes; fails in seconds, naming
-    ``meldflow stage``, if it is missing, incomplete or damaged."""
-    hint = (f"run `meldflow stage --hf-home {hf_home} --models florence "
-            + ("--tiny`" if repo_id == FLORENCE_TINY_REPO else f"--florence-repo {repo_id}`")
-            + " first (on a node that reaches the Hub, for a real checkpoint)")
-    return verified_snapshot(hf_home, repo_id, revision, FLORENCE_FILES, "Florence-2 model",
-                             hint)
 
 
 def load_florence(snap: Path):
