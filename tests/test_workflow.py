@@ -5,6 +5,7 @@ import io
 import json
 import re
 import shutil
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -218,9 +219,18 @@ def test_experiments_times_seeds_give_one_comparison_table(preprocessed, tmp_pat
                  "curves.png"):
         assert Image.open(res / "evaluate" / name).format == "PNG"
     assert run_snakemake(work, "-n").stdout.count("rule train:") == 0
+    # locally the runs went one after another (each took every core)
+    spans = []
+    for log in (res / "logs" / "train").glob("*/seed-*.log"):
+        first = re.search(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", log.read_text(), re.M)
+        start = time.mktime(time.strptime(first.group(1), "%Y-%m-%d %H:%M:%S"))
+        spans.append((start, log.stat().st_mtime))
+    spans.sort()
+    assert len(spans) == 4
+    assert all(a[1] <= b[0] + 1 for a, b in zip(spans, spans[1:], strict=False)), spans
     # a third seed trains only the two new runs; the four finished ones are kept
     more = run_snakemake(work, "-n", "--config", "seeds=[0,1,2]").stdout
-    assert more.count("localrule train:") == 2 and more.count("seed-2/metrics.json") >= 2
+    assert more.count("rule train:") == 2 and more.count("seed-2/metrics.json") >= 2
     # every run's TensorBoard events: loss per step, dev metrics per epoch, confusion images
     events = tensorboard_events(res / "train" / "text+context" / "seed-1")
     assert len(events.Scalars("train/loss")) == runs[("text+context", 1)]["steps"]

@@ -264,10 +264,6 @@ FLORENCE_FILES = ("config.json", "model.safetensors", "preprocessor_config.json"
 TINY_IMAGE_SIZE = 64  # the vision tower's total stride is 32: 2x2 patches + 1 token
 
 
-def florence_complete(snap: Path | None) -> bool:
-    return snap is not None and all((snap / f).exists() for f in FLORENCE_FILES)
-
-
 def build_tiny_florence(out: str | Path, texts: list[str], seed: int = 0,
                         image_size: int = TINY_IMAGE_SIZE, vocab_size: int = 1000) -> Path:
     """A tiny, randomly initialised native Florence-2 with a BPE tokenizer trained on ``texts``.

@@ -2,6 +2,7 @@ import json
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from meldflow.monitor import patch_slurm_plugin
@@ -76,6 +77,17 @@ def all_aligned(wildcards):
 # Every (experiment, seed) training run and its options (meldflow/training/options.py).
 RUNS = experiment_runs(config.get("train", {}), config.get("experiments"), config.get("seeds"))
 RUN_DIRS = [f"results/train/{name}/seed-{seed}" for name, seed in RUNS]
+
+
+def train_threads():
+    """Threads of a training run's rule: every core when training runs on this machine, so
+    that local runs go one after another; one with executor slurm (the rule only waits)."""
+    if config.get("train", {}).get("executor") == "slurm":
+        return 1
+    try:
+        return workflow.cores
+    except WorkflowError:  # no --cores given (--unlock, --list, a dry run)
+        return 1
 
 
 def train_options(wildcards):

@@ -62,7 +62,7 @@ rule train:
         "results/train/{experiment}/seed-{seed}/metrics.json",
     params:
         out=subpath(output[0], parent=True),
-    threads: 1 if config["train"].get("executor") == "slurm" else workflow.cores
+    threads: train_threads()
     log:
         "results/logs/train/{experiment}/seed-{seed}.log",
     benchmark:
