@@ -45,10 +45,11 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import Florence2ForConditionalGeneration
 
+    from meldflow.ingest import EMOTIONS
+    from meldflow.training.loop import classification_loss
     from meldflow.training.model import EmotionClassifier
 
     device = torch.device(args.device)
@@ -69,10 +70,13 @@ def main() -> None:
                 "pixel_values": torch.randn(n, 3, args.image_size, args.image_size,
                                             device=device)}
 
+    weights = dict.fromkeys(EMOTIONS, 1.0)
+
     def step(inputs, labels, bf16):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            e, s = model(**inputs)
-        loss = F.cross_entropy(e.float(), labels) + F.cross_entropy(s.float(), labels % 3)
+        # meldflow's own loss (meldflow.training.loop.classification_loss), one micro-batch
+        item = {"batch": inputs, "emotion": labels.tolist(),
+                "sentiment": (labels % 3).tolist(), "weight": [1.0] * len(labels)}
+        loss = classification_loss(model, item, weights, len(labels), len(labels), device, bf16)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()

@@ -1,20 +1,26 @@
 """Preprocessing benchmark: frames and transcription against naive baselines, same run.
 
-Makes N MELD-sized clips (1280x720 H.264 + AAC, noisy picture so the bitrate is
-realistic, espeak-ng speech), then prints ratios, never lone times:
+Clips like MELD's (1280x720 H.264 + AAC, noisy picture so the bitrate is realistic): with
+the real MELD CSV at ../shared/meld/train_sent_emo.csv (or --meld-csv), N utterances drawn
+from it, their text spoken by espeak-ng (sped up where the speech would overrun) and each
+clip as long as the CSV's EndTime - StartTime; built once and cached under
+~/.cache/meldflow/bench-clips/. Without the CSV, N synthetic clips (the sample's lines,
+speech length + 0.5 s). Then prints ratios, never lone times:
   (a) frame extraction vs a bare decode (`ffmpeg -an -f null`) and vs decoding every frame
       to JPEG files;
   (b) transcription clips/s and WER vs a naive loop (one model, one clip at a time,
       beam 5, Whisper's default options);
   (c) peak memory (max RSS) of the `meldflow frames` and `meldflow transcribe` jobs.
 
-Run: .venv/bin/python benchmarks/bench_preprocess.py [--clips 24] [--repeats 3]
+Run: .venv/bin/python benchmarks/bench_preprocess.py [--clips 88] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -52,6 +58,70 @@ def make_clips(folder: Path, n: int, seed: int = 3) -> list[tuple[Path, str]]:
         wav.unlink()
         out.append((clip, text))
     return out
+
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CSV = REPO.parent / "shared" / "meld" / "train_sent_emo.csv"
+CLIPS_VERSION = 1  # bump when the way clips are made changes (a new cache folder)
+
+
+def _speech(text: str, wav: Path, speed: int) -> float:
+    """espeak-ng's reading of ``text`` into ``wav``; its length in seconds."""
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", str(speed), "-w", str(wav), text],
+                   check=True, capture_output=True)
+    with wave.open(str(wav)) as w:
+        return w.getnframes() / w.getframerate()
+
+
+def make_meld_like_clips(csv_path: Path, n: int, seed: int = 3,
+                         cache: Path | None = None) -> tuple[Path, list[dict]]:
+    """``n`` clips of utterances drawn from a MELD CSV, as long as the CSV says; cached.
+
+    Returns (folder, rows): each row has the clip, the text and the CSV's times.
+    """
+    from meldflow.ingest import read_annotations
+
+    digest = hashlib.sha256(csv_path.read_bytes() + f"{n}:{seed}:{CLIPS_VERSION}".encode())
+    root = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    folder = root / "meldflow" / "bench-clips" / digest.hexdigest()[:16]
+    manifest = folder / "clips.json"
+    if manifest.is_file():
+        return folder, json.loads(manifest.read_text())
+    anns = [a for a in read_annotations(csv_path)
+            if a.start_s is not None and a.end_s is not None and a.utterance.strip()
+            and 0.8 <= a.end_s - a.start_s <= 30]
+    picked = random.Random(seed).sample(anns, n)
+    tmp = folder.with_name(folder.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rows = []
+    for i, a in enumerate(picked):
+        dur = a.end_s - a.start_s
+        wav = tmp / f"s{i}.wav"
+        speed = 170
+        length = _speech(a.utterance, wav, speed)
+        if length > dur - 0.1:  # MELD's actors speak faster than espeak: fit the clip
+            speed = min(500, int(speed * length / max(0.3, dur - 0.2)) + 1)
+            _speech(a.utterance, wav, speed)
+        clip = tmp / f"dia{i}_utt0.mp4"
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+             "testsrc2=s=1280x720:r=24", "-i", str(wav), "-vf", "noise=alls=8:allf=t",
+             "-map", "0:v", "-map", "1:a", "-af", "apad", "-t", f"{dur:.3f}",
+             "-c:v", "libx264", "-preset", "veryfast", "-crf", "26", "-pix_fmt", "yuv420p",
+             "-c:a", "aac", "-b:a", "96k", str(clip)], check=True)
+        wav.unlink()
+        rows.append({"clip": clip.name, "text": a.utterance, "start": a.start_s,
+                     "end": a.end_s, "speed": speed})
+    (tmp / "clips.json").write_text(json.dumps(rows, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder, rows
+
+
+def _timestamp(seconds: float) -> str:
+    ms = round(seconds * 1000)
+    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
 
 
 def timed(fn) -> float:
@@ -100,16 +170,33 @@ def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clips", type=int, default=24)
+    ap.add_argument("--clips", type=int, default=88)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--meld-csv", type=Path, default=SHARED_CSV,
+                    help="MELD annotation CSV to draw utterances and durations from; "
+                         "synthetic clips when it is absent")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="meldflow-bench-"))
     try:
         meld = tmp / "meld"
-        clips = make_clips(meld / "train_splits", args.clips)
+        if args.meld_csv.is_file():
+            folder, made = make_meld_like_clips(args.meld_csv, args.clips)
+            (meld / "train_splits").mkdir(parents=True)
+            for r in made:
+                shutil.copy(folder / r["clip"], meld / "train_splits" / r["clip"])
+            clips = [(meld / "train_splits" / r["clip"], r["text"]) for r in made]
+            times = [(r["start"], r["end"]) for r in made]
+            source = f"utterances and durations from {args.meld_csv} (cached in {folder})"
+        else:
+            clips = make_clips(meld / "train_splits", args.clips)
+            times = [(1.0, 4.0)] * len(clips)
+            source = f"synthetic ({args.meld_csv} absent)"
+        durs = sorted(e - s for s, e in times)
         print(f"{len(clips)} clips, 1280x720 H.264+AAC, "
-              f"{sum(c.stat().st_size for c, _ in clips) / len(clips) / 1e6:.2f} MB each")
+              f"{sum(c.stat().st_size for c, _ in clips) / len(clips) / 1e6:.2f} MB each; "
+              f"{source}; CSV durations median {statistics.median(durs):.1f} s, "
+              f"max {durs[-1]:.1f} s")
 
         from meldflow.stage import stage_whisper
 
@@ -121,9 +208,9 @@ def main() -> None:
             w = csv.writer(f)
             w.writerow(["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
                         "Utterance_ID", "Season", "Episode", "StartTime", "EndTime"])
-            for i, (_, text) in enumerate(clips):
+            for i, ((_, text), (start, end)) in enumerate(zip(clips, times, strict=True)):
                 w.writerow([i + 1, text, "A", "neutral", "neutral", i, 0, 1, 1,
-                            "00:00:01,000", "00:00:04,000"])
+                            _timestamp(start), _timestamp(end)])
         cli = [sys.executable, "-m", "meldflow.cli"]
         ingest = tmp / "ingest.parquet"
         subprocess.run(cli + ["ingest", "--meld-dir", str(meld), "--split", "train",

@@ -210,11 +210,19 @@ def _fingerprint(out) -> dict:
 
 
 def _shard_digest(paths) -> str:
+    """Digest of what training reads from the inputs: a CSV's bytes, or every shard's rows
+    without ``reason`` (whose messages name the clip's absolute path)."""
     import hashlib
+
+    import pyarrow.parquet as pq
 
     h = hashlib.sha256()
     for p in paths:
-        h.update(Path(p).read_bytes())
+        if str(p).endswith(".csv"):
+            h.update(Path(p).read_bytes())
+            continue
+        rows = pq.read_table(p).drop_columns(["reason"]).to_pylist()
+        h.update(json.dumps(rows, default=bytes.hex).encode())
     return h.hexdigest()
 
 

@@ -221,7 +221,7 @@ def test_experiments_times_seeds_give_one_comparison_table(preprocessed, tmp_pat
     assert run_snakemake(work, "-n").stdout.count("rule train:") == 0
     # locally the runs went one after another (each took every core)
     spans = []
-    for log in (res / "logs" / "train").glob("*/seed-*.log"):
+    for log in (res / "logs" / "train" / e / f"seed-{n}.log" for e, n in runs):
         first = re.search(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", log.read_text(), re.M)
         start = time.mktime(time.strptime(first.group(1), "%Y-%m-%d %H:%M:%S"))
         spans.append((start, log.stat().st_mtime))

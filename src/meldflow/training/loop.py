@@ -175,22 +175,8 @@ class Recipe:
         return iter(micro_batches(self.encoder, self.train_src, jobs, self.workers))
 
     def loss(self, item: dict, step: Step):
-        """Class-weighted emotion loss plus sentiment loss, as this rank's share of the
-        global batch's means."""
-        import torch
-        import torch.nn.functional as F
-
-        device = self.device
-        emo = torch.tensor(item["emotion"], device=device)
-        sen = torch.tensor(item["sentiment"], device=device)
-        w = torch.tensor(item["weight"], device=device)
-        cw = torch.tensor([self.weights[EMOTIONS[e]] for e in item["emotion"]], device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            emo_logits, sen_logits = self.ddp(**to_device(item["batch"], device))
-        return ((F.cross_entropy(emo_logits.float(), emo, reduction="none") * w * cw).sum()
-                / step.emotion_norm
-                + (F.cross_entropy(sen_logits.float(), sen, reduction="none") * w).sum()
-                / step.sentiment_norm)
+        return classification_loss(self.ddp, item, self.weights, step.emotion_norm,
+                                   step.sentiment_norm, self.device, self.use_amp)
 
     def train_step(self, step: Step, batches: Iterator[dict]) -> float:
         """One optimizer step over this rank's micro-batches (taken from ``batches``);
@@ -280,6 +266,25 @@ class Recipe:
         set_rng_state(saved["rng"])
         self.state = saved["state"]
         log.info("resumed from %s at step %d", ckpt, self.state["step"])
+
+
+def classification_loss(model, item: dict, weights: dict[str, float], emotion_norm: float,
+                        sentiment_norm: float, device, use_amp: bool = False):
+    """Class-weighted emotion loss plus sentiment loss of one micro-batch, each as its share
+    of the global batch's weighted mean (``*_norm``: the global batch's weighted count)."""
+    import torch
+    import torch.nn.functional as F
+
+    emo = torch.tensor(item["emotion"], device=device)
+    sen = torch.tensor(item["sentiment"], device=device)
+    w = torch.tensor(item["weight"], device=device)
+    cw = torch.tensor([weights[EMOTIONS[e]] for e in item["emotion"]], device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        emo_logits, sen_logits = model(**to_device(item["batch"], device))
+    return ((F.cross_entropy(emo_logits.float(), emo, reduction="none") * w * cw).sum()
+            / emotion_norm
+            + (F.cross_entropy(sen_logits.float(), sen, reduction="none") * w).sum()
+            / sentiment_norm)
 
 
 def seed_all(seed: int) -> None:
