@@ -35,6 +35,17 @@ from pathlib import Path
 from meldflow.samplegen import LINES, VOICES
 
 
+def encode_clip(wav: Path, seconds: float, clip: Path) -> Path:
+    """A MELD-sized clip: noisy 1280x720 H.264 picture, ``wav`` padded to ``seconds`` (AAC)."""
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+         "testsrc2=s=1280x720:r=24", "-i", str(wav), "-vf", "noise=alls=8:allf=t",
+         "-map", "0:v", "-map", "1:a", "-af", "apad", "-t", f"{seconds:.3f}",
+         "-c:v", "libx264", "-preset", "veryfast", "-crf", "26", "-pix_fmt", "yuv420p",
+         "-c:a", "aac", "-b:a", "96k", str(clip)], check=True)
+    return clip
+
+
 def make_clips(folder: Path, n: int, seed: int = 3) -> list[tuple[Path, str]]:
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -48,13 +59,7 @@ def make_clips(folder: Path, n: int, seed: int = 3) -> list[tuple[Path, str]]:
                         str(wav), text], check=True, capture_output=True)
         with wave.open(str(wav)) as w:
             dur = w.getnframes() / w.getframerate() + 0.5
-        clip = folder / f"dia{i}_utt0.mp4"
-        subprocess.run(
-            ["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i",
-             "testsrc2=s=1280x720:r=24", "-i", str(wav), "-vf", "noise=alls=8:allf=t",
-             "-map", "0:v", "-map", "1:a", "-af", "apad", "-t", f"{dur:.2f}",
-             "-c:v", "libx264", "-preset", "veryfast", "-crf", "26", "-pix_fmt", "yuv420p",
-             "-c:a", "aac", "-b:a", "96k", str(clip)], check=True)
+        clip = encode_clip(wav, dur, folder / f"dia{i}_utt0.mp4")
         wav.unlink()
         out.append((clip, text))
     return out
@@ -103,13 +108,7 @@ def make_meld_like_clips(csv_path: Path, n: int, seed: int = 3,
         if length > dur - 0.1:  # MELD's actors speak faster than espeak: fit the clip
             speed = min(500, int(speed * length / max(0.3, dur - 0.2)) + 1)
             _speech(a.utterance, wav, speed)
-        clip = tmp / f"dia{i}_utt0.mp4"
-        subprocess.run(
-            ["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i",
-             "testsrc2=s=1280x720:r=24", "-i", str(wav), "-vf", "noise=alls=8:allf=t",
-             "-map", "0:v", "-map", "1:a", "-af", "apad", "-t", f"{dur:.3f}",
-             "-c:v", "libx264", "-preset", "veryfast", "-crf", "26", "-pix_fmt", "yuv420p",
-             "-c:a", "aac", "-b:a", "96k", str(clip)], check=True)
+        clip = encode_clip(wav, dur, tmp / f"dia{i}_utt0.mp4")
         wav.unlink()
         rows.append({"clip": clip.name, "text": a.utterance, "start": a.start_s,
                      "end": a.end_s, "speed": speed})

@@ -64,11 +64,18 @@ def _pyplot():
     return plt
 
 
-def plot_confusion(metrics: dict, out: str | Path, title: str = "") -> Path:
-    """Row-normalised confusion matrix with counts, as a PNG."""
-    plt = _pyplot()
-    labels, matrix = metrics["labels"], metrics["confusion"]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(labels), 0.8 + 0.7 * len(labels)))
+def _save(plt, fig, out: str | Path) -> Path:
+    """The figure as a PNG at ``out``, written atomically."""
+    fig.tight_layout()
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return out
+
+
+def _draw_confusion(ax, labels: list[str], matrix: list[list[int]], title: str) -> None:
+    """Counts, coloured by their share of the row (gold class)."""
     rows = [[v / max(1, sum(r)) for v in r] for r in matrix]
     ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     for i, r in enumerate(matrix):
@@ -79,13 +86,16 @@ def plot_confusion(metrics: dict, out: str | Path, title: str = "") -> Path:
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("gold")
-    ax.set_title(title or f"weighted F1 {metrics['weighted_f1']:.3f}")
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return out
+    ax.set_title(title)
+
+
+def plot_confusion(metrics: dict, out: str | Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix with counts, as a PNG."""
+    plt = _pyplot()
+    labels, matrix = metrics["labels"], metrics["confusion"]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(labels), 0.8 + 0.7 * len(labels)))
+    _draw_confusion(ax, labels, matrix, title or f"weighted F1 {metrics['weighted_f1']:.3f}")
+    return _save(plt, fig, out)
 
 
 def plot_curves(history: list[dict], out: str | Path) -> Path:
@@ -100,12 +110,7 @@ def plot_curves(history: list[dict], out: str | Path) -> Path:
     a2.plot([h["epoch"] for h in evals], [h["dev_weighted_f1"] for h in evals], marker="o")
     a2.set_xlabel("epoch")
     a2.set_ylabel("dev weighted F1")
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 SPLITS = ("dev", "test")
@@ -239,12 +244,7 @@ def plot_experiments(runs: dict[str, list[dict]], split: str, out: str | Path) -
     a2.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     a2.set_ylim(0, 1)
     a2.set_title(f"{split}: F1 per emotion")
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_run_curves(runs: dict[str, list[dict]], out: str | Path) -> Path:
@@ -270,12 +270,7 @@ def plot_run_curves(runs: dict[str, list[dict]], out: str | Path) -> Path:
     a2.set_xlabel("epoch")
     a2.set_ylabel("dev weighted F1")
     a1.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_confusions(runs: dict[str, list[dict]], split: str, out: str | Path) -> Path:
@@ -289,23 +284,9 @@ def plot_confusions(runs: dict[str, list[dict]], split: str, out: str | Path) ->
     for ax, name in zip(axes[0], names, strict=True):
         ms = [m[split]["emotion"] for m in runs[name] if split in m]
         matrix = [[sum(m["confusion"][i][j] for m in ms) for j in range(k)] for i in range(k)]
-        rows = [[v / max(1, sum(r)) for v in r] for r in matrix]
-        ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
-        for i, r in enumerate(matrix):
-            for j, v in enumerate(r):
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
-                        color="white" if rows[i][j] > 0.5 else "black")
-        ax.set_xticks(range(k), labels, rotation=45, ha="right")
-        ax.set_yticks(range(k), labels)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("gold")
-        ax.set_title(f"{split}: {name} ({len(ms)} seed{'s' if len(ms) > 1 else ''})")
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return out
+        _draw_confusion(ax, labels, matrix,
+                        f"{split}: {name} ({len(ms)} seed{'s' if len(ms) > 1 else ''})")
+    return _save(plt, fig, out)
 
 
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> str:
