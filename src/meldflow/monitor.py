@@ -117,10 +117,13 @@ def cancel_orphaned_jobs(workdir: str | Path = ".", wait_s: float = 120.0,
     jobs of this folder, recognised by their ``rule_``/``group_`` comment), waits until
     they are gone and says so; their outputs are redone (``rerun-incomplete``). The
     submitit training job is left alone: ``meldflow train`` reattaches to it.
+
+    Only a folder with a Snakemake log of a SLURM run can have orphans; others are not
+    looked at (squeue waits 10 s or more where no controller answers).
     """
-    if not shutil.which("squeue"):
-        return []
     here = Path(workdir).resolve()
+    if not shutil.which("squeue") or latest_run_id(here) is None:
+        return []
     try:
         out = _run(["squeue", "-h", "--me", "-o", "%i|%k|%Z|%T"])
     except (MeldflowError, subprocess.TimeoutExpired):
