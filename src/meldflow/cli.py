@@ -233,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--beam-size", type=int, default=5, help="beam width; 1 = greedy (default 5)")
     s.add_argument("--max-clip-seconds", type=float, default=30.0)
-    s.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all)")
+    s.add_argument("--threads", type=int, default=0,
+                   help="on the CPU, packs transcribed at once, one thread each (0 = one per "
+                        "core this job may use)")
     s.add_argument("--pack-seconds", type=float, default=28.0,
                    help="pack short clips into Whisper windows of up to this many seconds; "
                         "0 = one clip per call (default 28)")
