@@ -210,18 +210,22 @@ def _fingerprint(out) -> dict:
 
 
 def _shard_digest(paths) -> str:
-    """Digest of what training reads from the inputs: a CSV's bytes, or every shard's rows
-    without ``reason`` (whose messages name the clip's absolute path)."""
+    """Digest of what a gold-text run reads from the inputs: a CSV's bytes, or every shard's
+    rows in the columns it uses (not ``reason``, whose messages name the clip's absolute
+    path, nor the transcript, which a better transcriber changes)."""
     import hashlib
 
     import pyarrow.parquet as pq
+
+    from meldflow.dataset import TEXT_COLUMNS
 
     h = hashlib.sha256()
     for p in paths:
         if str(p).endswith(".csv"):
             h.update(Path(p).read_bytes())
             continue
-        rows = pq.read_table(p).drop_columns(["reason"]).to_pylist()
+        columns = [c for c in TEXT_COLUMNS if c != "transcript"] + ["frames"]
+        rows = pq.read_table(p, columns=columns).to_pylist()
         h.update(json.dumps(rows, default=bytes.hex).encode())
     return h.hexdigest()
 
@@ -248,7 +252,8 @@ def test_single_run_weights_unchanged_by_refactoring(name, florence_home, prepro
         return
     want = ref[name]
     if got["inputs"] != want["inputs"]:
-        pytest.skip("the aligned shards differ from the reference's (another ffmpeg build?)")
+        pytest.skip(f"the aligned shards differ from the reference's (another ffmpeg build?): "
+                    f"{got['inputs']} != {want['inputs']}")
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
     assert got["tensors"].keys() == want["tensors"].keys()
     for k, (s, n) in want["tensors"].items():
