@@ -425,5 +425,6 @@ def run_transcribe(rows: pa.Table, out: str | Path, model: str, hf_home: str | P
         "model": transcriber.name, "model_files": transcriber.model_files,
         "snapshot": transcriber.path.name, "device": transcriber.device,
         "compute_type": transcriber.compute_type, "beam_size": beam_size,
-        "pack_seconds": pack_seconds, "max_clip_seconds": max_clip_seconds}})
+        "pack_seconds": pack_seconds, "gap_seconds": Transcriber.GAP_SECONDS,
+        "wide_gap_seconds": Transcriber.WIDE_GAP_SECONDS, "max_clip_seconds": max_clip_seconds}})
     return table
