@@ -40,6 +40,14 @@ def max_diff(a, b):
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def without_key_biases(w: dict) -> dict:
+    """All tensors but the attention key projections' biases. Their gradient is zero in
+    exact arithmetic (softmax ignores a constant added to every score), and AdamW scales
+    its rounding noise up to lr-sized steps, so they drift apart with any change in
+    summation order (process count, a resumed process) without changing any output."""
+    return {k: v for k, v in w.items() if not k.endswith("k_proj.bias")}
+
+
 def test_tiny_florence_loads_offline_with_transformers(florence_home):
     code = ("from transformers import Florence2ForConditionalGeneration, AutoProcessor; "
             f"m = Florence2ForConditionalGeneration.from_pretrained('{FLORENCE_TINY_REPO}', "
@@ -116,7 +124,11 @@ def test_timeout_signal_requeues_and_resumes_to_the_same_weights(florence_home, 
     assert "resumed from" in err
     metrics = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert metrics["steps"] == json.loads((tmp_path / "ref" / "metrics.json").read_text())["steps"]
-    assert max_diff(weights(tmp_path / "ref" / "best"), weights(tmp_path / "cut" / "best")) < 1e-4
+    losses = [[h["loss"] for h in json.loads((tmp_path / d / "history.json").read_text())]
+              for d in ("ref", "cut")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert max_diff(*(without_key_biases(weights(tmp_path / d / "best"))
+                      for d in ("ref", "cut"))) < 1e-4
     # the resumed run's TensorBoard curve does not double back: one loss per step
     from test_workflow import tensorboard_events
 
