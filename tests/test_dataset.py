@@ -1,0 +1,70 @@
+"""The training reader's frame decoding: the fast decoder must give PIL's pixels exactly,
+so a faster reader never changes what a model is trained on."""
+
+import io
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from meldflow import dataset
+from meldflow.dataset import decode_jpeg, decode_jpeg_pil, frames_image
+
+CELLS = [(16, 32), (16, 16), (64, 36), (32, 18), (1, 1), (8, 8), (60, 40), (129, 73),
+         (192, 384), (300, 300)]
+
+
+def jpeg(width, height, mode="RGB", seed=0, **save) -> bytes:
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 120, width)[None, :, None]
+    pixels = (rng.random((height, width, 3)) * 120 + ramp).astype(np.uint8)
+    img = Image.fromarray(pixels).convert(mode)
+    out = io.BytesIO()
+    img.save(out, "JPEG", **save)
+    return out.getvalue()
+
+
+def test_simplejpeg_is_installed():
+    # Without it the reader silently falls back to PIL, about 1.5x slower (bench_train.py).
+    assert dataset._simplejpeg is not None
+
+
+@pytest.mark.parametrize("size", [(256, 144), (144, 256), (250, 141), (255, 143), (33, 17),
+                                  (1280, 720), (7, 5)])
+@pytest.mark.parametrize("form", [
+    {"quality": 90}, {"quality": 40, "subsampling": 0}, {"quality": 95, "subsampling": 1},
+    {"quality": 75, "progressive": True}, {"mode": "L", "quality": 80},
+])
+def test_fast_decoder_gives_pils_pixels_at_every_scale(size, form):
+    form = dict(form)
+    data = jpeg(*size, mode=form.pop("mode", "RGB"), **form)
+    for cell in [*CELLS, None]:
+        fast, slow = decode_jpeg(data, cell), decode_jpeg_pil(data, cell)
+        assert fast.mode == slow.mode == "RGB"
+        assert fast.size == slow.size, (size, cell)
+        assert np.array_equal(np.asarray(fast), np.asarray(slow)), (size, form, cell)
+
+
+def test_frame_grids_unchanged_with_and_without_augmentation(monkeypatch):
+    frames = [jpeg(256, 144, seed=i, quality=85) for i in range(8)]
+    fast = [frames_image(frames, aug, random.Random(3), (64, 64)) for aug in (False, True)]
+    fast.append(frames_image(frames[:5], False, None, (768, 768)))
+    monkeypatch.setattr(dataset, "decode_jpeg", decode_jpeg_pil)
+    slow = [frames_image(frames, aug, random.Random(3), (64, 64)) for aug in (False, True)]
+    slow.append(frames_image(frames[:5], False, None, (768, 768)))
+    for a, b in zip(fast, slow, strict=True):
+        assert a.size == b.size and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_what_simplejpeg_refuses_is_left_to_pil():
+    # simplejpeg converts CMYK and RGB-coded JPEGs to RGB its own way: PIL's way is kept.
+    for other in (jpeg(64, 36, mode="CMYK"), jpeg(64, 36, keep_rgb=True)):
+        assert np.array_equal(np.asarray(decode_jpeg(other, (16, 16))),
+                              np.asarray(decode_jpeg_pil(other, (16, 16))))
+    # A damaged frame fails as it always did (PIL's error), never as a plausible image.
+    for bad in (b"not a jpeg", jpeg(64, 36)[:40]):
+        with pytest.raises(OSError):
+            decode_jpeg_pil(bad, (16, 16)).load()
+        with pytest.raises(OSError):
+            decode_jpeg(bad, (16, 16)).load()
