@@ -129,25 +129,25 @@ def transcription_breakdown(model, clips, repeats: int = 1) -> list[tuple[str, f
     ``repeats`` passes) or by difference."""
     from faster_whisper.audio import decode_audio, pad_or_trim
 
-    def best(fn) -> float:
+    def best(fn):
+        """(fastest time of ``repeats`` calls of ``fn``, what the last call returned)"""
         times = []
         for _ in range(max(1, repeats)):
             start = time.perf_counter()
-            fn()
+            out = fn()
             times.append(time.perf_counter() - start)
-        return min(times)
+        return min(times), out
 
     def run(**kw) -> float:
         def once():
             for c, _ in clips:
                 segs, _ = model.transcribe(str(c), **kw)
                 list(segs)
-        return best(once)
+        return best(once)[0]
 
-    audios = [decode_audio(str(c)) for c, _ in clips]
-    t_audio = best(lambda: [decode_audio(str(c)) for c, _ in clips])
-    t_encoder = best(lambda: [model.encode(pad_or_trim(model.feature_extractor(a)))
-                              for a in audios])
+    t_audio, audios = best(lambda: [decode_audio(str(c)) for c, _ in clips])
+    t_encoder, _ = best(lambda: [model.encode(pad_or_trim(model.feature_extractor(a)))
+                                 for a in audios])
     t_full = run(beam_size=5, word_timestamps=True)
     t_nowords = run(beam_size=5, word_timestamps=False)
     t_greedy = run(beam_size=1, word_timestamps=False)
