@@ -11,6 +11,8 @@ SAMPLE = REPO / "src" / "meldflow" / "data" / "sample"
 SHARED_MELD = REPO.parent / "shared" / "meld"
 BIN = Path(sys.executable).parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
+TRAIN_CSV = str(SAMPLE / "train_sent_emo.csv")
+DEV_CSV = str(SAMPLE / "dev_sent_emo.csv")
 
 
 def need_tool(name: str) -> str:
@@ -92,3 +94,56 @@ def trained(preprocessed) -> tuple[Path, str]:
     """The default target (stage, train through submitit, evaluate) after `preprocessed`."""
     proc = run_snakemake(preprocessed)
     return preprocessed, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def florence_home(tmp_path_factory) -> Path:
+    """An offline HF cache holding the tiny random Florence-2 (`meldflow stage --tiny`)."""
+    from meldflow.stage import FLORENCE_TINY_REPO, stage_florence
+
+    home = tmp_path_factory.mktemp("hf_florence")
+    entry = stage_florence(home, tiny=True)
+    assert entry["repo_id"] == FLORENCE_TINY_REPO
+    return home
+
+
+def train_config(florence_home: Path, out: Path, **kw):
+    """A small text-only training on the sample's CSVs (one process, one epoch)."""
+    from meldflow.training.options import TrainConfig
+
+    base = dict(out=str(out), hf_home=str(florence_home), train_csv=TRAIN_CSV, dev_csv=DEV_CSV,
+                modalities="text", epochs=1, streams=1, lr=1e-3, checkpoint_every=3)
+    return TrainConfig(**(base | kw))
+
+
+def weights(model_dir: Path) -> dict:
+    """Every tensor of a saved run (Florence-2 and heads), as float32 CPU tensors."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for name in ("model.safetensors", "heads.safetensors"):
+        out |= {f"{name}:{k}": v.float() for k, v in load_file(str(model_dir / name)).items()}
+    return out
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def without_key_biases(w: dict) -> dict:
+    """All tensors but the attention key projections' biases. Their gradient is zero in
+    exact arithmetic (softmax ignores a constant added to every score), and AdamW scales
+    its rounding noise up to lr-sized steps, so they drift apart with any change in
+    summation order (process count, a resumed process) without changing any output."""
+    return {k: v for k, v in w.items() if not k.endswith("k_proj.bias")}
+
+
+def tensorboard_events(run: Path):
+    """The run's TensorBoard events, as TensorBoard itself reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0,
+                                                                     "images": 0})
+    events.Reload()
+    return events

@@ -10,7 +10,18 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import BIN, IN_CI, REPO, copy_preprocessed, env_with_venv, make_workdir
+from conftest import (
+    BIN,
+    IN_CI,
+    REPO,
+    copy_preprocessed,
+    env_with_venv,
+    make_workdir,
+    max_diff,
+    train_config,
+    weights,
+    without_key_biases,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -264,7 +275,6 @@ def _settled_history(job_id, timeout=60):
 def test_two_nodes_train_like_one_process_and_resume_across_nodes(slurm_cluster, tmp_path):
     """DDP over two SLURM nodes (one gloo task each, rendezvous on n1) trains to the weights
     of one process with two data streams, also when preempted mid-run and resumed."""
-    from test_train import _cfg, max_diff, weights, without_key_biases
 
     from meldflow.stage import stage_florence
     from meldflow.training.launch import launch
@@ -276,11 +286,9 @@ def test_two_nodes_train_like_one_process_and_resume_across_nodes(slurm_cluster,
         pytest.fail(f"the local cluster has one node ({nodes}): up.sh starts two by default")
     home = tmp_path / "hf"
     stage_florence(home, tiny=True)
-    from test_train import DEV_CSV
-
-    kw = dict(epochs=20, checkpoint_every=25, dev_csv=DEV_CSV)  # 160 steps, streams=2
-    train(_cfg(home, tmp_path / "one", **kw))
-    cfg = _cfg(home, tmp_path / "two", **kw)
+    kw = dict(epochs=20, global_batch=8, streams=2, checkpoint_every=25)  # 160 steps
+    train(train_config(home, tmp_path / "one", **kw))
+    cfg = train_config(home, tmp_path / "two", **kw)
     job = launch(cfg, executor="slurm", tasks=1, nodes=2, timeout_min=30, wait=False,
                  slurm={"slurm_partition": "debug", "mem_gb": 3, "cpus_per_task": 1})
     ckpt = tmp_path / "two" / "checkpoint" / "state.pt"

@@ -8,44 +8,19 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE, env_with_venv
+from conftest import (
+    SAMPLE,
+    TRAIN_CSV,
+    env_with_venv,
+    max_diff,
+    tensorboard_events,
+    train_config,
+    weights,
+    without_key_biases,
+)
 
 from meldflow import MeldflowError
-from meldflow.stage import FLORENCE_TINY_REPO, stage_florence
-
-TRAIN_CSV = str(SAMPLE / "train_sent_emo.csv")
-DEV_CSV = str(SAMPLE / "dev_sent_emo.csv")
-
-
-@pytest.fixture(scope="session")
-def florence_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("hf_florence")
-    entry = stage_florence(home, tiny=True)
-    assert entry["repo_id"] == FLORENCE_TINY_REPO
-    return home
-
-
-def weights(model_dir):
-    """Every tensor of a saved run (Florence-2 and heads), as float32 CPU tensors."""
-    from safetensors.torch import load_file
-
-    out = {}
-    for name in ("model.safetensors", "heads.safetensors"):
-        out |= {f"{name}:{k}": v.float() for k, v in load_file(str(model_dir / name)).items()}
-    return out
-
-
-def max_diff(a, b):
-    assert a.keys() == b.keys()
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
-
-
-def without_key_biases(w: dict) -> dict:
-    """All tensors but the attention key projections' biases. Their gradient is zero in
-    exact arithmetic (softmax ignores a constant added to every score), and AdamW scales
-    its rounding noise up to lr-sized steps, so they drift apart with any change in
-    summation order (process count, a resumed process) without changing any output."""
-    return {k: v for k, v in w.items() if not k.endswith("k_proj.bias")}
+from meldflow.stage import FLORENCE_TINY_REPO
 
 
 def test_tiny_florence_loads_offline_with_transformers(florence_home):
@@ -78,12 +53,9 @@ def test_missing_florence_fails_fast_naming_stage(tmp_path):
 
 
 def _cfg(florence_home, out, **kw):
-    from meldflow.training.options import TrainConfig
-
-    base = dict(out=str(out), hf_home=str(florence_home), train_csv=TRAIN_CSV,
-                modalities="text", epochs=2, global_batch=8, streams=2, lr=1e-3,
-                checkpoint_every=3)
-    return TrainConfig(**(base | kw))
+    """Two epochs in two streams, no dev set (the runs these tests compare)."""
+    return train_config(florence_home, out, **({"epochs": 2, "global_batch": 8, "streams": 2,
+                                                "dev_csv": None} | kw))
 
 
 def test_two_gloo_processes_match_one(florence_home, tmp_path):
@@ -153,8 +125,6 @@ def test_timeout_signal_requeues_and_resumes_to_the_same_weights(florence_home, 
     assert max_diff(*(without_key_biases(weights(tmp_path / d / "best"))
                       for d in ("ref", "cut"))) < 1e-4
     # the resumed run's TensorBoard curve does not double back: one loss per step
-    from test_workflow import tensorboard_events
-
     steps = [e.step for e in tensorboard_events(tmp_path / "cut").Scalars("train/loss")]
     assert steps == list(range(1, metrics["steps"] + 1))
     # a rerun of a finished training does nothing

@@ -9,7 +9,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE, copy_preprocessed, make_workdir, run_snakemake
+from conftest import SAMPLE, copy_preprocessed, make_workdir, run_snakemake, tensorboard_events
 from PIL import Image
 
 from meldflow.stage import cached_snapshot, stage_whisper
@@ -165,16 +165,6 @@ def test_whole_workflow_trains_evaluates_and_reports(trained):
     assert report.stat().st_size > 100_000
     again = run_snakemake(preprocessed)
     assert "Nothing to be done" in again.stdout + again.stderr
-
-
-def tensorboard_events(run):
-    """The run's TensorBoard events, as TensorBoard itself reads them."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0,
-                                                                     "images": 0})
-    events.Reload()
-    return events
 
 
 def test_experiments_times_seeds_give_one_comparison_table(preprocessed, tmp_path):
