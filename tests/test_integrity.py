@@ -4,7 +4,6 @@ import json
 import os
 import random
 import shutil
-import stat
 import subprocess
 import sys
 import time
@@ -13,29 +12,21 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE, env_with_venv, make_workdir, need_tool, run_snakemake
+from conftest import (
+    SAMPLE,
+    TRAIN_CSV,
+    env_with_venv,
+    make_workdir,
+    need_tool,
+    run_snakemake,
+    train_config,
+)
 
 from meldflow import MeldflowError
 from meldflow.stage import LOCK_NAME, cached_snapshot, stage_florence, stage_whisper
 
-TRAIN_CSV = str(SAMPLE / "train_sent_emo.csv")
-DEV_CSV = str(SAMPLE / "dev_sent_emo.csv")
 WHISPER = "Systran/faster-whisper-tiny.en"
-
-
-@pytest.fixture(scope="module")
-def florence_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("hf_florence")
-    stage_florence(home, tiny=True)
-    return home
-
-
-def _cfg(home, out, **kw):
-    from meldflow.training.options import TrainConfig
-
-    base = dict(out=str(out), hf_home=str(home), train_csv=TRAIN_CSV, dev_csv=DEV_CSV,
-                modalities="text", epochs=1, streams=1, lr=1e-3, checkpoint_every=3)
-    return TrainConfig(**(base | kw))
+_cfg = train_config
 
 
 def _heads(run):
@@ -96,18 +87,6 @@ def test_identity_covers_data_and_model_not_paths_or_workers(florence_home, tmp_
     assert auto["digest"] == base["digest"]
     assert identity_of(_cfg(florence_home, tmp_path / "f", streams=0), 2)["digest"] != \
         base["digest"]
-
-
-def test_a_checkpoint_is_never_resumed_into_another_run(florence_home, tmp_path):
-    from meldflow.training.loop import train
-
-    train(_cfg(florence_home, tmp_path / "a", max_steps=3))
-    other = tmp_path / "b"
-    train(_cfg(florence_home, other, lr=0.5, max_steps=1))
-    (other / "metrics.json").unlink()
-    shutil.copy(tmp_path / "a" / "checkpoint" / "state.pt", other / "checkpoint" / "state.pt")
-    with pytest.raises(MeldflowError, match="belongs to another run"):
-        train(_cfg(florence_home, other, lr=0.5, max_steps=1))
 
 
 # --- 2. a damaged model is refused, then repaired -----------------------------------------
@@ -342,44 +321,6 @@ def test_duration_far_from_the_csv_is_flagged():
     assert duration_flag(3.0, 10.0, 9.0) is None  # bad timestamps are their own flag
 
 
-# --- 5. files honour the umask: colleagues can read a shared cache -----------------------
-
-def _other_user_reads(path: Path) -> bool:
-    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                           "cat", str(path)], capture_output=True)
-    return proc.returncode == 0
-
-
-@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
-def test_written_files_honour_the_umask(umask, mode):
-    from meldflow.storage import write_table, write_text
-
-    # A shared folder outside pytest's private (0700) temporary root.
-    shared = Path("/tmp") / f"meldflow-shared-{os.getpid()}-{umask:o}"
-    shutil.rmtree(shared, ignore_errors=True)
-    old = os.umask(umask)
-    try:
-        shared.mkdir(mode=0o777)
-        stage_whisper(shared / "hf_home", "tiny.en", source="package")
-        write_table(pa.table({"a": [1]}), shared / "results" / "x.parquet")
-        write_text("hello", shared / "results" / "x.txt")
-    finally:
-        os.umask(old)
-    try:
-        snap = cached_snapshot(shared / "hf_home", WHISPER)
-        files = [shared / "hf_home" / LOCK_NAME,
-                 shared / "hf_home" / "hub" / "models--Systran--faster-whisper-tiny.en" / "refs"
-                 / "main", (snap / "model.bin").resolve(), shared / "results" / "x.parquet",
-                 shared / "results" / "x.txt"]
-        for f in files:
-            assert stat.S_IMODE(f.stat().st_mode) == mode, f
-        if os.geteuid() == 0 and shutil.which("setpriv"):
-            # another user (nobody) reads what root wrote: the cache and the results
-            assert all(_other_user_reads(f) for f in files)
-    finally:
-        shutil.rmtree(shared, ignore_errors=True)
-
-
 # --- 6. the smaller ones ------------------------------------------------------------------
 
 def test_missing_clip_folder_is_warned_about(tmp_path):
@@ -418,25 +359,6 @@ def test_damaged_aligned_shard_is_named(preprocessed, florence_home, tmp_path):
         capture_output=True, text=True, env=env_with_venv())
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert str(cut) in proc.stderr and "rebuild" in proc.stderr
-
-
-def test_predict_says_what_is_wrong(tmp_path):
-    from meldflow.training.options import TrainConfig
-
-    model = tmp_path / "best"
-    model.mkdir()
-    cfg = TrainConfig(out="x", hf_home="x", train_csv=TRAIN_CSV, modalities="text+vision")
-    import dataclasses
-
-    (model / "meldflow_train.json").write_text(json.dumps(dataclasses.asdict(cfg)))
-    for args, message in ((["--clips", str(tmp_path / "no.mp4")], "clip not found"),
-                          (["--clips", str(SAMPLE / "train_splits" / "dia0_utt0.mp4"),
-                            "--text", "  "], "are empty")):
-        proc = subprocess.run([sys.executable, "-m", "meldflow.cli", "predict", "--model",
-                               str(model), *args], capture_output=True, text=True,
-                              env=env_with_venv())
-        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
-        assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.integration

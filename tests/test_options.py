@@ -17,31 +17,21 @@ from meldflow.training.options import (
     option_fields,
     read_options_file,
     schema_defaults,
+    train_block_schema,
 )
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
-TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-         dict: "object"}
 
 
 def test_schema_train_block_is_the_option_definitions():
-    block = SCHEMA["properties"]["train"]["properties"]
-    fields = {f.name: f for cls in (TrainConfig, LaunchConfig) for f in option_fields(cls)}
-    slurm = {n for n, f in fields.items() if f.metadata.get("group") == "slurm"}
-    assert set(block) == set(fields) - slurm | {"slurm"}
-    assert set(block["slurm"]["properties"]) == slurm
-    for name, f in fields.items():
-        prop = block["slurm"]["properties"][name] if name in slurm else block[name]
-        default = default_of(f)
-        assert prop["default"] == default, name
-        kind = f.metadata.get("type") or type(default)
-        types = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
-        assert TYPES[kind] in types, name
-        if default is None:
-            assert "null" in types, name
-        choices = f.metadata.get("choices")
-        enum = prop.get("enum") or prop.get("items", {}).get("enum")
-        assert enum == choices, name
+    """The schema's train: block is what the dataclasses generate: keys, types, choices,
+    ranges and defaults (one definition; the same check validates every experiment)."""
+    block = dict(SCHEMA["properties"]["train"])
+    block.pop("description")
+    assert block == train_block_schema()
+    fields = {f.name for cls in (TrainConfig, LaunchConfig) for f in option_fields(cls)}
+    assert set(block["properties"]) | set(block["properties"]["slurm"]["properties"]) == \
+        fields | {"slurm"}
 
 
 def test_config_train_block_holds_the_defaults():
@@ -134,3 +124,45 @@ def test_the_waiting_launcher_does_not_load_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env_with_venv()).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"epochs": 0}, "epochs: 0 is less than the minimum of 1"),
+    ({"lr": -1}, "lr: -1 is less than or equal to the minimum of 0"),
+    ({"modalities": "audio"}, "modalities: 'audio' is not one of ['text', 'vision', "
+                              "'text+vision']"),
+    ({"slurm": {"mem_gb": 0}}, "slurm.mem_gb: 0 is less than the minimum of 1"),
+])
+def test_experiments_are_checked_like_the_train_block(override, message):
+    """An experiment's overrides ran (epochs 0: an untrained model's figures, exit 0) or
+    failed after preprocessing; now one check refuses them, with the train: block's words."""
+    from meldflow import MeldflowError
+    from meldflow.training.options import experiment_runs
+
+    train = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"]
+    with pytest.raises(MeldflowError) as bad_experiment:
+        experiment_runs(train, {"ok": {}, "bad": override}, None)
+    assert str(bad_experiment.value) == f"config experiment bad: {message}"
+    slurm = train["slurm"] | override.get("slurm", {})
+    with pytest.raises(MeldflowError) as bad_block:
+        experiment_runs(train | override | {"slurm": slurm}, None, None)
+    assert str(bad_block.value) == f"config train: {message}"
+
+
+def test_a_bad_experiment_stops_the_workflow_before_any_job(tmp_path, hf_home):
+    work = make_workdir(tmp_path / "work", hf_home, experiments={"text": {"epochs": 0}})
+    proc = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d",
+                           str(work), "--cores", "1"], capture_output=True, text=True,
+                          env=env_with_venv(), cwd=work)
+    assert proc.returncode != 0
+    assert "config experiment text: epochs: 0 is less than the minimum of 1" in proc.stderr
+    assert not (work / "results").exists()
+
+
+def test_the_command_line_is_checked_the_same_way(tmp_path):
+    proc = subprocess.run([str(BIN / "meldflow"), "train", "--out", str(tmp_path / "run"),
+                           "--hf-home", str(tmp_path), "--train-csv",
+                           str(SAMPLE / "train_sent_emo.csv"), "--lr", "-1"],
+                          capture_output=True, text=True, env=env_with_venv())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "training options: lr: -1.0 is less than or equal to the minimum of 0" in proc.stderr

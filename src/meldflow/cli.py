@@ -127,10 +127,6 @@ def _train_configs(a: argparse.Namespace):
         if not Path(p).is_file():
             raise MeldflowError(f"aligned shard not found: {p}; run the preprocess target")
         open_parquet(p)
-    if not (cfg.train or cfg.train_csv):
-        raise MeldflowError("no training data: run the preprocess target (and keep 'train' "
-                            "in splits), or give --train-csv")
-    cfg.validate()
     launch = LaunchConfig(**(launch_kw | given(a, LaunchConfig)))
     return cfg, launch
 
@@ -171,10 +167,11 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
     from meldflow.training.predict import predict
 
-    rows = predict(a.model, a.clips, a.text, a.device)
+    rows = predict(a.model, a.clips, a.text, a.device, a.hf_home)
     for r in rows:
+        heard = f'  "{r["transcript"]}"' if "transcript" in r else ""
         print(f"{r['emotion']:>9s} {r['p_emotion'][r['emotion']]:.2f}  {r['sentiment']:>8s}  "
-              f"{r['input']}")
+              f"{r['input']}{heard}")
     if a.out:
         from meldflow.storage import write_text
 
@@ -331,11 +328,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="folder for the tables and plots")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("predict", help="label new clips or utterances with a trained model")
+    s = sub.add_parser("predict", help="label new clips or utterances with a trained model",
+                       description="Clips are prepared as the run's training data was (its "
+                                   "frames per utterance, frame size and clip cap, from the "
+                                   "model folder's preprocessing.json); a model trained on "
+                                   "Whisper transcripts transcribes clips given without "
+                                   "--text with the same Whisper model.")
     s.add_argument("--model", required=True, help="a training run's best/ folder")
     s.add_argument("--clips", nargs="*", help="video clips")
     s.add_argument("--text", nargs="*", help='utterances, "Speaker: line"')
     s.add_argument("--device", default="cpu")
+    s.add_argument("--hf-home", help="cache holding the run's Whisper model, for a model of "
+                                     "transcripts (default: the one it was trained with)")
     s.add_argument("--out", help="also write the probabilities as JSON here")
     s.set_defaults(func=cmd_predict)
 

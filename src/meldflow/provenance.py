@@ -86,6 +86,15 @@ def read_run(out: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def record_in_run(out: Path, key: str, entry: dict) -> None:
+    """Append ``entry`` to the list ``key`` of the run's run.json (what happened to it)."""
+    from meldflow.storage import write_text
+
+    run = read_run(out) or {}
+    run[key] = [*run.get(key, []), entry]
+    write_text(json.dumps(run, indent=1), out / RUN_FILE)
+
+
 def archive_dir(out: Path, digest: str) -> Path:
     """Where a superseded run of ``out`` goes: ``{out}-archive/{time}-{digest[:12]}``."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -119,6 +128,7 @@ def claim_run_dir(out: Path, identity: dict) -> Path | None:
         log.warning("%s held another training run (%s); it was moved to %s and this run "
                     "starts fresh", out, describe_difference(old or {}, identity), moved)
     write_text(json.dumps({"digest": identity["digest"], "parts": identity["parts"],
+                           "preprocessing": identity.get("preprocessing"),
                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1),
                out / RUN_FILE)
     return moved

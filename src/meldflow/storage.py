@@ -40,7 +40,22 @@ def new_file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
-def _tmp_beside(path: Path) -> Path:
+def honour_umask(tree: str | os.PathLike) -> None:
+    """Give every file under ``tree`` (and the folders) the mode the umask gives new ones.
+
+    For what other libraries write before meldflow renames it into place: safetensors
+    (``save_pretrained``, the heads) creates its files 0600 whatever the umask.
+    """
+    tree = Path(tree)
+    file_mode, dir_mode = new_file_mode(), 0o777 & ~current_umask()
+    for p in [tree, *tree.rglob("*")]:
+        if p.is_symlink():
+            continue
+        p.chmod(dir_mode if p.is_dir() else file_mode)
+
+
+def temporary_beside(path: Path) -> Path:
+    """A new, empty file beside ``path`` to write to, with the mode the umask gives."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, new_file_mode())
@@ -61,7 +76,7 @@ def write_table(
         merged = dict(table.schema.metadata or {})
         merged.update({k.encode(): json.dumps(v).encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(merged)
-    tmp = _tmp_beside(path)
+    tmp = temporary_beside(path)
     try:
         pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
         os.replace(tmp, path)
@@ -73,7 +88,7 @@ def write_table(
 def write_text(text: str, path: str | os.PathLike) -> Path:
     """Write a small text file atomically."""
     path = Path(path)
-    tmp = _tmp_beside(path)
+    tmp = temporary_beside(path)
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
@@ -86,7 +101,7 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path`` to write to; renamed onto ``path`` on success."""
     path = Path(path)
-    tmp = _tmp_beside(path)
+    tmp = temporary_beside(path)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -5,6 +5,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from meldflow import MeldflowError
 from meldflow.monitor import patch_slurm_plugin
 from meldflow.training.options import EXPERIMENT_NAME, experiment_runs
 
@@ -12,6 +13,14 @@ from meldflow.training.options import EXPERIMENT_NAME, experiment_runs
 # plugin (2.8.0) takes for a running job, so the workflow would wait forever. This makes
 # it see the bare state word (README: "Running on a SLURM cluster").
 patch_slurm_plugin()
+
+# Every run's training options (the train: block with each experiment's overrides) are
+# checked here, before any work, by the one check `meldflow train` applies too.
+try:
+    RUNS = experiment_runs(config.get("train", {}), config.get("experiments"),
+                           config.get("seeds"))
+except MeldflowError as exc:
+    raise WorkflowError(str(exc)) from None
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -74,8 +83,7 @@ def all_aligned(wildcards):
     return [path for split in SPLITS for path in aligned_of(split)]
 
 
-# Every (experiment, seed) training run and its options (meldflow/training/options.py).
-RUNS = experiment_runs(config.get("train", {}), config.get("experiments"), config.get("seeds"))
+# Every (experiment, seed) training run (RUNS, above) has its folder.
 RUN_DIRS = [f"results/train/{name}/seed-{seed}" for name, seed in RUNS]
 
 

@@ -40,6 +40,16 @@ def barrier() -> None:
         d.barrier()
 
 
+def broadcast_from_rank0(value):
+    """Rank 0's ``value`` on every rank (a picklable object; itself with one process)."""
+    d = _dist()
+    if d is None:
+        return value
+    box = [value]
+    d.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def sum_over_ranks(value: float, device) -> float:
     """``value`` summed over every rank (itself when there is one process)."""
     d = _dist()

@@ -80,6 +80,8 @@ def write_results(cfg, out: Path, device, state: dict, identity: dict, world: in
     metrics = {"config": dataclasses.asdict(cfg), "steps": state["step"],
                "best_dev_weighted_f1": state["best_f1"],
                "run": {"identity": identity["digest"], **identity["parts"]},
+               # checkpoints passed over on resume (damaged, truncated), and what was used
+               "resumes": (read_run(out) or {}).get("resumes", []),
                **environment(world)}
     train_labels = Source(cfg.train or None, cfg.train_csv, "text", cfg.exclusions()).labels()
     for split, paths, csv in (("dev", cfg.dev, cfg.dev_csv), ("test", cfg.test, cfg.test_csv)):

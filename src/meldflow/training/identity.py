@@ -1,4 +1,5 @@
-"""What a training run is: its verified model snapshot and its identity.
+"""What a training run is: its verified model snapshot, its identity, and how its inputs
+were prepared (what ``meldflow predict`` must repeat for new clips).
 
 Kept free of torch: ``meldflow train`` computes the identity before it submits, and that
 process only waits for the job (one per experiment and seed on a login node).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from meldflow import MeldflowError
 from meldflow.provenance import run_identity
 from meldflow.stage import FLORENCE_FILES, FLORENCE_TINY_REPO, verified_snapshot
 
@@ -24,6 +26,42 @@ def florence_snapshot(hf_home: str | Path, repo_id: str,
 
 
 def identity_of(cfg, world: int) -> dict:
-    """The run identity of ``cfg`` trained by ``world`` processes (see meldflow.provenance)."""
+    """The run identity of ``cfg`` trained by ``world`` processes (see meldflow.provenance),
+    with how its inputs were prepared (``preprocessing``, recorded in run.json)."""
     snap, files = florence_snapshot(cfg.hf_home, cfg.model_repo, cfg.revision)
-    return run_identity(cfg, cfg.streams or world, snap.name, files)
+    return run_identity(cfg, cfg.streams or world, snap.name, files) | {
+        "preprocessing": preprocessing_of(cfg)}
+
+
+def preprocessing_of(cfg) -> dict:
+    """How the run's inputs were made, from the aligned shards' own metadata: frames per
+    utterance, frame size, the clip cap, the text the prompt reads and, for transcripts,
+    the Whisper model (with its file hashes) and decoding options. Shards made with
+    different settings are an error: one model cannot have been trained on both."""
+    from meldflow.storage import read_metadata
+
+    if not (cfg.train or cfg.dev or cfg.test):
+        return {"source": "annotation CSVs", "text_source": cfg.text_source}
+    seen: dict[str, tuple[str, dict]] = {}
+    for path in [*cfg.train, *cfg.dev, *cfg.test]:
+        meta = read_metadata(path)
+        frames, asr = meta.get("meldflow_frames"), meta.get("meldflow_transcribe")
+        if frames is None or asr is None:
+            raise MeldflowError(f"{path} does not record how it was made (written by an older "
+                                f"meldflow): delete it and run the preprocess target again")
+        record = {"frames_per_utterance": frames["frames_per_utterance"],
+                  "frame_size": frames["frame_size"],
+                  "max_clip_seconds": frames["max_clip_seconds"]}
+        if cfg.text_source == "whisper":
+            record["whisper"] = {k: asr.get(k) for k in ("model", "model_files", "beam_size",
+                                                          "pack_seconds", "max_clip_seconds")}
+        seen.setdefault(repr(sorted(record.items())), (path, record))
+    if len(seen) > 1:
+        (a, ra), (b, rb) = list(seen.values())[:2]
+        differ = sorted(k for k in ra if ra[k] != rb.get(k))
+        raise MeldflowError(f"the shards were made with different preprocessing settings "
+                            f"({', '.join(differ)}: {a} has {[ra[k] for k in differ]}, {b} "
+                            f"has {[rb[k] for k in differ]}); rebuild them with one "
+                            f"configuration")
+    return {"source": "aligned shards", "text_source": cfg.text_source,
+            **next(iter(seen.values()))[1]}

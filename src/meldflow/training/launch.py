@@ -9,18 +9,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import socket
+import time
 from pathlib import Path
 
 from meldflow import MeldflowError
+from meldflow.monitor import TERMINAL
 from meldflow.provenance import claim_run_dir, read_run
 from meldflow.training.identity import identity_of
 from meldflow.training.options import TrainConfig
 
 log = logging.getLogger("meldflow.training")
 
-ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "UNKNOWN",
-         "FINISHED", "INTERRUPTED", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
-
+# submitit's states that mean nothing runs any more, beside SLURM's own (monitor.TERMINAL):
+# its local executor says FINISHED, INTERRUPTED, or, for a job it did not start itself,
+# "NO PROCESS AND NO RESULT" (the first word is what counts; a live local job is then
+# recognised by its controller's pid, see _local_job_alive).
+ENDED = TERMINAL | {"FINISHED", "INTERRUPTED", "UNKNOWN", "NO"}
 
 class TrainJob:
     """What submitit runs on every task; requeued on timeout or preemption (the
@@ -51,8 +57,21 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(TrainJob(self.cfg, self.identity))
 
 
-def _recorded_job(out: Path, executor: str, tasks: int):
-    """The submitit job that ``{out}/job.json`` names, if it is still queued or running."""
+def _local_job_alive(job_id: str, folder: Path) -> bool:
+    """Whether submitit's local controller for ``folder`` (its pid is the job id) runs."""
+    try:
+        cmdline = Path(f"/proc/{job_id}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{job_id}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return (state not in ("Z", "X") and b"submitit.local._local" in cmdline
+            and any(Path(os.fsdecode(a)).resolve() == folder.resolve()
+                    for a in cmdline if a.startswith(b"/")))
+
+
+def running_job(out: Path, executor: str, tasks: int):
+    """The submitit job that ``{out}/job.json`` names if it is still queued or running,
+    else ``None`` (every state that means no process, however the job ended)."""
     import submitit
 
     job_file = out / "job.json"
@@ -61,9 +80,73 @@ def _recorded_job(out: Path, executor: str, tasks: int):
     info = json.loads(job_file.read_text())
     if info.get("executor") != executor:
         return None
-    job = (submitit.SlurmJob if executor == "slurm" else submitit.local.local.LocalJob)(
-        out / "submitit", info["job_id"], tasks=tuple(range(info.get("tasks", tasks))))
+    folder = out / "submitit"
+    if executor == "local":
+        host = info.get("host", socket.gethostname())
+        if host != socket.gethostname():
+            raise MeldflowError(
+                f"{job_file} names local training job {info['job_id']} on {host}, and this "
+                f"is {socket.gethostname()}: check there whether it still runs; if not, "
+                f"delete {job_file} and run again")
+        if not _local_job_alive(info["job_id"], folder):
+            return None
+        return submitit.local.local.LocalJob(folder, info["job_id"],
+                                             tasks=tuple(range(info.get("tasks", tasks))))
+    job = submitit.SlurmJob(folder, info["job_id"], tasks=tuple(range(info.get("tasks", tasks))))
     return None if job.state.split()[0] in ENDED else job
+
+
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*)$")
+
+
+def task_error(log_text: str) -> str | None:
+    """The exception a task's log ends with ("Type: message"), else ``None``."""
+    last = log_text.rfind("Traceback (most recent call last)")
+    if last < 0:
+        return None
+    found = None
+    for line in log_text[last:].splitlines():
+        m = _EXCEPTION_LINE.match(line)
+        if m:
+            found = m.group(1)
+    if found is None:
+        return None
+    name, _, message = found.partition(":")
+    return f"{name.rsplit('.', 1)[-1]}:{message}" if message else name.rsplit(".", 1)[-1]
+
+
+def failure_message(job, executor: str) -> str:
+    """What a failed training job says in the terminal: each task's own error (never the
+    warnings its log is full of), where the logs are, and what to do."""
+    tasks = list(job._sub_jobs) or [job]
+    lines = [f"training job {job.job_id} ({executor}) ended without a result "
+             f"(state {job.state}):"]
+    for sub in tasks:
+        err = sub.paths.stderr
+        text = err.read_text(errors="replace") if err.is_file() else ""
+        why = task_error(text) or ("no error written: the process was killed (by the "
+                                   "out-of-memory killer, `kill -9`, or a lost node)")
+        lines.append(f"  task {sub.task_id}: {why}  [log {err}]")
+    lines.append("Run the same command again: training resumes from its last checkpoint "
+                 "that verifies.")
+    return "\n".join(lines)
+
+
+def wait_for(job, executor: str) -> dict:
+    """Rank 0's result of a submitted training job; a failure is a MeldflowError that
+    gives each task's own error."""
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    if executor == "debug":
+        return job.result()
+    if executor == "local" and getattr(job, "_process", None) is None:
+        # reattached from another process: submitit can only poll the jobs it started
+        while _local_job_alive(job.job_id, job.paths.folder):
+            time.sleep(2)
+    try:
+        return job.results()[0]
+    except (FailedJobError, UncompletedJobError):
+        raise MeldflowError(failure_message(job, executor)) from None
 
 
 def launch(cfg: TrainConfig, executor: str = "local", tasks: int = 2, nodes: int = 1,
@@ -77,12 +160,11 @@ def launch(cfg: TrainConfig, executor: str = "local", tasks: int = 2, nodes: int
 
     from meldflow.storage import write_text
 
-    cfg.validate()
     out = Path(cfg.out)
     identity = identity_of(cfg, 1 if executor == "debug" else tasks * nodes)
     old = read_run(out)
     if old is None or old["digest"] != identity["digest"]:
-        running = _recorded_job(out, executor, tasks)
+        running = running_job(out, executor, tasks)
         if running is not None:
             raise MeldflowError(
                 f"training job {running.job_id} of the previous configuration of {out} is "
@@ -92,7 +174,7 @@ def launch(cfg: TrainConfig, executor: str = "local", tasks: int = 2, nodes: int
     claim_run_dir(out, identity)
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
-    job = _recorded_job(out, executor, tasks)  # a restarted workflow reattaches
+    job = running_job(out, executor, tasks)  # a restarted workflow reattaches
     if job is None:
         ex = submitit.AutoExecutor(folder=out / "submitit", cluster=executor)
         params: dict = {"timeout_min": timeout_min}
@@ -103,10 +185,10 @@ def launch(cfg: TrainConfig, executor: str = "local", tasks: int = 2, nodes: int
         ex.update_parameters(**params)
         job = ex.submit(TrainJob(cfg, identity))
         write_text(json.dumps({"job_id": job.job_id, "executor": executor, "tasks": tasks,
-                               "identity": identity["digest"]}), out / "job.json")
+                               "host": socket.gethostname(), "identity": identity["digest"]}),
+                   out / "job.json")
         log.info("submitted training job %s (%s, %d task(s)), run %s", job.job_id, executor,
                  1 if executor == "debug" else tasks * nodes, identity["digest"][:12])
-    if not wait:
-        return job
-    results = job.results() if executor != "debug" else [job.result()]
-    return results[0]
+    else:
+        log.info("reattached to training job %s, still running", job.job_id)
+    return wait_for(job, executor) if wait else job

@@ -2,8 +2,9 @@
 
 ``train()`` is the whole loop; ``Recipe`` holds its parts as named methods (set-up, a
 train step, the end of an epoch, checkpoints), the shape of torchtune's recipes. Only
-global rank 0 writes: ``{out}/checkpoint/state.pt``, ``{out}/best/``, ``{out}/tensorboard/``,
-``history.json``, ``metrics.json``, predictions and plots.
+global rank 0 writes: ``{out}/checkpoint/`` (verified before it is resumed, see
+``meldflow.training.checkpoint``), ``{out}/best/``, ``{out}/tensorboard/``, ``history.json``,
+``metrics.json``, predictions and plots.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 from meldflow import MeldflowError
 from meldflow.dataset import Source, plan_epoch
 from meldflow.ingest import EMOTIONS
-from meldflow.provenance import claim_run_dir, read_run
+from meldflow.provenance import claim_run_dir, read_run, record_in_run
+from meldflow.training import checkpoint
 from meldflow.training.batches import (
     Encoder,
     Step,
@@ -29,7 +31,13 @@ from meldflow.training.batches import (
     resolve_workers,
     to_device,
 )
-from meldflow.training.distributed import barrier, device_of, init_distributed, sum_over_ranks
+from meldflow.training.distributed import (
+    barrier,
+    broadcast_from_rank0,
+    device_of,
+    init_distributed,
+    sum_over_ranks,
+)
 from meldflow.training.evaluation import evaluate_split, write_results
 from meldflow.training.identity import florence_snapshot, identity_of
 from meldflow.training.model import EmotionClassifier, load_florence
@@ -64,20 +72,22 @@ class Recipe:
     """The parts of one rank's run; ``train()`` calls them in order."""
 
     def __init__(self, cfg: TrainConfig, identity: dict | None = None):
-        cfg.validate()
         self.cfg, self.out = cfg, Path(cfg.out)
         self.rank, self.world, local = init_distributed()
         self.device = device_of(local)
         # Rank 0 verifies and reads the cache first so that a broken cache fails once, clearly.
+        self.checkpoints = self.out / checkpoint.CHECKPOINT_DIR
+        resume = None
         if self.rank == 0:
             claim_run_dir(self.out, identity or identity_of(cfg, self.world))
             self.snapshot = florence_snapshot(cfg.hf_home, cfg.model_repo, cfg.revision)[0]
-        barrier()
+            resume = self.find_checkpoint()
+        # Every rank resumes from the checkpoint rank 0 verified.
+        self.resume_from = broadcast_from_rank0(resume)
         self.identity = read_run(self.out)
         if self.rank != 0:
             self.snapshot = florence_snapshot(cfg.hf_home, cfg.model_repo, cfg.revision)[0]
         self.finished = (self.out / "metrics.json").is_file()
-        self.checkpoint_path = self.out / "checkpoint" / "state.pt"
         self.state = {"epoch": 0, "step_in_epoch": 0, "step": 0, "history": [], "best_f1": -1.0}
 
     # --- set-up ---------------------------------------------------------------------------
@@ -106,8 +116,8 @@ class Recipe:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda"
                 else None)
-        if self.checkpoint_path.is_file():
-            self.load_checkpoint()
+        if self.resume_from is not None:
+            self.load_checkpoint(Path(self.resume_from))
         self.progress = Progress(self.out, self.rank, self.total, self.state["step"],
                                  cfg.global_batch)
         self.model.train()
@@ -216,7 +226,7 @@ class Recipe:
             self.progress.dev(st["step"], st["epoch"], m)
             if e["weighted_f1"] > st["best_f1"]:
                 st["best_f1"] = e["weighted_f1"]
-                self.model.save(self.processor, self.out / "best", dataclasses.asdict(self.cfg))
+                self.save_best()
             self.model.train()
         self.save_checkpoint()
 
@@ -228,7 +238,7 @@ class Recipe:
         result: dict = {}
         if self.rank == 0:
             if not (self.out / "best").is_dir():  # no dev set, or max_steps cut the epoch
-                self.model.save(self.processor, self.out / "best", dataclasses.asdict(self.cfg))
+                self.save_best()
             result = write_results(self.cfg, self.out, self.device, self.state, self.identity,
                                    self.world, self.progress)
         self.progress.close()
@@ -237,35 +247,43 @@ class Recipe:
 
     # --- checkpoints ----------------------------------------------------------------------
 
+    def save_best(self) -> None:
+        """The model as it is now, in ``best/``, with what predict needs to use it."""
+        self.model.save(self.processor, self.out / "best", dataclasses.asdict(self.cfg),
+                        self.identity.get("preprocessing"))
+
+    def find_checkpoint(self) -> str | None:
+        """(Rank 0) the newest checkpoint of this run that verifies; what was passed over,
+        and why, goes to the log and to run.json."""
+        if (self.out / "metrics.json").is_file():
+            return None
+        found = checkpoint.find_resumable(self.checkpoints, read_run(self.out)["digest"])
+        if found.rejected:
+            record_in_run(self.out, "resumes", found.as_record())
+            if found.path is None:
+                log.warning("no checkpoint of this run verifies: training starts fresh")
+            else:
+                log.warning("resuming from the previous checkpoint %s (step %d) instead",
+                            found.path, found.step)
+        return str(found.path) if found.path else None
+
     def save_checkpoint(self) -> None:
         if self.rank == 0:
-            import torch
-
-            from meldflow.storage import atomic_path
-
-            with atomic_path(self.checkpoint_path) as tmp:
-                torch.save({"model": self.model.state_dict(), "optim": self.optim.state_dict(),
-                            "sched": self.sched.state_dict(), "rng": rng_state(),
-                            "state": self.state, "config": dataclasses.asdict(self.cfg),
-                            "identity": self.identity["digest"]}, tmp)
+            checkpoint.save({"model": self.model.state_dict(), "optim": self.optim.state_dict(),
+                             "sched": self.sched.state_dict(), "rng": rng_state(),
+                             "state": self.state, "config": dataclasses.asdict(self.cfg),
+                             "identity": self.identity["digest"]},
+                            self.checkpoints, self.identity["digest"], self.state["step"])
         barrier()
 
-    def load_checkpoint(self) -> None:
-        import torch
-
-        ckpt = self.checkpoint_path
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if saved.get("identity") != self.identity["digest"]:
-            raise MeldflowError(
-                f"{ckpt} belongs to another run (identity {str(saved.get('identity'))[:12]}, "
-                f"this run is {self.identity['digest'][:12]}); it is never resumed into a "
-                f"different configuration. Move {self.out} aside, or let `meldflow train` do it")
+    def load_checkpoint(self, path: Path) -> None:
+        saved = checkpoint.load(path)
         self.model.load_state_dict(saved["model"])
         self.optim.load_state_dict(saved["optim"])
         self.sched.load_state_dict(saved["sched"])
         set_rng_state(saved["rng"])
         self.state = saved["state"]
-        log.info("resumed from %s at step %d", ckpt, self.state["step"])
+        log.info("resumed from %s at step %d (its SHA-256 verified)", path, self.state["step"])
 
 
 def classification_loss(model, item: dict, weights: dict[str, float], emotion_norm: float,

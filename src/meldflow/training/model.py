@@ -9,7 +9,8 @@ per label, and its softmax is a probability for every class. The decoder and LM 
 unused, so they are frozen (DDP needs every trainable weight to get a gradient).
 
 A saved model (``best/``) is the Florence-2 model and processor (save_pretrained),
-``heads.safetensors``, ``labels.json`` and ``meldflow_train.json`` (its options).
+``heads.safetensors``, ``labels.json``, ``meldflow_train.json`` (its options) and
+``preprocessing.json`` (how its frames and text were made, for ``meldflow predict``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from meldflow import MeldflowError
 from meldflow.ingest import EMOTIONS, SENTIMENTS
 
 HEADS_FILE = "heads.safetensors"
+OPTIONS_FILE = "meldflow_train.json"  # the training options
+PREPROCESSING_FILE = "preprocessing.json"  # how its inputs were made: what predict repeats
 
 
 class EmotionClassifier(torch.nn.Module):
@@ -79,9 +82,13 @@ class EmotionClassifier(torch.nn.Module):
                                         if k.startswith("sentiment.")})
         return self
 
-    def save(self, processor, out: Path, options: dict | None = None) -> None:
-        """Florence-2 + processor via save_pretrained, the heads beside them; atomically."""
+    def save(self, processor, out: Path, options: dict | None = None,
+             preprocessing: dict | None = None) -> None:
+        """Florence-2 + processor via save_pretrained, the heads beside them, the options
+        and how the inputs were prepared (for predict); atomically, modes from the umask."""
         from safetensors.torch import save_file
+
+        from meldflow.storage import honour_umask
 
         tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -95,7 +102,10 @@ class EmotionClassifier(torch.nn.Module):
         (tmp / "labels.json").write_text(json.dumps({"emotion": EMOTIONS,
                                                      "sentiment": SENTIMENTS}))
         if options is not None:  # how to build inputs at prediction time
-            (tmp / "meldflow_train.json").write_text(json.dumps(options, indent=1))
+            (tmp / OPTIONS_FILE).write_text(json.dumps(options, indent=1))
+        if preprocessing is not None:
+            (tmp / PREPROCESSING_FILE).write_text(json.dumps(preprocessing, indent=1))
+        honour_umask(tmp)
         old = out.with_name(f".{out.name}.old{os.getpid()}")
         if out.exists():
             os.replace(out, old)

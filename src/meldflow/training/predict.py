@@ -1,15 +1,26 @@
-"""Emotion and sentiment of new clips or utterances, from a trained model folder."""
+"""Emotion and sentiment of new clips or utterances, from a trained model folder.
+
+A model folder (a run's ``best/``) says how its inputs were made (``preprocessing.json``):
+clips are framed with the run's frames per utterance, frame size and clip cap, and, for
+a model trained on Whisper's transcripts, transcribed with the same Whisper model (its
+file hashes are checked) and decoding options. Inputs a modality needs are required.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from pathlib import Path
 
 from meldflow import MeldflowError
 from meldflow.ingest import EMOTIONS, SENTIMENTS
 from meldflow.probe import ClipError, check_clip_file
 from meldflow.training.evaluation import predict_rows
-from meldflow.training.model import load_trained
+from meldflow.training.model import OPTIONS_FILE, PREPROCESSING_FILE, load_trained
 from meldflow.training.options import TrainConfig
+
+log = logging.getLogger("meldflow.predict")
 
 
 class _NoContext:
@@ -18,23 +29,20 @@ class _NoContext:
     context: dict = {}
 
 
-def predict(model_dir: str | Path, clips: list[str] | None = None,
-            texts: list[str] | None = None, device: str = "cpu") -> list[dict]:
-    """Emotion and sentiment probabilities for new clips and/or utterances.
-
-    ``texts`` are "Speaker: line" (or just the line); clips are framed like the training
-    data. Which of the two the model reads follows its training modalities.
-    """
-    from meldflow.frames import extract_frames
-
-    model_dir = Path(model_dir)
-    cfg_path = model_dir / "meldflow_train.json"
+def read_model_card(model_dir: Path) -> tuple[TrainConfig, dict | None]:
+    """(training options, how the inputs were made) of a trained model folder."""
+    cfg_path = model_dir / OPTIONS_FILE
     if not cfg_path.is_file():
-        raise MeldflowError(f"{model_dir} has no meldflow_train.json: not a trained model")
-    cfg = TrainConfig.from_json(cfg_path)
-    clips, texts = list(clips or []), list(texts or [])
-    n = max(len(clips), len(texts))
-    if n == 0:
+        raise MeldflowError(f"{model_dir} has no {OPTIONS_FILE}: not a trained model")
+    prep_path = model_dir / PREPROCESSING_FILE
+    prep = json.loads(prep_path.read_text()) if prep_path.is_file() else None
+    return TrainConfig.from_json(cfg_path), prep
+
+
+def _check_inputs(cfg: TrainConfig, prep: dict | None, clips: list[str], texts: list[str],
+                  model_dir: Path) -> None:
+    """Refuse what the model cannot read as it was trained to, with what to give instead."""
+    if not clips and not texts:
         raise MeldflowError("give clips, texts or both")
     blank = [i + 1 for i, t in enumerate(texts) if not t.strip()]
     if blank:
@@ -47,31 +55,101 @@ def predict(model_dir: str | Path, clips: list[str] | None = None,
             raise MeldflowError(f"--clips: {exc}") from None
     if clips and texts and len(clips) != len(texts):
         raise MeldflowError(f"{len(clips)} clips but {len(texts)} texts")
-    if "vision" in cfg.modalities and not clips:
-        raise MeldflowError(f"this model reads frames ({cfg.modalities}): give clips")
-    if cfg.modalities == "text" and not texts:
-        raise MeldflowError("this model reads text only: give texts")
+    if "vision" in cfg.modalities:
+        if not clips:
+            raise MeldflowError(f"this model reads frames ({cfg.modalities}): give clips")
+        if prep is None or "frame_size" not in prep:
+            raise MeldflowError(f"{model_dir} does not record how its training frames were "
+                                f"made (no {PREPROCESSING_FILE}: trained by an older "
+                                f"meldflow); train it again to predict from clips")
+    if "text" in cfg.modalities and not texts:
+        if cfg.text_source == "whisper" and clips:
+            if prep is None or "whisper" not in prep:
+                raise MeldflowError(f"{model_dir} does not record which Whisper model made "
+                                    f"its transcripts: give --text, or train it again")
+            return
+        if clips:
+            raise MeldflowError(
+                f"this model reads the gold utterance ({cfg.modalities}, text_source gold): "
+                f'give --text "Speaker: line" for each clip, in the same order')
+        raise MeldflowError("this model reads text: give texts")
+
+
+def transcribe_clips(clips: list[str], whisper: dict, hf_home: str | Path | None,
+                     fallback_home: str, device: str) -> list[str]:
+    """Transcripts of ``clips`` made as the training transcripts were: the same Whisper
+    model (checked by its file hashes) and decoding options."""
+    home = hf_home or (fallback_home if Path(fallback_home).is_dir() else None) \
+        or os.environ.get("HF_HOME")
+    if not home:
+        raise MeldflowError(f"this model reads Whisper transcripts ({whisper['model']}): give "
+                            f"--hf-home, the cache `meldflow stage` put that model in")
+    os.environ["HF_HOME"] = str(Path(home).resolve())  # before faster-whisper is imported
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import pyarrow as pa
+
+    from meldflow.transcribe import Transcriber, transcribe_rows
+
+    asr = Transcriber(whisper["model"], home, "cpu" if device == "cpu" else "auto",
+                      whisper["beam_size"], pack_seconds=whisper["pack_seconds"])
+    if asr.model_files != whisper["model_files"]:
+        raise MeldflowError(f"the Whisper model {whisper['model']} in {home} is not the one "
+                            f"that made this model's training transcripts (other file "
+                            f"hashes): stage the same model, or give --text")
+    n = len(clips)
+    rows = pa.table({"split": ["predict"] * n, "dialogue_id": list(range(n)),
+                     "utterance_id": [0] * n, "clip_path": [str(c) for c in clips],
+                     "status": ["ok"] * n, "utterance": [""] * n,
+                     "start_s": pa.nulls(n, pa.float64()), "end_s": pa.nulls(n, pa.float64())})
+    table = transcribe_rows(rows, asr, whisper["max_clip_seconds"], max_empty_fraction=1.0)
+    return [t or "" for t in table.column("transcript").to_pylist()]
+
+
+def clip_frames(clip: str, prep: dict) -> list[bytes]:
+    """The clip's frames exactly as the training shards hold them."""
+    from meldflow.frames import extract_frames
+
+    res = extract_frames(clip, prep["frames_per_utterance"], prep["frame_size"],
+                         prep["max_clip_seconds"])
+    if res.status != "ok":
+        raise MeldflowError(f"{clip}: {res.status} ({res.reason})")
+    return res.frames
+
+
+def predict(model_dir: str | Path, clips: list[str] | None = None,
+            texts: list[str] | None = None, device: str = "cpu",
+            hf_home: str | Path | None = None) -> list[dict]:
+    """Emotion and sentiment probabilities for new clips and/or utterances.
+
+    ``texts`` are "Speaker: line" (or just the line); clips are framed (and, for a model of
+    Whisper transcripts without ``texts``, transcribed) as the training data was.
+    """
+    model_dir = Path(model_dir)
+    cfg, prep = read_model_card(model_dir)
+    clips, texts = list(clips or []), list(texts or [])
+    _check_inputs(cfg, prep, clips, texts, model_dir)
+    if cfg.context_turns:
+        log.warning("the model was trained with %d earlier turns in the prompt; new "
+                    "utterances come without them", cfg.context_turns)
+    transcripts = None
+    if "text" in cfg.modalities and not texts:
+        transcripts = transcribe_clips(clips, prep["whisper"], hf_home, cfg.hf_home, device)
+        texts = [f"Speaker: {t}" for t in transcripts]
     model, processor = load_trained(model_dir, device)
-    rows, names = [], []
-    for i in range(n):
+    rows = []
+    for i in range(max(len(clips), len(texts))):
         text = texts[i] if texts else ""
         speaker, _, line = text.partition(": ") if ": " in text else ("", "", text)
-        frames = []
-        if clips and "vision" in cfg.modalities:
-            res = extract_frames(clips[i])  # same defaults as the workflow
-            if res.status != "ok":
-                raise MeldflowError(f"{clips[i]}: {res.status} ({res.reason})")
-            frames = res.frames
+        frames = clip_frames(clips[i], prep) if "vision" in cfg.modalities else []
         rows.append({"dialogue_id": -1, "utterance_id": i, "speaker": speaker or "Speaker",
                      "utterance": line, "transcript": line, "frames": frames})
-        names.append(clips[i] if clips else text)
     emo_p, sen_p = predict_rows(model, processor, cfg, _NoContext(), rows, device)
     out = []
-    for name, pe, ps in zip(names, emo_p, sen_p, strict=True):
-        out.append({"input": name,
+    for i, (pe, ps) in enumerate(zip(emo_p, sen_p, strict=True)):
+        out.append({"input": clips[i] if clips else texts[i],
                     "emotion": EMOTIONS[max(range(len(pe)), key=pe.__getitem__)],
                     "sentiment": SENTIMENTS[max(range(len(ps)), key=ps.__getitem__)],
-                    "p_emotion": dict(zip(EMOTIONS, (round(p, 4) for p in pe), strict=True)),
-                    "p_sentiment": dict(zip(SENTIMENTS, (round(p, 4) for p in ps),
-                                            strict=True))})
+                    "p_emotion": dict(zip(EMOTIONS, pe, strict=True)),
+                    "p_sentiment": dict(zip(SENTIMENTS, ps, strict=True))}
+                   | ({"transcript": transcripts[i]} if transcripts is not None else {}))
     return out

@@ -1,0 +1,156 @@
+"""Training checkpoints that are verified, not trusted.
+
+Owns ``{out}/checkpoint/``: ``state.pt`` (the newest) and ``previous.pt`` (the one before),
+each beside a record ``state.json`` / ``previous.json`` with the SHA-256 and size of its
+bytes, the run identity and the step. ``torch.load`` accepts a file whose tensor bytes
+were changed (the zip format keeps no checksum it checks), so a damaged checkpoint would
+otherwise resume into plausible-looking, wrong weights. Resuming checks the record first
+and falls back from ``state.pt`` to ``previous.pt``, then to a fresh start, and says why.
+
+Writing: the new checkpoint goes to a temporary name while its hash is computed from the
+bytes as they are written (no second read of a multi-GB file); then the newest is renamed
+to ``previous``, the new one into place, and its record written last. A crash at any point
+leaves either a checkpoint whose record matches or one that is rejected, never one that
+is trusted wrongly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meldflow import MeldflowError
+from meldflow.storage import temporary_beside, write_text
+
+log = logging.getLogger("meldflow.training")
+
+CHECKPOINT_DIR = "checkpoint"
+NEWEST, PREVIOUS = "state", "previous"  # newest first: the order resuming tries them
+
+
+class _HashingWriter:
+    """A file object for ``torch.save`` that hashes what passes through it."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _record_path(folder: Path, name: str) -> Path:
+    return folder / f"{name}.json"
+
+
+def _data_path(folder: Path, name: str) -> Path:
+    return folder / f"{name}.pt"
+
+
+def save(obj: dict, folder: Path, identity: str, step: int) -> Path:
+    """Write ``obj`` as the newest checkpoint of run ``identity``; the newest so far
+    becomes ``previous``. Returns the checkpoint's path."""
+    import torch
+
+    new = _data_path(folder, NEWEST)
+    tmp = temporary_beside(new)
+    try:
+        with open(tmp, "wb") as f:
+            writer = _HashingWriter(f)
+            torch.save(obj, writer)
+            f.flush()
+            os.fsync(f.fileno())
+        if new.exists():  # the newest so far is kept, with its record, as the fallback
+            os.replace(new, _data_path(folder, PREVIOUS))
+            _record_path(folder, PREVIOUS).unlink(missing_ok=True)
+            if _record_path(folder, NEWEST).exists():
+                os.replace(_record_path(folder, NEWEST), _record_path(folder, PREVIOUS))
+        os.replace(tmp, new)
+    finally:
+        tmp.unlink(missing_ok=True)
+    record = {"file": new.name, "sha256": writer.sha.hexdigest(), "bytes": writer.size,
+              "identity": identity, "step": step,
+              "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_text(json.dumps(record, indent=1), _record_path(folder, NEWEST))
+    return new
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def check(folder: Path, name: str, identity: str) -> str | None:
+    """Why checkpoint ``name`` in ``folder`` must not be resumed (``None``: it verifies).
+
+    A checkpoint of another run that verifies is an error, not a fallback: it was put there
+    by hand, and resuming from it (or quietly starting over) would hide that.
+    """
+    data, rec_path = _data_path(folder, name), _record_path(folder, name)
+    try:
+        record = json.loads(rec_path.read_text())
+        expected = (record["sha256"], int(record["bytes"]), record["identity"])
+    except FileNotFoundError:
+        return "no checksum record beside it (an unfinished write, or older than meldflow's " \
+               "checksums): it cannot be verified"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"its record {rec_path.name} is unreadable ({exc})"
+    size = data.stat().st_size
+    if size != expected[1]:
+        return f"{size} bytes where {expected[1]} were written (truncated or cut short)"
+    if _sha256(data) != expected[0]:
+        return "its SHA-256 does not match the one recorded when it was written (damaged)"
+    if expected[2] != identity:
+        raise MeldflowError(
+            f"{data} belongs to another run (identity {str(expected[2])[:12]}, this run is "
+            f"{identity[:12]}); it is never resumed into a different configuration. Move "
+            f"{folder.parent} aside, or let `meldflow train` do it")
+    return None
+
+
+@dataclass
+class Resume:
+    """What resuming found: the checkpoint to load (``None``: start fresh), and every
+    checkpoint passed over, with why."""
+
+    path: Path | None
+    step: int
+    rejected: list[dict]
+
+    def as_record(self) -> dict:
+        return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "from": str(self.path.relative_to(self.path.parents[1])) if self.path else None,
+                "step": self.step, "rejected": self.rejected}
+
+
+def find_resumable(folder: Path, identity: str) -> Resume:
+    """The newest checkpoint of run ``identity`` in ``folder`` that verifies."""
+    rejected = []
+    for name in (NEWEST, PREVIOUS):
+        data = _data_path(folder, name)
+        if not data.is_file():
+            continue
+        why = check(folder, name, identity)
+        if why is None:
+            step = json.loads(_record_path(folder, name).read_text())["step"]
+            return Resume(data, step, rejected)
+        rejected.append({"file": f"{CHECKPOINT_DIR}/{data.name}", "why": why})
+        log.warning("checkpoint %s is not resumed: %s", data, why)
+    return Resume(None, 0, rejected)
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A verified checkpoint's content (on the CPU)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)

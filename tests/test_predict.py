@@ -1,0 +1,152 @@
+"""`meldflow predict` prepares new inputs exactly as the run's training data was made."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import SAMPLE, TRAIN_CSV, env_with_venv
+
+from meldflow import MeldflowError
+
+FRAMES, SIZE = 4, 128  # not the defaults (8 frames of 256 px)
+
+
+@pytest.fixture(scope="module")
+def shards_4x128(hf_home, tmp_path_factory):
+    """The sample's train and dev splits preprocessed with 4 frames of 128 px (real ffmpeg,
+    real Whisper), by the steps' own functions."""
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from meldflow.align import run_align
+    from meldflow.frames import run_frames
+    from meldflow.ingest import run_ingest
+    from meldflow.transcribe import run_transcribe
+
+    root = tmp_path_factory.mktemp("shards_4x128")
+    out = {}
+    for split in ("train", "dev"):
+        run_ingest(SAMPLE, split, 1000, root / f"{split}.parquet")
+        rows = pq.read_table(root / f"{split}.parquet")
+        run_frames(rows, root / f"{split}.frames.parquet", FRAMES, SIZE, 30.0, 2)
+        run_transcribe(rows, root / f"{split}.asr.parquet", "tiny.en", hf_home, "cpu")
+        run_align(rows, pq.read_table(root / f"{split}.asr.parquet"),  # with their metadata
+                  pq.read_table(root / f"{split}.frames.parquet"),
+                  root / split / "shard-0000.parquet")
+        out[split] = [str(root / split / "shard-0000.parquet")]
+    return out
+
+
+def _train(florence_home, shards, out, **kw):
+    from conftest import train_config
+
+    from meldflow.training.loop import train
+
+    cfg = train_config(florence_home, out, train_csv=None, dev_csv=None, train=shards["train"],
+                       dev=shards["dev"], epochs=2, **kw)
+    train(cfg)
+    return out
+
+
+def _dev_rows(shards):
+    """Dev rows with a usable clip: (row, clip path)."""
+    rows = pq.read_table(shards["dev"][0]).to_pylist()
+    folder = SAMPLE / "dev_splits_complete"
+    return [(r, str(folder / f"dia{r['dialogue_id']}_utt{r['utterance_id']}.mp4"))
+            for r in rows if r["status"] == "ok"]
+
+
+@pytest.mark.integration
+def test_predict_frames_clips_as_the_run_did(florence_home, shards_4x128, tmp_path):
+    from meldflow.training.predict import clip_frames, predict
+
+    out = _train(florence_home, shards_4x128, tmp_path / "run", modalities="text+vision")
+    prep = json.loads((out / "best" / "preprocessing.json").read_text())
+    assert (prep["frames_per_utterance"], prep["frame_size"]) == (FRAMES, SIZE)
+    run = json.loads((out / "run.json").read_text())
+    assert run["preprocessing"] == prep and prep["text_source"] == "gold"
+    assert prep["max_clip_seconds"] == 30.0 and "whisper" not in prep
+    rows = _dev_rows(shards_4x128)
+    # the frames predict makes are the shard's, byte for byte (8 x 256 before)
+    assert [clip_frames(c, prep) for _, c in rows[:3]] == [r["frames"] for r, _ in rows[:3]]
+    got = predict(out / "best", clips=[c for _, c in rows],
+                  texts=[f"{r['speaker']}: {r['utterance']}" for r, _ in rows])
+    want = {(p["dialogue_id"], p["utterance_id"]): p for p in
+            pq.read_table(out / "predictions_dev.parquet").to_pylist()}
+    worst = 0.0
+    for (r, _), g in zip(rows, got, strict=True):
+        w = want[(r["dialogue_id"], r["utterance_id"])]
+        for e, p in g["p_emotion"].items():
+            worst = max(worst, abs(p - w[f"p_emotion_{e}"]))
+        for s, p in g["p_sentiment"].items():
+            worst = max(worst, abs(p - w[f"p_sentiment_{s}"]))
+        assert g["emotion"] == w["pred_emotion"] and g["sentiment"] == w["pred_sentiment"]
+    assert worst < 1e-5
+    # clips alone give a text+vision model of the gold text nothing to read: refused
+    with pytest.raises(MeldflowError, match=r'text_source gold\): give --text "Speaker: line"'):
+        predict(out / "best", clips=[rows[0][1]])
+
+
+@pytest.mark.integration
+def test_predict_transcribes_with_the_runs_whisper_model(florence_home, hf_home, shards_4x128,
+                                                        tmp_path):
+    from meldflow.training.predict import predict
+    from meldflow.transcribe import normalise_for_wer
+
+    out = _train(florence_home, shards_4x128, tmp_path / "run", modalities="text",
+                 text_source="whisper")
+    prep = json.loads((out / "best" / "preprocessing.json").read_text())
+    assert prep["whisper"]["model"] == "tiny.en" and prep["whisper"]["beam_size"] == 5
+    rows = _dev_rows(shards_4x128)[:8]
+    got = predict(out / "best", clips=[c for _, c in rows], hf_home=hf_home)
+    same = sum(normalise_for_wer(g["transcript"]) == normalise_for_wer(r["transcript"] or "")
+               for (r, _), g in zip(rows, got, strict=True))
+    assert same >= 6, [(g["transcript"], r["transcript"])
+                       for (r, _), g in zip(rows, got, strict=True)]
+    # another Whisper model than the run's is refused
+    other = tmp_path / "other-best"
+    shutil.copytree(out / "best", other)
+    prep["whisper"]["model_files"]["model.bin"] = "0" * 64
+    (other / "preprocessing.json").write_text(json.dumps(prep))
+    with pytest.raises(MeldflowError, match="not the one that made this model's training"):
+        predict(other, clips=[rows[0][1]], hf_home=hf_home)
+
+
+@pytest.mark.integration
+def test_shards_of_different_settings_are_refused(florence_home, shards_4x128, preprocessed,
+                                                  tmp_path):
+    from conftest import train_config
+
+    from meldflow.training.loop import train
+
+    default = sorted(str(p) for p in (preprocessed / "results" / "aligned" / "dev")
+                     .glob("*.parquet"))
+    cfg = train_config(florence_home, tmp_path / "mixed", train_csv=None, dev_csv=None,
+                       modalities="vision", train=shards_4x128["train"], dev=default)
+    with pytest.raises(MeldflowError, match=r"different preprocessing settings \(frame_size, "
+                                            r"frames_per_utterance"):
+        train(cfg)
+
+
+def test_predict_says_what_is_wrong(tmp_path):
+    import dataclasses
+
+    from meldflow.training.options import TrainConfig
+
+    model = tmp_path / "best"
+    model.mkdir()
+    cfg = TrainConfig(out="x", hf_home="x", train_csv=TRAIN_CSV, modalities="text+vision")
+    (model / "meldflow_train.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    clip = str(SAMPLE / "train_splits" / "dia0_utt0.mp4")
+    for args, message in ((["--clips", str(tmp_path / "no.mp4")], "clip not found"),
+                          (["--clips", clip, "--text", "  "], "are empty"),
+                          (["--clips", clip, "--text", "A: hi"], "does not record how its "
+                                                                 "training frames were made")):
+        proc = subprocess.run([sys.executable, "-m", "meldflow.cli", "predict", "--model",
+                               str(model), *args], capture_output=True, text=True,
+                              env=env_with_venv())
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
