@@ -49,6 +49,31 @@ def slurm_cluster():
         pytest.skip(msg)
 
 
+def daemons(action: str, daemon: str) -> None:
+    """Stop, kill or start one daemon of the local cluster, known by the pid file up.sh's
+    daemons write: never a daemon of a SLURM that up.sh did not start."""
+    subprocess.run(["bash", str(REPO / "cluster" / "local-slurm" / "daemons.sh"), action,
+                    daemon], check=True)
+
+
+def test_up_sh_refuses_a_slurm_it_did_not_start(slurm_cluster, tmp_path):
+    """Seen from another state folder, the running cluster is a SLURM up.sh did not start:
+    it refuses before it installs, configures or restarts anything."""
+    env = dict(os.environ, MELDFLOW_SLURM_STATE=str(tmp_path / "state"))
+    proc = subprocess.run(["bash", str(REPO / "cluster" / "local-slurm" / "up.sh")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode != 0
+    assert "SLURM daemons that this script did not start are running:" in proc.stderr
+    assert "slurmctld (pid" in proc.stderr
+    assert not (tmp_path / "state").exists()
+    proc = subprocess.run(["bash", str(REPO / "cluster" / "local-slurm" / "down.sh")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "left alone" in proc.stderr
+    states = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True,
+                            text=True).stdout.split()
+    assert states and all(s in ("idle", "mixed", "allocated") for s in states)
+
+
 def sacct(*args):
     out = subprocess.run(["sacct", "-X", "-P", "-n", *args], capture_output=True, text=True,
                          check=True).stdout
@@ -355,7 +380,7 @@ def _faulty_ffmpeg(tmp_path, oom=True, sleep=300):
 def _fail_node(node, job):
     """What a node's power loss does: its slurmd and every process of the job it runs die
     at once, and SLURM marks it down (its jobs end NODE_FAIL)."""
-    subprocess.run(["pkill", "-9", "-f", f"slurmd -N {node}$"], check=True)
+    daemons("kill", f"slurmd-{node}")
     for proc in Path("/proc").iterdir():
         try:
             env = (proc / "environ").read_bytes().split(b"\0")
@@ -438,7 +463,7 @@ def test_out_of_memory_and_node_failure_are_redone(slurm_cluster, preprocessed, 
         if proc.poll() is None:
             proc.kill()
         if downed:  # repaired: ReturnToService=2 takes it back once slurmd registers
-            subprocess.run(["slurmd", "-N", downed], check=True)
+            daemons("start", f"slurmd-{downed}")
             _wait_node_up(downed)
     text = (tmp_path / "snakemake.log").read_text()
     assert rc == 0, text[-4000:]
@@ -468,9 +493,9 @@ def monitor_mb(text):
 
 
 def _daemon_up(name, check_cmd):
-    """Start a SLURM daemon again if it is not running, and wait until it answers."""
-    if subprocess.run(["pgrep", "-x", name], capture_output=True).returncode != 0:
-        subprocess.run([name], check=True)
+    """Start a SLURM daemon of the local cluster again if it is not running, and wait
+    until it answers."""
+    daemons("start", name)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if subprocess.run(check_cmd, capture_output=True).returncode == 0:
@@ -494,7 +519,7 @@ def test_accounting_outage_and_controller_restart_are_survived(slurm_cluster, pr
         while not (marker.is_file() and marker.read_text().strip()) \
                 and time.monotonic() < deadline:
             time.sleep(0.2)
-        subprocess.run(["pkill", "-x", "slurmdbd"], check=True)  # accounting goes away
+        daemons("stop", "slurmdbd")  # accounting goes away
         time.sleep(10)
         status = subprocess.run([sys.executable, "-m", "meldflow.cli", "status", "--dir",
                                  str(work)], capture_output=True, text=True, timeout=120)
@@ -504,11 +529,8 @@ def test_accounting_outage_and_controller_restart_are_survived(slurm_cluster, pr
         deadline = time.monotonic() + 300
         while not _squeue_running("rule_") and time.monotonic() < deadline:
             time.sleep(0.2)
-        subprocess.run(["pkill", "-x", "slurmctld"], check=True)  # the controller restarts
-        deadline = time.monotonic() + 180  # it saves its state first (a minute, at times)
-        while subprocess.run(["pgrep", "-x", "slurmctld"]).returncode == 0 \
-                and time.monotonic() < deadline:
-            time.sleep(0.5)
+        # the controller restarts; it saves its state first (a minute, at times)
+        daemons("stop", "slurmctld")
         _daemon_up("slurmctld", ctld_check)
         rc = proc.wait(timeout=900)
     finally:

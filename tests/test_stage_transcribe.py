@@ -33,6 +33,31 @@ def test_staged_cache_resolves_offline_with_huggingface_hub(hf_home, tmp_path):
     assert os.path.samefile(out, snap)
 
 
+def test_truncated_lock_file_is_rebuilt(hf_home, tmp_path):
+    """`meldflow stage` crashed with a JSONDecodeError on a cut-off lock file."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import env_with_venv
+
+    from meldflow.stage import LOCK_NAME
+
+    home = tmp_path / "hf"
+    shutil.copytree(hf_home, home, symlinks=True)
+    lock = home / LOCK_NAME
+    whole = json.loads(lock.read_text())
+    lock.write_text(lock.read_text()[:40])
+    proc = subprocess.run([sys.executable, "-m", "meldflow.cli", "stage", "--hf-home",
+                           str(home), "--models", "whisper"], capture_output=True, text=True,
+                          env=env_with_venv())
+    assert proc.returncode == 0, proc.stderr
+    assert "is unreadable" in proc.stderr and "rebuilt from the verified cache" in proc.stderr
+    rebuilt = json.loads(lock.read_text())
+    assert rebuilt["whisper:tiny.en"]["files"] == whole["whisper:tiny.en"]["files"]
+
+
 def test_place_in_cache_is_idempotent(tmp_path):
     src = tmp_path / "m"
     src.mkdir()

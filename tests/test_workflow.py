@@ -108,6 +108,21 @@ def test_damaged_cache_is_repaired_by_the_stage_rule(tmp_path, hf_home):
     assert model.stat().st_size > 1000
 
 
+def test_folders_with_spaces_run_to_the_end(tmp_path, hf_home):
+    """meld_dir (and the cache, and the working folder) with a space: ingest failed with
+    "unrecognized arguments" (a rule's shell command did not quote the path)."""
+    meld = tmp_path / "MELD data"
+    shutil.copytree(SAMPLE, meld)
+    home = tmp_path / "hf home"
+    shutil.copytree(hf_home, home, symlinks=True)
+    work = make_workdir(tmp_path / "my work", home, meld_dir=str(meld), splits=["dev"],
+                        shard_size=100)
+    run_snakemake(work, "preprocess")
+    manifest = pq.read_table(work / "results" / "manifest" / "dev.parquet")
+    assert manifest.num_rows == 20
+    assert manifest.column("status").to_pylist().count("ok") == 19
+
+
 def test_rerun_after_failure_redoes_only_what_is_missing(tmp_path, hf_home):
     broken = tmp_path / "hf"
     shutil.copytree(hf_home, broken, symlinks=True)

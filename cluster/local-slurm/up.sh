@@ -10,7 +10,9 @@
 # its memory.
 #   MELDFLOW_SLURM_NODES=1 bash cluster/local-slurm/up.sh   # one node
 # Idempotent: a cluster that already answers with this configuration is left as it is.
-# Stop it with down.sh.
+# Stop it with down.sh. It only ever stops or restarts the daemons it started itself (by
+# the pid files under $STATE/run), and refuses to run where SLURM daemons it did not start
+# are running (a machine that is part of a real cluster).
 set -euo pipefail
 
 CLUSTER=meldflow
@@ -32,6 +34,14 @@ log() { echo "[local-slurm] $*"; }
 die() { echo "[local-slurm] error: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages and starts daemons)"
+
+# Daemons of a SLURM this script did not start (by its pid files) are not ours to touch.
+# shellcheck source=cluster/local-slurm/daemons.sh
+. "$(dirname "$0")/daemons.sh"
+foreign=$(foreign_daemons "$STATE")
+[ -z "$foreign" ] || die "SLURM daemons that this script did not start are running:$foreign.
+  This machine runs a SLURM of its own: the local test cluster would reconfigure and
+  restart it. Use a machine without SLURM (or a container) for the tests."
 
 nodes_up() {  # how many nodes answer (idle, mixed or allocated)
   sinfo -h -N -o '%N %T' 2>/dev/null | grep -cE ' (idle|mixed|allocated)$' || true
@@ -65,6 +75,7 @@ mkdir -p /run/munge /var/log/munge /var/lib/munge
 chown munge:munge /run/munge /var/log/munge /var/lib/munge
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
   runuser -u munge -- /usr/sbin/munged --force
+  touch "$STATE/run/started-munged"  # down.sh stops only what up.sh started
   for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 munge -n | unmunge >/dev/null || die "munge does not work"
@@ -74,6 +85,7 @@ mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
 if ! mysqladmin ping >/dev/null 2>&1; then
   [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql >/dev/null
   (mariadbd-safe --user=mysql >/dev/null 2>&1 &)
+  touch "$STATE/run/started-mariadb"
   for _ in $(seq 300); do mysqladmin ping >/dev/null 2>&1 && break; sleep 0.2; done
 fi
 mysqladmin ping >/dev/null 2>&1 || die "MariaDB did not start"
@@ -149,7 +161,7 @@ ${NODE_LINES}PartitionName=debug Nodes=n[1-$NODES] Default=YES MaxTime=INFINITE 
 CONF
 
 # --- daemons -------------------------------------------------------------------------
-pgrep -x slurmdbd >/dev/null || slurmdbd
+daemon_running "$STATE/run/slurmdbd.pid" || slurmdbd
 for _ in $(seq 200); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.2; done
 sacctmgr -n list cluster >/dev/null 2>&1 || die "slurmdbd did not answer ($STATE/log/slurmdbd.log)"
 sacctmgr -n list cluster format=cluster%30 | grep -qw "$CLUSTER" \
@@ -169,14 +181,12 @@ CONF
 # A changed configuration (other nodes, other limits) is applied by restarting the
 # controller and the node daemons: reconfigure cannot add or remove nodes.
 if [ "$old_conf" != "$(cat "$ETC/slurm.conf")" ]; then
-  pkill -x slurmd 2>/dev/null || true
-  pkill -x slurmctld 2>/dev/null || true
-  for _ in $(seq 100); do pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || break; sleep 0.1; done
+  for f in "$STATE"/run/slurmd-*.pid "$STATE/run/slurmctld.pid"; do stop_daemon "$f"; done
 fi
 for i in $(seq "$NODES"); do mkdir -p "$STATE/spool-d/n$i"; done
-pgrep -x slurmctld >/dev/null || slurmctld
+daemon_running "$STATE/run/slurmctld.pid" || slurmctld
 for i in $(seq "$NODES"); do
-  pgrep -f "slurmd -N n$i\$" >/dev/null || slurmd -N "n$i"
+  daemon_running "$STATE/run/slurmd-n$i.pid" || slurmd -N "n$i"
 done
 for _ in $(seq 300); do
   [ "$(nodes_up)" = "$NODES" ] && break

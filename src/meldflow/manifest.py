@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from meldflow import MeldflowError
-from meldflow.row_status import STATUSES, SUSPICIOUS_FLAGS
+from meldflow.row_status import FLAGS, STATUSES
 from meldflow.storage import atomic_path, write_table, write_text
 
 MANIFEST_COLUMNS = ["split", "dialogue_id", "utterance_id", "shard", "status", "reason",
@@ -120,13 +120,13 @@ def plot_summary(manifest_paths: list[str | Path], out: str | Path) -> None:
 
 
 def audit_rows(manifest_paths: list[str | Path], max_wer: float = AUDIT_MAX_WER) -> list[dict]:
-    """Rows to look at before trusting them: a status other than ok, a suspicious flag,
-    or a transcript whose WER against the gold utterance exceeds ``max_wer``."""
+    """Rows to look at before trusting them: a status other than ok, any flag, or a
+    transcript whose WER against the gold utterance exceeds ``max_wer``."""
     out = []
     for p in manifest_paths:
         for r in pq.read_table(p).to_pylist():
             why = [] if r["status"] == "ok" else [r["status"]]
-            why += [f for f in r["flags"] or [] if f in SUSPICIOUS_FLAGS]
+            why += [f for f in r["flags"] or [] if f in FLAGS]
             if r["wer"] is not None and r["wer"] > max_wer:
                 why.append(f"wer>{max_wer:g}")
             if why:
@@ -168,7 +168,7 @@ def run_summary(manifest_paths: list[str | Path], unused_paths: list[str | Path]
         per_split = collections.Counter(r["split"] for r in rows)
         text += (f"audit: {len(rows)} row(s) to check before trusting them ("
                  + ", ".join(f"{s} {n}" for s, n in per_split.items())
-                 + f"): non-ok status, suspicious flags, or WER > {audit_max_wer:g}; "
+                 + f"): non-ok status, a flag, or WER > {audit_max_wer:g}; "
                  f"listed in {audit_out}\n") if rows else "audit: no suspicious rows\n"
     statuses, counts = summarise(manifest_paths)
     tsv = ["split\tstatus\trows"] + [f"{sp}\t{s}\t{c[s]}" for sp, c in counts.items()

@@ -22,9 +22,17 @@ import ffmpeg
 # seconds and this fraction is flagged (MELD has mis-cut clips that run for minutes).
 DURATION_TOLERANCE_S = 2.0
 DURATION_TOLERANCE_FRACTION = 0.5
-# Decoded audio shorter than the container by more than this is flagged `audio_short`.
-AUDIO_SHORT_S = 0.5
-AUDIO_SHORT_FRACTION = 0.1
+# Decoded audio is flagged `audio_short` (damage: transcribed alone, in the audit) when it
+# stops more than AUDIO_SHORT_S and AUDIO_SHORT_FRACTION of the expected length short,
+# the expected length being the CSV's EndTime - StartTime (capped by the container's
+# duration and max_clip_seconds), or the container's duration without usable times.
+# Measured (docs/integrity.md, bench_preprocess.py): an AAC track a little shorter than its
+# H.264 video is common and healthy (`ffmpeg -shortest` with x264: 0.5-1 s; re-muxed clips:
+# a few hundred ms), while damaged audio stops seconds early or after a fraction of the
+# clip. 1.25 s clears the benign case with margin; 25% keeps long clips from being flagged
+# for a second of trailing silence lost.
+AUDIO_SHORT_S = 1.25
+AUDIO_SHORT_FRACTION = 0.25
 
 
 class ClipError(Exception):
@@ -76,8 +84,19 @@ def duration_flag(duration: float | None, start_s: float | None,
     return None
 
 
+def expected_audio_seconds(container_s: float, start_s: float | None, end_s: float | None,
+                           max_seconds: float) -> float:
+    """How long a clip's audio should be: the CSV's EndTime - StartTime where the row has
+    usable times, else the container's duration; never more than either, nor the cap."""
+    expected = min(container_s, max_seconds)
+    if start_s is not None and end_s is not None and end_s > start_s:
+        expected = min(expected, end_s - start_s)
+    return expected
+
+
 def audio_short(decoded_s: float, expected_s: float) -> bool:
-    """Whether decoded audio stops well before the container's (capped) duration."""
+    """Whether decoded audio stops far short of what it should hold (damage, not the
+    fraction of a second an encoder leaves between an AAC track and its video)."""
     return expected_s - decoded_s > max(AUDIO_SHORT_S, AUDIO_SHORT_FRACTION * expected_s)
 
 

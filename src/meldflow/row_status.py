@@ -13,7 +13,10 @@ STATUSES: dict[str, str] = {
     "ok": "transcribed and framed",
 }
 
-# Flags note something odd about a row without changing what it can be used for.
+# Flags mark a row to check before trusting it (each is listed by the audit, and can be
+# left out of training with exclude_flags): damage, a clip that does not match its
+# annotation, or a row that cannot be checked. Benign properties are not flags (an AAC
+# track a fraction of a second shorter than its video: meldflow.probe.audio_short).
 FLAGS: dict[str, str] = {
     "bad_timestamps": "EndTime is not after StartTime in the annotation",
     "clip_capped": "the clip is longer than max_clip_seconds; only its start was used",
@@ -21,15 +24,11 @@ FLAGS: dict[str, str] = {
     "no_gold_text": "the gold utterance is empty after normalisation; WER is undefined",
     "duplicate_clip_used": "the canonical clip was missing; its final_videos_test copy was used",
     "decode_errors": "parts of the clip failed to decode (damaged); the reason gives the count",
-    "audio_short": "the decoded audio stops well before the container's duration",
+    "audio_short": "the decoded audio stops far before the CSV's EndTime - StartTime (or the "
+                   "container's duration): damaged or cut audio",
     "duration_mismatch": "the clip's length is far from the CSV's EndTime - StartTime "
                          "(a mis-cut clip)",
 }
-
-# Flags a researcher should look at before trusting a row (listed by the audit, and
-# excludable from training): the clip is damaged or does not match its annotation.
-SUSPICIOUS_FLAGS = ("decode_errors", "audio_short", "duration_mismatch", "clip_capped",
-                    "empty_transcript", "bad_timestamps", "duplicate_clip_used")
 
 # Rows with these statuses have no usable clip: later steps do not try to decode them.
 NO_CLIP = frozenset({"missing_video", "empty_video"})

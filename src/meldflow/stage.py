@@ -175,10 +175,28 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def read_lock(hf_home: str | Path) -> dict:
+    """The lock file's entries; an unreadable one (a crash mid-write on a filesystem that
+    does not rename atomically, a hand edit) is started again, with a warning: every
+    entry is rebuilt from the cache's verified files as models are staged."""
+    lock_path = Path(hf_home) / LOCK_NAME
+    if not lock_path.is_file():
+        return {}
+    try:
+        lock = json.loads(lock_path.read_text())
+        if not isinstance(lock, dict):
+            raise ValueError("not a JSON object")
+        return lock
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.warning("%s is unreadable (%s): it is rebuilt from the verified cache", lock_path,
+                    exc)
+        return {}
+
+
 def _update_lock(hf_home: Path, key: str, entry: dict) -> dict:
     """Record ``entry`` (with the verified file hashes) under ``key``; returns what is kept."""
     lock_path = hf_home / LOCK_NAME
-    lock = json.loads(lock_path.read_text()) if lock_path.is_file() else {}
+    lock = read_lock(hf_home)
     old = lock.get(key, {})
     if entry.get("source") == "cache" and old.get("revision") == entry["revision"]:
         # Already recorded: keep where it first came from, refresh the verification.

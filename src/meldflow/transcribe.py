@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from meldflow import MeldflowError
 from meldflow.ingest import normalise_text
-from meldflow.probe import ClipError, audio_short, check_clip_file
+from meldflow.probe import ClipError, audio_short, check_clip_file, expected_audio_seconds
 from meldflow.row_status import NO_CLIP
 from meldflow.stage import WHISPER_FILES, verified_snapshot, whisper_repo_id
 from meldflow.storage import write_table
@@ -122,14 +122,15 @@ class Audio:
 
     samples: np.ndarray  # 16 kHz mono float32, at most max_seconds
     errors: int  # packets that failed to decode (skipped)
-    expected_s: float  # what the container promises, capped at max_seconds
+    expected_s: float  # how long it should be (meldflow.probe.expected_audio_seconds)
 
     @property
     def seconds(self) -> float:
         return len(self.samples) / SAMPLE_RATE
 
     def faults(self) -> tuple[list[str], list[str]]:
-        """(flags, reasons) for decode errors and audio that stops early."""
+        """(flags, reasons) for damage: decode errors, audio that stops far too early. A
+        clip with either is transcribed alone, so its damage cannot reach its neighbours."""
         flags, reasons = [], []
         if self.errors:
             flags.append("decode_errors")
@@ -140,8 +141,10 @@ class Audio:
         return flags, reasons
 
 
-def decode_audio(path: str, max_seconds: float) -> Audio:
-    """16 kHz mono audio of the first ``max_seconds``, counting packets that fail to decode.
+def decode_audio(path: str, max_seconds: float, start_s: float | None = None,
+                 end_s: float | None = None) -> Audio:
+    """16 kHz mono audio of the first ``max_seconds``, counting packets that fail to decode;
+    ``start_s``/``end_s`` (the CSV's times) say how long the audio should be.
 
     Raises :class:`ClipError` for a file fault and ``LookupError`` if there is no audio
     stream. (faster-whisper's own decoder skips bad packets silently, which is how a
@@ -176,7 +179,7 @@ def decode_audio(path: str, max_seconds: float) -> Audio:
             chunks.append(out.to_ndarray().reshape(-1))
     pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
     samples = pcm[:limit].astype(np.float32) / 32768.0
-    return Audio(samples, errors, min(total, max_seconds))
+    return Audio(samples, errors, expected_audio_seconds(total, start_s, end_s, max_seconds))
 
 
 def load_audio(path: str, max_seconds: float) -> np.ndarray:
@@ -321,17 +324,19 @@ def transcribe_rows(rows: pa.Table, transcriber: Transcriber, max_clip_seconds: 
     """Transcripts for every row of an ingest table; clips are decoded ahead in a thread
     and packs transcribed ``transcriber.workers`` at a time.
 
-    Healthy clips share packed windows; a clip with decode errors or audio that stops
-    early is transcribed on its own, so its damage cannot spill into its neighbours.
+    Healthy clips share packed windows; a damaged clip (decode errors, audio far shorter
+    than the CSV says) is transcribed on its own, so its damage cannot spill into its
+    neighbours.
     """
     recs = rows.select(["split", "dialogue_id", "utterance_id", "clip_path", "status",
-                        "utterance"]).to_pylist()
+                        "utterance", "start_s", "end_s"]).to_pylist()
 
     def fetch(rec: dict) -> AsrResult | Audio:
         if rec["status"] in NO_CLIP or not rec["clip_path"]:
             return AsrResult(status=rec["status"], reason="no clip to transcribe")
         try:
-            return decode_audio(rec["clip_path"], max_clip_seconds)
+            return decode_audio(rec["clip_path"], max_clip_seconds, rec["start_s"],
+                                rec["end_s"])
         except ClipError as exc:
             return AsrResult(status=exc.status, reason=str(exc))
         except LookupError as exc:

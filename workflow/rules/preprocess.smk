@@ -17,9 +17,9 @@ rule stage_whisper:
     conda:
         "../../envs/transcription.yaml"
     shell:
-        "meldflow stage --hf-home {params.hf_home} --models whisper "
-        "--whisper-model {params.model} "
-        "--lock-out {output} > {log} 2>&1"
+        "meldflow stage --hf-home {params.hf_home:q} --models whisper "
+        "--whisper-model {params.model:q} "
+        "--lock-out {output:q} > {log:q} 2>&1"
 
 
 checkpoint ingest:
@@ -40,9 +40,9 @@ checkpoint ingest:
     conda:
         "../../envs/frames.yaml"
     shell:
-        "meldflow ingest --meld-dir {params.meld_dir} --split {wildcards.split} "
-        "--shard-size {params.shard_size} --out {output.table} --unused {output.unused} "
-        "--info {output.shards} > {log} 2>&1"
+        "meldflow ingest --meld-dir {params.meld_dir:q} --split {wildcards.split} "
+        "--shard-size {params.shard_size:q} --out {output.table:q} "
+        "--unused {output.unused:q} --info {output.shards:q} > {log:q} 2>&1"
 
 
 rule transcribe:
@@ -67,10 +67,11 @@ rule transcribe:
     conda:
         "../../envs/transcription.yaml"
     shell:
-        "meldflow transcribe --rows {input.rows} --shard {wildcards.shard} --out {output} "
-        "--model {params.model} --hf-home {params.hf_home} --device {params.device} "
-        "--beam-size {params.beam} --max-clip-seconds {params.cap} --threads {threads} "
-        "--pack-seconds {params.pack} > {log} 2>&1"
+        "meldflow transcribe --rows {input.rows:q} --shard {wildcards.shard} "
+        "--out {output:q} "
+        "--model {params.model:q} --hf-home {params.hf_home:q} --device {params.device:q} "
+        "--beam-size {params.beam:q} --max-clip-seconds {params.cap:q} --threads {threads} "
+        "--pack-seconds {params.pack:q} > {log:q} 2>&1"
 
 
 rule frames:
@@ -91,9 +92,9 @@ rule frames:
     conda:
         "../../envs/frames.yaml"
     shell:
-        "meldflow frames --rows {input.rows} --shard {wildcards.shard} --out {output} "
-        "--frames {params.k} --size {params.size} --max-clip-seconds {params.cap} "
-        "--workers {threads} > {log} 2>&1"
+        "meldflow frames --rows {input.rows:q} --shard {wildcards.shard} --out {output:q} "
+        "--frames {params.k:q} --size {params.size:q} --max-clip-seconds {params.cap:q} "
+        "--workers {threads} > {log:q} 2>&1"
 
 
 rule align:
@@ -112,8 +113,9 @@ rule align:
     conda:
         "../../envs/frames.yaml"
     shell:
-        "meldflow align --rows {input.rows} --shard {wildcards.shard} "
-        "--transcripts {input.transcripts} --frames {input.frames} --out {output} > {log} 2>&1"
+        "meldflow align --rows {input.rows:q} --shard {wildcards.shard} "
+        "--transcripts {input.transcripts:q} --frames {input.frames:q} --out {output:q} "
+        "> {log:q} 2>&1"
 
 
 rule manifest:
@@ -129,8 +131,8 @@ rule manifest:
     conda:
         "../../envs/frames.yaml"
     shell:
-        "meldflow manifest --ingest {input.ingest} --aligned {input.aligned} --out {output} "
-        "> {log} 2>&1"
+        "meldflow manifest --ingest {input.ingest:q} --aligned {input.aligned:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule summary:
@@ -154,9 +156,10 @@ rule summary:
     conda:
         "../../envs/frames.yaml"
     shell:
-        "meldflow summary --manifests {input.manifests} --unused {input.unused} "
-        "--ingest-info {input.info} --out {output.tsv} --txt {output.txt} --plot {output.plot} "
-        "--audit {output.audit} --audit-max-wer {params.max_wer} > {log} 2>&1"
+        "meldflow summary --manifests {input.manifests:q} --unused {input.unused:q} "
+        "--ingest-info {input.info:q} --out {output.tsv:q} --txt {output.txt:q} "
+        "--plot {output.plot:q} --audit {output.audit:q} --audit-max-wer {params.max_wer:q} "
+        "> {log:q} 2>&1"
 
 
 rule preprocess:

@@ -21,9 +21,9 @@ rule stage_florence:
     conda:
         "../../envs/training.yaml"
     shell:
-        "meldflow stage --hf-home {params.hf_home} --models florence {params.tiny} "
-        "--florence-repo {params.repo} --florence-revision {params.revision} "
-        "--meld-dir {params.meld_dir} --lock-out {output} > {log} 2>&1"
+        "meldflow stage --hf-home {params.hf_home:q} --models florence {params.tiny} "
+        "--florence-repo {params.repo:q} --florence-revision {params.revision:q} "
+        "--meld-dir {params.meld_dir:q} --lock-out {output:q} > {log:q} 2>&1"
 
 
 wildcard_constraints:
@@ -70,7 +70,7 @@ rule train:
     conda:
         "../../envs/training.yaml"
     shell:
-        "meldflow train --options {input.options} --out {params.out} > {log} 2>&1"
+        "meldflow train --options {input.options:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -107,4 +107,4 @@ rule evaluate:
     conda:
         "../../envs/training.yaml"
     shell:
-        "meldflow evaluate --runs {params.runs} --out results/evaluate > {log} 2>&1"
+        "meldflow evaluate --runs {params.runs:q} --out results/evaluate > {log:q} 2>&1"
