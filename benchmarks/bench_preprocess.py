@@ -2,8 +2,9 @@
 
 Clips like MELD's (1280x720 H.264 + AAC, noisy picture so the bitrate is realistic): with
 the real MELD CSV at ../shared/meld/train_sent_emo.csv (or --meld-csv), N utterances drawn
-from it, their text spoken by espeak-ng (sped up to end 0.9 s before the clip does) and
-each clip as long as the CSV's EndTime - StartTime; built once and cached under
+from it, their text spoken by espeak-ng (sped up, to at most 260 words a minute, to end
+0.9 s before the clip does; lines that would need faster speech are not drawn) and each
+clip as long as the CSV's EndTime - StartTime; built once and cached under
 ~/.cache/meldflow/bench-clips/. Two variants of the same clips (--variants): `full`, the
 AAC track as long as the video, and `short`, the AAC track ending --audio-short seconds
 (0.8) before the video, what `ffmpeg -shortest` with x264 gives. Without the CSV, N
@@ -25,6 +26,7 @@ Run: .venv/bin/python benchmarks/bench_preprocess.py [--clips 88] [--repeats 2]
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import hashlib
 import json
@@ -77,8 +79,13 @@ def make_clips(folder: Path, n: int, seed: int = 3) -> list[tuple[Path, str]]:
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CSV = REPO.parent / "shared" / "meld" / "train_sent_emo.csv"
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-CLIPS_VERSION = 2  # bump when the way clips are made changes (a new cache folder)
+CLIPS_VERSION = 3  # bump when the way clips are made changes (a new cache folder)
 SPEECH_ENDS_BEFORE_S = 0.9  # speech ends this long before the clip: both variants hold it
+# espeak-ng's words per minute: 170 by default, faster where the line would overrun its
+# clip, up to what actors speak (MELD's lines run at about 150-250); a line that does not
+# fit even then is not drawn (at 500 wpm, as before, a quarter of the lines were noise
+# that Whisper could not follow, WER > 0.75).
+SPEED, MAX_SPEED = 170, 260
 
 
 def _speech(text: str, wav: Path, speed: int) -> float:
@@ -109,18 +116,23 @@ def make_meld_like_clips(csv_path: Path, n: int, seed: int = 3, cache: Path | No
     anns = [a for a in read_annotations(csv_path)
             if a.start_s is not None and a.end_s is not None and a.utterance.strip()
             and 1.5 <= a.end_s - a.start_s <= 30]
-    picked = random.Random(seed).sample(anns, n)
+    candidates = random.Random(seed).sample(anns, len(anns))
     tmp = folder.with_name(folder.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     rows = []
-    for i, a in enumerate(picked):
-        dur = a.end_s - a.start_s
+    for a in candidates:
+        if len(rows) == n:
+            break
+        dur, i = a.end_s - a.start_s, len(rows)
         wav = tmp / f"s{i}.wav"
-        speed, room = 170, max(0.5, dur - SPEECH_ENDS_BEFORE_S)
+        room = dur - SPEECH_ENDS_BEFORE_S
+        speed = SPEED
         length = _speech(a.utterance, wav, speed)
         if length > room:  # MELD's actors speak faster than espeak: fit the clip
-            speed = min(500, int(speed * length / room) + 1)
+            speed = int(speed * length / room) + 1
+            if speed > MAX_SPEED:
+                continue
             _speech(a.utterance, wav, speed)
         clip = encode_clip(wav, dur, tmp / f"dia{i}_utt0.mp4", audio_short_s)
         wav.unlink()
@@ -367,12 +379,15 @@ def bench_transcription(clips, times, hf: Path, repeats: int) -> dict:
             "wer_ours": wer_ours, "speed": speed, "model": naive_model}
 
 
-def audit_share(work: Path) -> tuple[int, int]:
-    """(rows the audit lists, rows in all) of a finished `preprocess` run."""
+def audit_share(work: Path) -> tuple[int, int, collections.Counter]:
+    """(rows the audit lists, rows in all, how often each reason) of a `preprocess` run."""
     import pyarrow.parquet as pq
 
-    listed = len((work / "results" / "manifest" / "audit.tsv").read_text().splitlines()) - 1
-    return listed, pq.read_metadata(work / "results" / "manifest" / "train.parquet").num_rows
+    with (work / "results" / "manifest" / "audit.tsv").open() as f:
+        listed = list(csv.DictReader(f, delimiter="\t"))
+    why = collections.Counter(w for r in listed for w in r["why"].split(","))
+    total = pq.read_metadata(work / "results" / "manifest" / "train.parquet").num_rows
+    return len(listed), total, why
 
 
 def bench_dag(work: Path, meld: Path, hf: Path, clips, args, frames: dict, asr: dict) -> None:
@@ -408,9 +423,10 @@ def bench_dag(work: Path, meld: Path, hf: Path, clips, args, frames: dict, asr: 
     bare = frames["bare decode"]
     print(f"    frames job {jobs['frames'][0] / bare:.2f}x a bare decode (target <= 1.1x: "
           f"{'met' if jobs['frames'][0] <= 1.1 * bare else 'NOT met'})")
-    listed, total = audit_share(work)
+    listed, total, why = audit_share(work)
     print(f"    audit: {listed} of {total} rows listed ({listed / total:.0%}; target < 10%: "
-          f"{'met' if listed < 0.1 * total else 'NOT met'})")
+          f"{'met' if listed < 0.1 * total else 'NOT met'})"
+          + (f": {', '.join(f'{n} {w}' for w, n in why.most_common())}" if why else ""))
     if startup > 5:
         print("    (Snakemake's SLURM plugin runs `scontrol show config` when it loads; "
               "where SLURM's client is installed and no controller answers, that waits "

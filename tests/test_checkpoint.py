@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import max_diff, train_config, weights, without_key_biases
+from conftest import max_diff, tensorboard_events, train_config, weights, without_key_biases
 
 from meldflow import MeldflowError
 
@@ -125,6 +125,9 @@ def test_truncated_checkpoints_fall_back_then_start_fresh(florence_home, referen
     assert last["from"] is None and [r["file"] for r in last["rejected"]] == [
         "checkpoint/state.pt", "checkpoint/previous.pt"]
     _same_as_reference(tmp_path / "b", metrics, reference)
+    # the fresh start's TensorBoard curve replaces the killed try's: one loss per step
+    steps = [e.step for e in tensorboard_events(tmp_path / "b").Scalars("train/loss")]
+    assert steps == list(range(1, metrics["steps"] + 1))
 
 
 def test_a_checkpoint_without_its_record_is_not_trusted(florence_home, tmp_path, monkeypatch):
@@ -175,13 +178,15 @@ def _wait(condition, what: str, limit_s: float = 180) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.integration
 def test_killed_worker_is_a_dead_job_and_the_rerun_resumes(florence_home, tmp_path):
     """kill -9 of rank 0 (what the OOM killer does) mid-run: the error names each task's
     own fault, and the rerun resumes instead of waiting on a job that no longer exists."""
     from meldflow.training.launch import launch, running_job, wait_for
 
     out = tmp_path / "run"
-    cfg = train_config(florence_home, out, epochs=40, streams=2, checkpoint_every=5)
+    cfg = train_config(florence_home, out, epochs=12, streams=2, checkpoint_every=5,
+                       dev_csv=None)  # 108 steps: a kill after step 10 is mid-run
     job = launch(cfg, executor="local", tasks=2, timeout_min=10, wait=False)
     record = out / "checkpoint" / "state.json"
     _wait(lambda: record.is_file() and json.loads(record.read_text())["step"] >= 10,

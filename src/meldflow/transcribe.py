@@ -329,14 +329,16 @@ def transcribe_rows(rows: pa.Table, transcriber: Transcriber, max_clip_seconds: 
     neighbours.
     """
     recs = rows.select(["split", "dialogue_id", "utterance_id", "clip_path", "status",
-                        "utterance", "start_s", "end_s"]).to_pylist()
+                        "utterance"]
+                       + [c for c in ("start_s", "end_s") if c in rows.column_names]
+                       ).to_pylist()  # without the CSV's times: the container's length
 
     def fetch(rec: dict) -> AsrResult | Audio:
         if rec["status"] in NO_CLIP or not rec["clip_path"]:
             return AsrResult(status=rec["status"], reason="no clip to transcribe")
         try:
-            return decode_audio(rec["clip_path"], max_clip_seconds, rec["start_s"],
-                                rec["end_s"])
+            return decode_audio(rec["clip_path"], max_clip_seconds, rec.get("start_s"),
+                                rec.get("end_s"))
         except ClipError as exc:
             return AsrResult(status=exc.status, reason=str(exc))
         except LookupError as exc:

@@ -39,9 +39,10 @@ class Progress:
                 log.warning("tensorboard is not installed: no event files for this run")
                 return
             # purge_step: a resumed run's new events replace those written after its
-            # checkpoint (at start_step, included in it), so the curves do not double back.
+            # checkpoint (at start_step, included in it), and a run that starts afresh
+            # (no checkpoint verified) replaces them all, so the curves never double back.
             self.writer = SummaryWriter(str(out / EVENTS_DIR), flush_secs=5,
-                                        purge_step=start_step + 1 if start_step else None)
+                                        purge_step=start_step + 1)
 
     def step(self, step: int, epoch: int, loss: float, lr: float) -> None:
         if self.rank != 0:
