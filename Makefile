@@ -7,11 +7,12 @@ CORES ?= 2
 SYSTEM_PACKAGES := ffmpeg espeak-ng
 SYSTEM_TOOLS := ffmpeg espeak-ng
 
-.PHONY: setup system demo test lint clean help slurm-up slurm-down
+.PHONY: setup system demo test test-fast lint clean help slurm-up slurm-down
 
 help:
 	@echo "make demo   set up, then run the workflow on the bundled sample"
-	@echo "make test   set up, then run the whole test suite"
+	@echo "make test   set up, lint, then run the whole test suite (about 25 minutes on 2 cores)"
+	@echo "make test-fast  the tests that start no workflow and no cluster (under 3 minutes)"
 	@echo "make setup  system packages (as root) + $(VENV) with pinned dependencies"
 	@echo "make lint   ruff + snakemake --lint"
 
@@ -51,10 +52,13 @@ demo: setup
 	@echo "      HTML report:    results/report.html"
 	@echo "      Logs per job:   results/logs/"
 
-test: setup
+test: setup lint
 	@if [ "$$(id -u)" = 0 ]; then bash cluster/local-slurm/up.sh; \
 	 else echo "not root: the SLURM tests need cluster/local-slurm/up.sh run as root"; fi
 	$(BIN)/pytest -ra $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/pytest -ra -m "not integration and not slurm" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -31,6 +31,65 @@ def base_config():
     )
 
 
+def build(args):
+    """Florence-2-base shapes under meldflow's classifier, its optimiser, and one training
+    step (meldflow's own loss) as a function of (inputs, labels, bf16)."""
+    import torch
+    from transformers import Florence2ForConditionalGeneration
+
+    from meldflow.labels import EMOTIONS
+    from meldflow.training.loop import classification_loss
+    from meldflow.training.model import EmotionClassifier
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    florence = Florence2ForConditionalGeneration(base_config())
+    if args.grad_checkpointing:
+        florence.gradient_checkpointing_enable()
+    model = EmotionClassifier(florence).to(device).train()
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    weights = dict.fromkeys(EMOTIONS, 1.0)
+
+    def step(inputs, labels, bf16):
+        item = {"batch": inputs, "emotion": labels.tolist(),
+                "sentiment": (labels % 3).tolist(), "weight": [1.0] * len(labels)}
+        loss = classification_loss(model, item, weights, len(labels), len(labels), device, bf16)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+
+    return model, florence.config.image_token_id, step, device
+
+
+def random_batch(n: int, args, image_id: int, device):
+    import torch
+
+    image_tokens = (args.image_size // 32) ** 2 + 1
+    text = torch.randint(10, 50000, (n, args.text_tokens), device=device)
+    ids = torch.cat([torch.full((n, image_tokens), image_id, device=device), text], 1)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "pixel_values": torch.randn(n, 3, args.image_size, args.image_size, device=device)}
+
+
+def seconds_per_step(step, inputs, labels, bf16: bool, steps: int, device) -> float:
+    import torch
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    step(inputs, labels, bf16)  # warm-up
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(inputs, labels, bf16)
+    sync()
+    return (time.perf_counter() - start) / steps
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
@@ -43,72 +102,27 @@ def main() -> None:
     ap.add_argument("--grad-checkpointing", action="store_true")
     ap.add_argument("--no-fp32", action="store_true", help="skip the fp32 baseline")
     args = ap.parse_args()
-
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-    from transformers import Florence2ForConditionalGeneration
 
-    from meldflow.ingest import EMOTIONS
-    from meldflow.training.loop import classification_loss
-    from meldflow.training.model import EmotionClassifier
-
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    florence = Florence2ForConditionalGeneration(base_config())
-    if args.grad_checkpointing:
-        florence.gradient_checkpointing_enable()
-    model = EmotionClassifier(florence).to(device).train()
+    model, image_id, step, device = build(args)
     params = sum(p.numel() for p in model.parameters())
-    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    image_tokens = (args.image_size // 32) ** 2 + 1
-    image_id = florence.config.image_token_id
-
-    def batch(n):
-        text = torch.randint(10, 50000, (n, args.text_tokens), device=device)
-        ids = torch.cat([torch.full((n, image_tokens), image_id, device=device), text], 1)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                "pixel_values": torch.randn(n, 3, args.image_size, args.image_size,
-                                            device=device)}
-
-    weights = dict.fromkeys(EMOTIONS, 1.0)
-
-    def step(inputs, labels, bf16):
-        # meldflow's own loss (meldflow.training.loop.classification_loss), one micro-batch
-        item = {"batch": inputs, "emotion": labels.tolist(),
-                "sentiment": (labels % 3).tolist(), "weight": [1.0] * len(labels)}
-        loss = classification_loss(model, item, weights, len(labels), len(labels), device, bf16)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     print(f"Florence-2-base shapes, random init, {params / 1e6:.0f}M parameters, "
-          f"{args.image_size}px ({image_tokens} image tokens) + {args.text_tokens} text "
-          f"tokens, {device}, grad checkpointing {'on' if args.grad_checkpointing else 'off'}")
+          f"{args.image_size}px ({(args.image_size // 32) ** 2 + 1} image tokens) + "
+          f"{args.text_tokens} text tokens, {device}, grad checkpointing "
+          f"{'on' if args.grad_checkpointing else 'off'}")
     print(f"{'batch':>5} {'precision':>9} {'samples/s':>10} {'vs fp32':>8} {'peak GiB':>9} "
           f"{'MFU':>6}")
     for n in args.batches:
-        inputs, labels = batch(n), torch.randint(0, 7, (n,), device=device)
+        inputs, labels = random_batch(n, args, image_id, device), torch.randint(0, 7, (n,),
+                                                                               device=device)
         with FlopCounterMode(display=False) as counter:
             step(inputs, labels, False)
-        flops = counter.get_total_flops()
-        rates = {}
+        flops, rates = counter.get_total_flops(), {}
         for precision in (["bf16"] if args.no_fp32 else ["fp32", "bf16"]):
-            bf16 = precision == "bf16"
             try:
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                step(inputs, labels, bf16)  # warm-up
-                sync()
-                start = time.perf_counter()
-                for _ in range(args.steps):
-                    step(inputs, labels, bf16)
-                sync()
-                dt = (time.perf_counter() - start) / args.steps
+                dt = seconds_per_step(step, inputs, labels, precision == "bf16", args.steps,
+                                      device)
             except torch.OutOfMemoryError:
                 print(f"{n:5d} {precision:>9} out of memory")
                 continue

@@ -25,15 +25,15 @@ SAMPLE = Path(__file__).resolve().parents[1] / "src" / "meldflow" / "data" / "sa
 def prepare(out: Path) -> None:
     import numpy as np
 
-    from meldflow.ingest import clip_dir, find_csv, read_annotations
-    from meldflow.transcribe import load_audio
+    from meldflow.preprocess.audio import decode_audio
+    from meldflow.preprocess.ingest import clip_dir, find_csv, read_annotations
 
     arrays, texts, names = [], [], []
     for split in ("train", "dev", "test"):
         for ann in read_annotations(find_csv(SAMPLE, split)):
             path = clip_dir(SAMPLE, split) / ann.clip_name
             try:
-                audio = load_audio(str(path), 30.0)
+                audio = decode_audio(str(path), 30.0).samples
             except Exception:  # missing, empty, truncated, silent: not a transcription input
                 continue
             arrays.append(audio.astype(np.float16))
@@ -85,7 +85,7 @@ def score(texts: list[str], gold: list[str]) -> float | None:
         import jiwer
     except ImportError:
         return None
-    from meldflow.transcribe import normalise_for_wer
+    from meldflow.preprocess.wer import normalise_for_wer
 
     pairs = [(normalise_for_wer(g), normalise_for_wer(h)) for g, h in zip(gold, texts,
                                                                          strict=True)]
@@ -116,11 +116,14 @@ def main() -> None:
             print(f"{mode:>12}  WER {score(r['texts'], res['gold']):.3f}")
         return None
 
-    from meldflow.transcribe import Transcriber
+    from meldflow.preprocess.transcribe import Transcriber
+    from meldflow.settings import Settings
 
     audios, gold = load(args.audio, args.repeat_clips)
     seconds = sum(len(a) for a in audios) / 16000
-    packed = Transcriber(args.model, args.hf_home, args.device, args.beam, 0, 28.0)
+    packed = Transcriber(Settings(hf_home=args.hf_home, whisper_model=args.model,
+                                  whisper_device=args.device, whisper_beam_size=args.beam,
+                                  whisper_pack_seconds=28.0))
     print(f"{len(audios)} clips ({seconds:.0f} s of audio), {args.model}, {packed.device} "
           f"{packed.compute_type}, beam {args.beam}, word timestamps")
     naive = Transcriber.__new__(Transcriber)  # the same loaded model, one clip per call
@@ -138,7 +141,7 @@ def main() -> None:
     modes = {"sequential": lambda: run_packed(naive), "packed": lambda: run_packed(packed)}
     for b in args.batch_sizes:
         modes[f"batched-{b}"] = lambda b=b: batched(packed.model, audios, b, args.beam)
-    naive.transcribe(audios[0])  # warm-up: CUDA initialisation is not throughput
+    naive.transcribe_pack(audios[:1])  # warm-up: CUDA initialisation is not throughput
     results = {}
     print(f"{'mode':>12} {'clips/s':>9} {'vs sequential':>14} {'WER':>6}")
     for name, fn in modes.items():

@@ -41,7 +41,7 @@ import time
 import wave
 from pathlib import Path
 
-from meldflow.samplegen import LINES, VOICES
+from meldflow.preprocess.sample import LINES, VOICES
 
 
 def encode_clip(wav: Path, seconds: float, clip: Path, audio_short_s: float = 0.0) -> Path:
@@ -104,7 +104,7 @@ def make_meld_like_clips(csv_path: Path, n: int, seed: int = 3, cache: Path | No
     Returns (folder, rows): each row has the clip, the text and the CSV's times. The same
     utterances and speech for every ``audio_short_s``.
     """
-    from meldflow.ingest import read_annotations
+    from meldflow.preprocess.ingest import read_annotations
 
     key = f"{n}:{seed}:{CLIPS_VERSION}:{audio_short_s:g}"
     digest = hashlib.sha256(csv_path.read_bytes() + key.encode())
@@ -190,7 +190,7 @@ def corpus_wer(clips, hypotheses) -> float:
     """Word errors over all clips / reference words (MELD papers' convention)."""
     import jiwer
 
-    from meldflow.transcribe import normalise_for_wer
+    from meldflow.preprocess.wer import normalise_for_wer
 
     return float(jiwer.wer([normalise_for_wer(g) for _, g in clips],
                            [normalise_for_wer(h or "") for h in hypotheses]))
@@ -230,10 +230,10 @@ def naive_frames(clips, tmp: Path, k: int):
 
 
 def our_frames(clips, k: int):
-    from meldflow.frames import extract_frames
+    from meldflow.preprocess.frames import extract_frames
 
     for c, _ in clips:
-        res = extract_frames(c, k=k, size=256)
+        res = extract_frames(c, frames_per_utterance=k, frame_size=256, max_clip_seconds=30.0)
         assert res.status == "ok" and len(res.frames) == k, res.reason
 
 
@@ -324,7 +324,7 @@ def bench_frames(clips, tmp: Path, repeats: int, k: int) -> dict[str, float]:
 def audio_shortfall(clips, times) -> None:
     """How far each clip's decoded audio falls short of the CSV's length, and how many
     clips that makes `audio_short` (damage) by meldflow's thresholds."""
-    from meldflow.transcribe import decode_audio
+    from meldflow.preprocess.audio import decode_audio
 
     short, flagged = [], 0
     for (clip, _), (start, end) in zip(clips, times, strict=True):
@@ -340,11 +340,12 @@ def bench_transcription(clips, times, hf: Path, repeats: int) -> dict:
     import pyarrow as pa
     from faster_whisper import WhisperModel
 
-    from meldflow.transcribe import Transcriber, model_dir, transcribe_rows
+    from meldflow.preprocess.transcribe import Transcriber, model_dir, transcribe_rows
+    from meldflow.settings import Settings
 
     naive_model = WhisperModel(str(model_dir("tiny.en", hf)[0]), device="cpu",
                                compute_type="int8")
-    ours = Transcriber("tiny.en", hf, device="cpu", cpu_threads=2)
+    ours = Transcriber(Settings(hf_home=str(hf), whisper_device="cpu"), cpu_threads=2)
     n = len(clips)
     rows = pa.table({"split": ["train"] * n, "dialogue_id": list(range(n)),
                      "utterance_id": [0] * n, "clip_path": [str(c) for c, _ in clips],
@@ -364,7 +365,7 @@ def bench_transcription(clips, times, hf: Path, repeats: int) -> dict:
         naive_txt = naive_asr()
         t_naive.append(time.perf_counter() - s)
         s = time.perf_counter()
-        our_txt = transcribe_rows(rows, ours, 30.0).column("transcript").to_pylist()
+        our_txt = transcribe_rows(rows, ours).column("transcript").to_pylist()
         t_ours.append(time.perf_counter() - s)
     speed = statistics.median(t_naive) / statistics.median(t_ours)
     wer_naive, wer_ours = corpus_wer(clips, naive_txt), corpus_wer(clips, our_txt)
@@ -435,7 +436,7 @@ def bench_dag(work: Path, meld: Path, hf: Path, clips, args, frames: dict, asr: 
 
 def run_variant(args, tmp: Path, name: str, breakdown: bool) -> None:
     """(a)-(c), and (d) if ``breakdown``, on one variant of the clips."""
-    from meldflow.stage import stage_whisper
+    from meldflow.models.stage import stage_whisper
 
     audio_short_s = {"full": 0.0, "short": args.audio_short}[name]
     print(f"\n=== variant {name}: the AAC track ends {audio_short_s:g} s before the video ===")

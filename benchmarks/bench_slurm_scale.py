@@ -72,7 +72,7 @@ def rule_seconds(work: Path) -> dict[tuple[str, str], float]:
 
 def slurm_jobs(work: Path) -> list[dict]:
     """Per completed SLURM job: queue wait, SLURM elapsed time and the rule's own time."""
-    from meldflow.monitor import latest_run_id
+    from meldflow.slurm.status import latest_run_id
 
     run_id = latest_run_id(work)
     out = subprocess.run(["sacct", "-X", "-P", "-n", "--name", run_id, "-o",
@@ -101,13 +101,13 @@ def main() -> None:
     if not shutil.which("sacct"):
         raise SystemExit("no sacct: start the local cluster (sudo bash cluster/local-slurm/up.sh)")
     root = Path(tempfile.mkdtemp(prefix="meldflow-scale-"))
-    from meldflow.ingest import read_annotations
+    from meldflow.preprocess.ingest import read_annotations
 
     rows = len(read_annotations(REPO / "src" / "meldflow" / "data" / "sample" /
                                 "train_sent_emo.csv"))
     shard_size = max(1, rows // args.shards)
     hf_home = root / "hf_home"
-    from meldflow.stage import stage_whisper
+    from meldflow.models.stage import stage_whisper
 
     stage_whisper(hf_home, "tiny.en", source="package")
     modes = {"local executor": [],

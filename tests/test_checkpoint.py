@@ -1,5 +1,4 @@
 """Checkpoints are verified, not trusted, and a dead training job is taken for dead."""
-
 import json
 import logging
 import os
@@ -14,6 +13,7 @@ import pytest
 from conftest import max_diff, tensorboard_events, train_config, weights, without_key_biases
 
 from meldflow import MeldflowError
+from meldflow.training.options import LaunchConfig
 
 KW = dict(epochs=3, checkpoint_every=5)  # 27 steps, checkpoints at 5, 9, 10, 15, 18, ...
 
@@ -187,7 +187,7 @@ def test_killed_worker_is_a_dead_job_and_the_rerun_resumes(florence_home, tmp_pa
     out = tmp_path / "run"
     cfg = train_config(florence_home, out, epochs=12, streams=2, checkpoint_every=5,
                        dev_csv=None)  # 108 steps: a kill after step 10 is mid-run
-    job = launch(cfg, executor="local", tasks=2, timeout_min=10, wait=False)
+    job = launch(cfg, LaunchConfig(executor="local", tasks=2, time_min=10), wait=False)
     record = out / "checkpoint" / "state.json"
     _wait(lambda: record.is_file() and json.loads(record.read_text())["step"] >= 10,
           "a checkpoint at step 10")
@@ -201,7 +201,7 @@ def test_killed_worker_is_a_dead_job_and_the_rerun_resumes(florence_home, tmp_pa
     # every rerun used to find the job "still running" (NO PROCESS AND NO RESULT)
     assert running_job(out, "local", 2) is None
     step = json.loads(record.read_text())["step"]
-    metrics = launch(cfg, executor="local", tasks=2, timeout_min=10)
+    metrics = launch(cfg, LaunchConfig(executor="local", tasks=2, time_min=10))
     history = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in history if "loss" in h] == list(range(1, metrics["steps"] + 1))
     assert metrics["steps"] > step

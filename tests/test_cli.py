@@ -1,6 +1,8 @@
+"""The `meldflow` command: help, one-line errors, and a launcher that stays light."""
 import subprocess
+import sys
 
-from conftest import BIN, REPO, env_with_venv
+from conftest import BIN, env_with_venv
 
 
 def test_help_lists_every_step():
@@ -11,7 +13,8 @@ def test_help_lists_every_step():
         assert cmd in out
     sub = subprocess.run([str(BIN / "meldflow"), "frames", "--help"], capture_output=True,
                          text=True, check=True).stdout
-    assert "--max-clip-seconds" in sub and "default 8" in sub
+    sub = " ".join(sub.split())  # argparse wraps lines
+    assert "--frames-per-utterance" in sub and "(default 8)" in sub
 
 
 def test_user_errors_are_one_line_not_tracebacks(tmp_path):
@@ -22,14 +25,11 @@ def test_user_errors_are_one_line_not_tracebacks(tmp_path):
     assert "no annotation CSV for split 'dev'" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_snakemake_lint_is_clean():
-    proc = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=REPO, capture_output=True,
-                          text=True, env=env_with_venv())
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Congratulations" in proc.stdout + proc.stderr
-
-
-def test_ruff_is_clean():
-    proc = subprocess.run([str(BIN / "ruff"), "check", "src", "tests", "benchmarks"], cwd=REPO,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout
+def test_the_waiting_launcher_does_not_load_torch():
+    """`meldflow train` only submits and waits (one per experiment and seed on a login
+    node): it must not hold PyTorch in memory."""
+    code = ("import sys, meldflow.cli, meldflow.training.launch; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env_with_venv()).stdout
+    assert out.strip() == "False"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from meldflow import dataset
-from meldflow.dataset import decode_jpeg, decode_jpeg_pil, frames_image
+from meldflow.training import dataset
+from meldflow.training.dataset import decode_jpeg, decode_jpeg_pil, frames_image
 
 CELLS = [(16, 32), (16, 16), (64, 36), (32, 18), (1, 1), (8, 8), (60, 40), (129, 73),
          (192, 384), (300, 300)]

@@ -3,8 +3,8 @@ import random
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from meldflow.evaluate import classification_metrics, majority_baseline, plot_confusion
-from meldflow.ingest import EMOTIONS, SENTIMENTS
+from meldflow.labels import EMOTIONS, SENTIMENTS
+from meldflow.training.evaluate import classification_metrics, majority_baseline, plot_confusion
 
 
 @pytest.mark.parametrize("labels", [EMOTIONS, SENTIMENTS])

@@ -1,14 +1,15 @@
 import csv
+import json
 import shutil
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import SAMPLE
 
 from meldflow import MeldflowError
-from meldflow.ingest import (
-    EMOTIONS,
-    SENTIMENTS,
+from meldflow.labels import EMOTIONS, SENTIMENTS
+from meldflow.preprocess.ingest import (
     ingest_split,
     normalise_text,
     parse_time,
@@ -151,3 +152,29 @@ def test_missing_and_empty_clips(tmp_path):
     (tmp_path / "meld" / "dev_splits_complete" / "dia0_utt0.mp4").write_bytes(b"")
     table, _ = ingest_split(tmp_path / "meld", "dev", 24)
     assert table.to_pylist()[0]["status"] == "empty_video"
+
+
+def test_missing_clip_folder_is_warned_about(tmp_path):
+    from meldflow.preprocess.ingest import run_ingest
+    from meldflow.preprocess.summary import run_summary
+
+    meld = tmp_path / "meld"
+    shutil.copytree(SAMPLE, meld)
+    (meld / "dev_splits_complete").rename(meld / "dev_splits")  # the usual misnaming
+    info = run_ingest(meld, "dev", 24, tmp_path / "dev.parquet")
+    assert "dev_splits_complete" in info["warning"] and "does not exist" in info["warning"]
+    saved = json.loads((tmp_path / "dev.shards.json").read_text())
+    assert saved["warning"] == info["warning"]
+    # the summary repeats it; build a manifest-shaped table of the ingest rows
+    t = pq.read_table(tmp_path / "dev.parquet")
+    manifest = tmp_path / "m.parquet"
+    cols = {c: t[c] for c in ("split", "dialogue_id", "utterance_id", "csv_line", "status",
+                              "reason", "flags", "utterance")}
+    cols |= {"transcript": pa.nulls(t.num_rows, pa.string()),
+             "wer": pa.nulls(t.num_rows, pa.float64())}
+    pq.write_table(pa.table(cols), manifest)
+    text = run_summary([manifest], [tmp_path / "dev.unused.tsv"], tmp_path / "s.tsv",
+                       ingest_infos=[tmp_path / "dev.shards.json"], audit_out=tmp_path / "a.tsv")
+    assert "WARNING" in text and "dev_splits_complete" in text
+    assert "audit: 20 row(s)" in text
+    assert len((tmp_path / "a.tsv").read_text().splitlines()) == 21

@@ -1,5 +1,4 @@
 """`meldflow predict` prepares new inputs exactly as the run's training data was made."""
-
 import json
 import shutil
 import subprocess
@@ -7,7 +6,7 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE, TRAIN_CSV, env_with_venv
+from conftest import SAMPLE, TRAIN_CSV, env_with_venv, whisper_settings
 
 from meldflow import MeldflowError
 
@@ -21,18 +20,19 @@ def shards_4x128(hf_home, tmp_path_factory):
     import os
 
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from meldflow.align import run_align
-    from meldflow.frames import run_frames
-    from meldflow.ingest import run_ingest
-    from meldflow.transcribe import run_transcribe
+    from meldflow.preprocess.align import run_align
+    from meldflow.preprocess.frames import run_frames
+    from meldflow.preprocess.ingest import run_ingest
+    from meldflow.preprocess.transcribe import run_transcribe
 
     root = tmp_path_factory.mktemp("shards_4x128")
     out = {}
     for split in ("train", "dev"):
         run_ingest(SAMPLE, split, 1000, root / f"{split}.parquet")
         rows = pq.read_table(root / f"{split}.parquet")
-        run_frames(rows, root / f"{split}.frames.parquet", FRAMES, SIZE, 30.0, 2)
-        run_transcribe(rows, root / f"{split}.asr.parquet", "tiny.en", hf_home, "cpu")
+        settings = whisper_settings(hf_home, frames_per_utterance=FRAMES, frame_size=SIZE)
+        run_frames(rows, root / f"{split}.frames.parquet", settings, 2)
+        run_transcribe(rows, root / f"{split}.asr.parquet", settings)
         run_align(rows, pq.read_table(root / f"{split}.asr.parquet"),  # with their metadata
                   pq.read_table(root / f"{split}.frames.parquet"),
                   root / split / "shard-0000.parquet")
@@ -93,13 +93,14 @@ def test_predict_frames_clips_as_the_run_did(florence_home, shards_4x128, tmp_pa
 @pytest.mark.integration
 def test_predict_transcribes_with_the_runs_whisper_model(florence_home, hf_home, shards_4x128,
                                                         tmp_path):
+    from meldflow.preprocess.wer import normalise_for_wer
     from meldflow.training.predict import predict
-    from meldflow.transcribe import normalise_for_wer
 
     out = _train(florence_home, shards_4x128, tmp_path / "run", modalities="text",
                  text_source="whisper")
     prep = json.loads((out / "best" / "preprocessing.json").read_text())
-    assert prep["whisper"]["model"] == "tiny.en" and prep["whisper"]["beam_size"] == 5
+    whisper = prep["whisper"]
+    assert whisper["whisper_model"] == "tiny.en" and whisper["whisper_beam_size"] == 5
     rows = _dev_rows(shards_4x128)[:8]
     got = predict(out / "best", clips=[c for _, c in rows], hf_home=hf_home)
     same = sum(normalise_for_wer(g["transcript"]) == normalise_for_wer(r["transcript"] or "")

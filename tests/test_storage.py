@@ -1,5 +1,4 @@
 """Every file meldflow writes is atomic and gets the mode the umask gives a new file."""
-
 import os
 import shutil
 import stat
@@ -10,7 +9,9 @@ import pyarrow as pa
 import pytest
 from conftest import BIN, SAMPLE, env_with_venv, need_tool
 
-from meldflow.stage import LOCK_NAME, cached_snapshot, stage_whisper
+from meldflow.models.cache import cached_snapshot
+from meldflow.models.stage import LOCK_NAME, stage_whisper
+from meldflow.settings import Settings
 
 WHISPER = "Systran/faster-whisper-tiny.en"
 NOBODY = 65534
@@ -61,11 +62,10 @@ def test_written_files_honour_the_umask(umask, mode):
 @pytest.mark.parametrize("umask", [0o022, 0o002])
 def test_saved_model_honours_the_umask(florence_home, tmp_path, umask):
     """best/model.safetensors and heads.safetensors were 0600 (safetensors' own mode)."""
-    from meldflow.stage import FLORENCE_TINY_REPO
     from meldflow.training.identity import florence_snapshot
     from meldflow.training.model import EmotionClassifier, load_florence
 
-    florence, processor = load_florence(florence_snapshot(florence_home, FLORENCE_TINY_REPO)[0])
+    florence, processor = load_florence(florence_snapshot(Settings(hf_home=str(florence_home)))[0])
     old = os.umask(umask)
     try:
         EmotionClassifier(florence).save(processor, tmp_path / "best", {"x": 1}, {"y": 2})
@@ -101,13 +101,14 @@ def test_every_writer_honours_the_umask_as_a_colleague_would_run_it(tmp_path):
     clip = str(SAMPLE / "dev_splits_complete" / "dia0_utt0.mp4")
     shard = ["--rows", str(rows), "--shard", "0"]
     steps = [
-        ["stage", "--hf-home", str(hf), "--models", "whisper,florence", "--tiny",
+        ["stage", "--hf-home", str(hf), "--models", "whisper,florence",
          "--source", "package", "--meld-dir", str(SAMPLE)],
         ["ingest", "--meld-dir", str(SAMPLE), "--split", "dev", "--shard-size", "1000",
          "--out", str(rows)],
-        ["frames", *shard, "--out", str(res / "frames.parquet"), "--frames", "2", "--size", "64"],
+        ["frames", *shard, "--out", str(res / "frames.parquet"), "--frames-per-utterance", "2",
+         "--frame-size", "64"],
         ["transcribe", *shard, "--out", str(res / "asr.parquet"), "--hf-home", str(hf),
-         "--device", "cpu"],
+         "--whisper-device", "cpu"],
         ["align", *shard, "--transcripts", str(res / "asr.parquet"), "--frames",
          str(res / "frames.parquet"), "--out", str(aligned)],
         ["manifest", "--ingest", str(rows), "--aligned", str(aligned), "--out",

@@ -1,9 +1,6 @@
 """Florence-2 training: offline loading, DDP equivalence, resume, learning."""
-
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,7 +8,6 @@ import pytest
 from conftest import (
     SAMPLE,
     TRAIN_CSV,
-    env_with_venv,
     max_diff,
     tensorboard_events,
     train_config,
@@ -19,37 +15,7 @@ from conftest import (
     without_key_biases,
 )
 
-from meldflow import MeldflowError
-from meldflow.stage import FLORENCE_TINY_REPO
-
-
-def test_tiny_florence_loads_offline_with_transformers(florence_home):
-    code = ("from transformers import Florence2ForConditionalGeneration, AutoProcessor; "
-            f"m = Florence2ForConditionalGeneration.from_pretrained('{FLORENCE_TINY_REPO}', "
-            "local_files_only=True); "
-            f"p = AutoProcessor.from_pretrained('{FLORENCE_TINY_REPO}', local_files_only=True); "
-            "print(type(m).__name__, type(p).__name__, m.config.model_type)")
-    env = env_with_venv() | {"HF_HOME": str(florence_home), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout
-    assert out.split() == ["Florence2ForConditionalGeneration", "Florence2Processor", "florence2"]
-    lock = json.loads((florence_home / "meldflow-stage.lock.json").read_text())
-    assert lock["florence:tiny"]["repo_id"] == FLORENCE_TINY_REPO
-
-
-def test_missing_florence_fails_fast_naming_stage(tmp_path):
-    from meldflow.training.identity import florence_snapshot
-
-    with pytest.raises(MeldflowError, match="meldflow stage"):
-        florence_snapshot(tmp_path, FLORENCE_TINY_REPO)
-    start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "meldflow.cli", "train", "--out", str(tmp_path / "run"),
-         "--hf-home", str(tmp_path / "empty"), "--train-csv", TRAIN_CSV, "--modalities", "text",
-         "--executor", "debug"],
-        capture_output=True, text=True, env=env_with_venv())
-    assert proc.returncode != 0 and "meldflow stage" in proc.stderr
-    assert time.monotonic() - start < 60
+from meldflow.training.options import LaunchConfig
 
 
 def _cfg(florence_home, out, **kw):
@@ -58,6 +24,7 @@ def _cfg(florence_home, out, **kw):
                                                 "dev_csv": None} | kw))
 
 
+@pytest.mark.integration
 def test_two_gloo_processes_match_one(florence_home, tmp_path):
     from meldflow.training.launch import launch
     from meldflow.training.loop import train
@@ -65,7 +32,7 @@ def test_two_gloo_processes_match_one(florence_home, tmp_path):
     one = _cfg(florence_home, tmp_path / "one", max_steps=6)
     train(one)
     two = _cfg(florence_home, tmp_path / "two", max_steps=6)
-    launch(two, executor="local", tasks=2, timeout_min=10)
+    launch(two, LaunchConfig(executor="local", tasks=2, time_min=10))
     logs = "".join(p.read_text() for p in (tmp_path / "two" / "submitit").glob("*_1_log.err"))
     assert "rank 1: 6 steps" in logs  # a real second process did half of every batch
     diff = max_diff(weights(tmp_path / "one" / "best"), weights(tmp_path / "two" / "best"))
@@ -96,6 +63,7 @@ def interrupt_when_checkpointed(job, out: Path, times: int, limit_s: float = 300
     assert sent == times, f"training ended after {sent} of {times} signals"
 
 
+@pytest.mark.integration
 def test_timeout_signal_requeues_and_resumes_to_the_same_weights(florence_home, tmp_path):
     import submitit
 
@@ -133,6 +101,7 @@ def test_timeout_signal_requeues_and_resumes_to_the_same_weights(florence_home, 
     assert os.stat(tmp_path / "cut" / "metrics.json").st_mtime_ns == before
 
 
+@pytest.mark.integration
 def test_text_only_on_real_meld_beats_majority(florence_home, shared_meld, tmp_path):
     from meldflow.training.loop import train
 
@@ -165,11 +134,14 @@ def test_vision_only_beats_majority_on_held_out_sample(florence_home, preprocess
     assert all(abs(sum(r[f"p_emotion_{e}"] for e in emotions) - 1) < 1e-4 for r in preds)
     assert all(abs(sum(r[f"p_sentiment_{s}"] for s in ("neutral", "positive", "negative")) - 1)
                < 1e-4 for r in preds)
-    # `meldflow predict` on a clip the model never saw
+    # `meldflow predict` on a test clip (never trained on) says what the run's own
+    # evaluation said of it
     clip = str(SAMPLE / "output_repeated_splits_test" / "dia0_utt1.mp4")
-    out = predict(tmp_path / "vision" / "best", clips=[clip])
-    assert out[0]["emotion"] in ("neutral", "joy", "surprise", "anger", "sadness", "disgust",
-                                 "fear")
+    out = predict(tmp_path / "vision" / "best", clips=[clip])[0]
+    row = next(r for r in preds if (r["dialogue_id"], r["utterance_id"]) == (0, 1))
+    assert out["emotion"] == row["pred_emotion"]
+    assert out["p_emotion"] == pytest.approx({e: row[f"p_emotion_{e}"] for e in emotions},
+                                             abs=1e-5)
 
 
 def test_loader_workers_give_the_same_training(florence_home, preprocessed, tmp_path):
@@ -222,7 +194,7 @@ def _shard_digest(paths) -> str:
 
     import pyarrow.parquet as pq
 
-    from meldflow.dataset import TEXT_COLUMNS
+    from meldflow.training.dataset import TEXT_COLUMNS
 
     h = hashlib.sha256()
     for p in paths:

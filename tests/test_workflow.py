@@ -1,18 +1,34 @@
 """The `preprocess` target on the bundled sample: real Snakemake, ffmpeg and Whisper."""
-
 import csv
 import io
 import json
+import os
 import re
 import shutil
+import subprocess
 import time
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE, copy_preprocessed, make_workdir, run_snakemake, tensorboard_events
+import yaml
+from conftest import (
+    BIN,
+    REPO,
+    SAMPLE,
+    copy_preprocessed,
+    env_with_venv,
+    make_workdir,
+    need_tool,
+    run_snakemake,
+    shard_fingerprint,
+    tensorboard_events,
+)
 from PIL import Image
 
-from meldflow.stage import cached_snapshot, stage_whisper
+from meldflow.models.cache import cached_snapshot
+from meldflow.models.stage import stage_whisper
+from meldflow.settings import option_fields
+from meldflow.training.options import TrainConfig, read_options_file
 
 pytestmark = pytest.mark.integration
 
@@ -244,3 +260,131 @@ def test_experiments_times_seeds_give_one_comparison_table(preprocessed, tmp_pat
             (res / "train" / "text+context" / "seed-1" / "history.json").read_text())
          if "dev_weighted_f1" in h])
     assert {"dev/confusion_emotion", "test/confusion_emotion"} <= set(events.Tags()["images"])
+
+
+def test_workflow_hands_training_one_options_file(preprocessed):
+    """`train_options` writes every option, the model and the shards named one by one."""
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(preprocessed),
+         "--cores", "1", "results/train/default/seed-0.yaml"],
+        capture_output=True, text=True, env=env_with_venv(), cwd=preprocessed)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_kw, launch_kw = read_options_file(preprocessed / "results" / "train" / "default" /
+                                            "seed-0.yaml")
+    shards = sorted(str(p.relative_to(preprocessed)) for p in
+                    (preprocessed / "results" / "aligned" / "train").glob("*.parquet"))
+    assert train_kw["train"] == shards and train_kw["florence_repo"]
+    assert {f.name for f in option_fields(TrainConfig)} <= set(train_kw)
+    assert launch_kw["executor"] == "local"
+
+
+def test_unactivated_snakemake_finds_meldflow_and_shows_failed_logs(tmp_path, hf_home):
+    """`.venv/bin/snakemake` with the venv not on PATH: rules still find `meldflow`; a rule
+    that fails prints the end of its log, not only "check log file(s)"."""
+    need_tool("ffmpeg")
+    meld = tmp_path / "meld"
+    meld.mkdir()
+    (meld / "dev_sent_emo.csv").write_text((SAMPLE / "dev_sent_emo.csv").read_text()
+                                           .replace("neutral", "bored", 1))
+    work = make_workdir(tmp_path / "work", hf_home, meld_dir=str(meld), splits=["dev"])
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if p != str(BIN) and p)
+    proc = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d",
+                           str(work), "--cores", "1", "results/ingest/dev.parquet"],
+                          capture_output=True, text=True, env=env, cwd=work)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "127" not in text.split("Error in rule")[-1][:400]  # meldflow was found
+    assert "last lines of results/logs/ingest/dev.log" in text
+    assert "Emotion 'bored' is not one of" in text
+
+
+def test_aligned_shards_load_with_pandas(preprocessed):
+    """The README's recipe: one shard or all of them, without meldflow."""
+    import pandas as pd
+
+    folder = preprocessed / "results" / "aligned" / "train"
+    shards = sorted(folder.glob("*.parquet"))
+    frame = pd.concat([pd.read_parquet(p) for p in shards])
+    assert len(frame) == sum(pq.read_metadata(p).num_rows for p in shards) == 66
+    assert {"utterance", "emotion", "frames", "transcript"} <= set(frame.columns)
+    assert frame.query("status == 'ok'")["frames"].map(len).eq(8).all()
+
+
+@pytest.mark.integration
+def test_any_subset_of_splits_runs_to_the_end(preprocessed, tmp_path):
+    """train only: training and evaluation without dev or test (failed with "filesystem
+    latency" because evaluate promised a test confusion matrix)."""
+    work = copy_preprocessed(preprocessed, tmp_path / "train-only")
+    cfg_path = work / "config" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["splits"] = ["train"]
+    cfg["train"] |= {"epochs": 1}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake(work)
+    assert "rule transcribe" not in proc.stdout + proc.stderr  # preprocessing is kept
+    res = work / "results"
+    assert (res / "evaluate" / "metrics.tsv").is_file()
+    assert not (res / "evaluate" / "confusion_test.png").exists()
+    assert "Florence-2 results" in proc.stdout + proc.stderr
+
+
+@pytest.mark.integration
+def test_rerun_picks_up_a_repaired_clip(tmp_path, hf_home):
+    meld = tmp_path / "meld"
+    shutil.copytree(SAMPLE, meld)
+    work = make_workdir(tmp_path / "work", hf_home, meld_dir=str(meld), splits=["dev"],
+                        shard_size=10)
+    run_snakemake(work, "preprocess")
+    manifest = work / "results" / "manifest" / "dev.parquet"
+    rows = {(r["dialogue_id"], r["utterance_id"]): r for r in pq.read_table(manifest).to_pylist()}
+    assert rows[(1, 2)]["status"] == "missing_video"
+    shards = sorted((work / "results" / "aligned" / "dev").glob("*.parquet"))
+    stamps = {p.name: p.stat().st_mtime_ns for p in shards}
+    # the clip turns up (copied from the raw tarball again, say)
+    shutil.copy(SAMPLE / "train_splits" / "dia1_utt2.mp4",
+                meld / "dev_splits_complete" / "dia1_utt2.mp4")
+    proc = run_snakemake(work, "preprocess")
+    text = proc.stdout + proc.stderr
+    rows = {(r["dialogue_id"], r["utterance_id"]): r for r in pq.read_table(manifest).to_pylist()}
+    assert rows[(1, 2)]["status"] == "ok" and rows[(1, 2)]["transcript"]
+    changed = [p.name for p in shards if p.stat().st_mtime_ns != stamps[p.name]]
+    assert changed == ["shard-0000.parquet"]  # only the shard that holds the clip
+    assert text.count("rule transcribe:") == 1 and text.count("rule frames:") == 1
+
+
+def test_aligned_shards_name_what_made_them(preprocessed, hf_home):
+    from meldflow.preprocess.transcribe import model_dir
+    from meldflow.storage import read_metadata
+
+    shard = sorted((preprocessed / "results" / "aligned" / "dev").glob("*.parquet"))[0]
+    meta = read_metadata(shard)
+    assert meta["meldflow_transcribe"]["model_files"] == model_dir("tiny.en", hf_home)[1]
+    assert meta["meldflow_transcribe"]["beam_size"] == 5
+    assert meta["meldflow_transcribe"]["wide_gap_seconds"] == 3.0  # how clips were packed
+    assert meta["meldflow_frames"]["frames_per_utterance"] == 8
+    assert meta["meldflow_frames"]["ffmpeg"].startswith("ffmpeg version")
+    info = json.loads((preprocessed / "results" / "ingest" / "dev.shards.json").read_text())
+    assert set(info["shard_digests"]) == {"0000"} and info["warning"] is None
+
+
+ALIGNED_REFERENCE = REPO / "tests" / "data" / "aligned_reference.json"
+
+
+def test_sample_shards_unchanged_by_refactoring(preprocessed):
+    """The sample's aligned shards, column by column, are what the code before the layout
+    of meldflow/preprocess/ wrote (tests/data/aligned_reference.json). The frames depend on
+    the ffmpeg build, so with another build only the frames' columns may differ."""
+    got = shard_fingerprint(preprocessed / "results" / "aligned")
+    if os.environ.get("MELDFLOW_WRITE_REFERENCE") == "1":
+        ALIGNED_REFERENCE.write_text(json.dumps(got, indent=1))
+        return
+    want = json.loads(ALIGNED_REFERENCE.read_text())
+    assert got.keys() == want.keys()
+    for split, ref in want.items():
+        assert got[split]["shards"] == ref["shards"], split
+        differ = {c for c, d in ref["columns"].items() if got[split]["columns"].get(c) != d}
+        if got[split]["ffmpeg"] != ref["ffmpeg"]:
+            differ -= {"frames", "frame_times", "frame_words"}
+        assert not differ, (split, sorted(differ))

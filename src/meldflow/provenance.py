@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from meldflow import MeldflowError, __version__
-from meldflow.stage import sha256_file
+from meldflow.models.cache import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def run_identity(cfg: Any, streams: int, model_revision: str,
     options["streams"] = streams
     parts = {
         "options": options,
-        "model": {"repo": cfg.model_repo, "revision": model_revision, "files": model_files},
+        "model": {"repo": cfg.florence_repo, "revision": model_revision, "files": model_files},
         "data": {split: data_checksums(getattr(cfg, split), getattr(cfg, f"{split}_csv"))
                  for split in ("train", "dev", "test")},
     }

@@ -6,52 +6,52 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from meldflow import MeldflowError
-from meldflow.monitor import patch_slurm_plugin
-from meldflow.training.options import EXPERIMENT_NAME, experiment_runs
+from meldflow.settings import Settings, flags, step_flags
+from meldflow.slurm.plugin import patch_slurm_plugin
+from meldflow.training.options import EXPERIMENT_NAME, experiment_runs, launch_config
 
-# sacct reports a job cancelled from outside as "CANCELLED by <uid>", which the SLURM
-# plugin (2.8.0) takes for a running job, so the workflow would wait forever. This makes
-# it see the bare state word (README: "Running on a SLURM cluster").
-patch_slurm_plugin()
-
-# Every run's training options (the train: block with each experiment's overrides) are
-# checked here, before any work, by the one check `meldflow train` applies too.
+# Before any work, with the checks `meldflow` applies to its own flags: the settings, and
+# every run's training options (train: with each experiment's overrides). sacct reports a
+# job cancelled from outside as "CANCELLED by <uid>", which the SLURM plugin (2.8.0) takes
+# for a running job, and it fails in three more ways (README: "Running on a SLURM
+# cluster"): the patch fixes them, for that version only.
 try:
+    patch_slurm_plugin()
+    SETTINGS = Settings.from_config(config)
     RUNS = experiment_runs(config.get("train", {}), config.get("experiments"),
                            config.get("seeds"))
 except MeldflowError as exc:
     raise WorkflowError(str(exc)) from None
 
+# The schema is generated from the same definitions (`meldflow schema`).
 validate(config, schema="../schemas/config.schema.yaml")
 
 # Rules call `meldflow`: found on PATH (an activated venv, a conda env of the rule), else
 # beside the Python that runs Snakemake, so `.venv/bin/snakemake` works unactivated.
 shell.prefix(f'set -euo pipefail; export PATH="$PATH:{Path(sys.executable).parent}"; ')
 
-SPLITS = config["splits"]
+SPLITS = SETTINGS.splits
 # Training needs the train split; dev picks the best epoch, test is reported if present.
 TRAIN = "train" in SPLITS
 EVAL_SPLITS = [s for s in ("dev", "test") if s in SPLITS]
-HF_HOME = config["hf_home"]
 SHARD = "{shard,[0-9]{4}}"
-TINY_FLORENCE = "meldflow/florence2-tiny-random"
 
 
 def annotation_csv(wildcards):
     """The split's annotation CSV, so that editing it reruns ingest."""
     for name in (f"{wildcards.split}_sent_emo.csv", f"{wildcards.split}_sent_emo_dya.csv"):
-        path = Path(config["meld_dir"]) / name
+        path = Path(SETTINGS.meld_dir) / name
         if path.is_file():
             return str(path)
-    raise ValueError(f"no annotation CSV for split {wildcards.split} in {config['meld_dir']}")
+    raise ValueError(f"no annotation CSV for split {wildcards.split} in {SETTINGS.meld_dir}")
 
 
 def clip_fingerprint(wildcards):
     """Digest of the split's clip folder (names, sizes, mtimes): a clip added, repaired or
     replaced since the last run changes it, and with it ingest's parameters."""
-    from meldflow.ingest import clip_inventory
+    from meldflow.preprocess.ingest import clip_inventory
 
-    return clip_inventory(config["meld_dir"], wildcards.split)
+    return clip_inventory(SETTINGS.meld_dir, wildcards.split)
 
 
 def shard_digest(wildcards):
@@ -87,10 +87,10 @@ def all_aligned(wildcards):
 RUN_DIRS = [f"results/train/{name}/seed-{seed}" for name, seed in RUNS]
 
 
-def train_threads():
-    """Threads of a training run's rule: every core when training runs on this machine, so
-    that local runs go one after another; one with executor slurm (the rule only waits)."""
-    if config.get("train", {}).get("executor") == "slurm":
+def train_threads(wildcards):
+    """Threads of a training run's rule: every core when it trains on this machine, so that
+    local runs go one after another; one with executor slurm (the rule only waits)."""
+    if launch_config(RUNS[(wildcards.experiment, int(wildcards.seed))]).executor == "slurm":
         return 1
     try:
         return workflow.cores
@@ -103,8 +103,8 @@ def train_options(wildcards):
     block with the experiment's overrides and the seed, the model, and the shards one by
     one (never whatever an earlier shard_size left on disk)."""
     options = dict(RUNS[(wildcards.experiment, int(wildcards.seed))])
-    options |= {"hf_home": HF_HOME, "model_repo": config["florence_repo"],
-                "revision": config.get("florence_revision", "main")}
+    options |= {name: getattr(SETTINGS, name)
+                for name in ("hf_home", "florence_repo", "florence_revision")}
     options |= {split: aligned_of(split) for split in SPLITS}
     return options
 
@@ -112,14 +112,14 @@ def train_options(wildcards):
 onstart:
     # SLURM jobs of an earlier run that was killed would write the same outputs as this
     # run's: cancel them before anything is submitted (README: "Faults").
-    from meldflow.monitor import cancel_orphaned_jobs
+    from meldflow.slurm.orphans import cancel_orphaned_jobs
 
     cancel_orphaned_jobs(Path.cwd())
 
 
 onerror:
     # Snakemake only says "check log file(s)": show the end of each failed job's log.
-    from meldflow.monitor import failed_log_tails
+    from meldflow.logs import failed_log_tails
 
     print(failed_log_tails(log), file=sys.stderr)
 

@@ -8,8 +8,7 @@ rule stage_whisper:
     output:
         "results/stage/whisper.json",
     params:
-        hf_home=HF_HOME,
-        model=config["whisper_model"],
+        settings=flags(config, ["hf_home", "whisper_model"]),
     log:
         "results/logs/stage_whisper.log",
     benchmark:
@@ -17,9 +16,8 @@ rule stage_whisper:
     conda:
         "../../envs/transcription.yaml"
     shell:
-        "meldflow stage --hf-home {params.hf_home:q} --models whisper "
-        "--whisper-model {params.model:q} "
-        "--lock-out {output:q} > {log:q} 2>&1"
+        "meldflow stage --models whisper {params.settings} --lock-out {output:q} "
+        "> {log:q} 2>&1"
 
 
 checkpoint ingest:
@@ -30,8 +28,7 @@ checkpoint ingest:
         shards="results/ingest/{split}.shards.json",
         unused="results/ingest/{split}.unused.tsv",
     params:
-        meld_dir=config["meld_dir"],
-        shard_size=config["shard_size"],
+        settings=step_flags(config, "ingest"),
         clips=clip_fingerprint,
     log:
         "results/logs/ingest/{split}.log",
@@ -40,9 +37,8 @@ checkpoint ingest:
     conda:
         "../../envs/frames.yaml"
     shell:
-        "meldflow ingest --meld-dir {params.meld_dir:q} --split {wildcards.split} "
-        "--shard-size {params.shard_size:q} --out {output.table:q} "
-        "--unused {output.unused:q} --info {output.shards:q} > {log:q} 2>&1"
+        "meldflow ingest --split {wildcards.split} --out {output.table:q} "
+        "--unused {output.unused:q} --info {output.shards:q} {params.settings} > {log:q} 2>&1"
 
 
 rule transcribe:
@@ -53,12 +49,7 @@ rule transcribe:
         f"results/transcripts/{{split}}/shard-{SHARD}.parquet",
     params:
         rows=shard_digest,
-        hf_home=HF_HOME,
-        model=config["whisper_model"],
-        device=config.get("whisper_device", "auto"),
-        beam=config.get("whisper_beam_size", 5),
-        cap=config.get("max_clip_seconds", 30),
-        pack=config.get("whisper_pack_seconds", 28),
+        settings=step_flags(config, "transcribe"),
     threads: 2
     log:
         "results/logs/transcribe/{split}/shard-{shard}.log",
@@ -68,10 +59,7 @@ rule transcribe:
         "../../envs/transcription.yaml"
     shell:
         "meldflow transcribe --rows {input.rows:q} --shard {wildcards.shard} "
-        "--out {output:q} "
-        "--model {params.model:q} --hf-home {params.hf_home:q} --device {params.device:q} "
-        "--beam-size {params.beam:q} --max-clip-seconds {params.cap:q} --threads {threads} "
-        "--pack-seconds {params.pack:q} > {log:q} 2>&1"
+        "--out {output:q} --threads {threads} {params.settings} > {log:q} 2>&1"
 
 
 rule frames:
@@ -81,9 +69,7 @@ rule frames:
         f"results/frames/{{split}}/shard-{SHARD}.parquet",
     params:
         rows=shard_digest,
-        k=config["frames_per_utterance"],
-        size=config["frame_size"],
-        cap=config.get("max_clip_seconds", 30),
+        settings=step_flags(config, "frames"),
     threads: 2
     log:
         "results/logs/frames/{split}/shard-{shard}.log",
@@ -93,8 +79,7 @@ rule frames:
         "../../envs/frames.yaml"
     shell:
         "meldflow frames --rows {input.rows:q} --shard {wildcards.shard} --out {output:q} "
-        "--frames {params.k:q} --size {params.size:q} --max-clip-seconds {params.cap:q} "
-        "--workers {threads} > {log:q} 2>&1"
+        "--workers {threads} {params.settings} > {log:q} 2>&1"
 
 
 rule align:
@@ -148,7 +133,7 @@ rule summary:
         audit=report("results/manifest/audit.tsv", caption="../report/audit.rst",
                      category="Preprocessing"),
     params:
-        max_wer=config.get("audit_max_wer", 0.75),
+        settings=step_flags(config, "summary"),
     log:
         "results/logs/summary.log",
     benchmark:
@@ -158,8 +143,7 @@ rule summary:
     shell:
         "meldflow summary --manifests {input.manifests:q} --unused {input.unused:q} "
         "--ingest-info {input.info:q} --out {output.tsv:q} --txt {output.txt:q} "
-        "--plot {output.plot:q} --audit {output.audit:q} --audit-max-wer {params.max_wer:q} "
-        "> {log:q} 2>&1"
+        "--plot {output.plot:q} --audit {output.audit:q} {params.settings} > {log:q} 2>&1"
 
 
 rule preprocess:

@@ -9,11 +9,8 @@ rule stage_florence:
     output:
         "results/stage/florence.json",
     params:
-        hf_home=HF_HOME,
-        repo=config["florence_repo"],
-        revision=config.get("florence_revision", "main"),
-        tiny="--tiny" if config["florence_repo"] == TINY_FLORENCE else "",
-        meld_dir=config["meld_dir"],
+        # the tiny model's tokenizer is trained on meld_dir's CSVs
+        settings=flags(config, ["hf_home", "florence_repo", "florence_revision", "meld_dir"]),
     log:
         "results/logs/stage_florence.log",
     benchmark:
@@ -21,9 +18,8 @@ rule stage_florence:
     conda:
         "../../envs/training.yaml"
     shell:
-        "meldflow stage --hf-home {params.hf_home:q} --models florence {params.tiny} "
-        "--florence-repo {params.repo:q} --florence-revision {params.revision:q} "
-        "--meld-dir {params.meld_dir:q} --lock-out {output:q} > {log:q} 2>&1"
+        "meldflow stage --models florence {params.settings} --lock-out {output:q} "
+        "> {log:q} 2>&1"
 
 
 wildcard_constraints:
@@ -62,7 +58,7 @@ rule train:
         "results/train/{experiment}/seed-{seed}/metrics.json",
     params:
         out=subpath(output[0], parent=True),
-    threads: train_threads()
+    threads: train_threads
     log:
         "results/logs/train/{experiment}/seed-{seed}.log",
     benchmark:

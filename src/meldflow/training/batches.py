@@ -1,6 +1,6 @@
 """Rows into model inputs, and each optimizer step's micro-batches on this rank.
 
-The plan of an epoch (``meldflow.dataset.plan_epoch``) deals whole row groups to streams;
+The plan of an epoch (``meldflow.training.dataset.plan_epoch``) deals whole row groups to streams;
 a step takes the next ``local_batch`` picks of every stream. Each micro-batch carries its
 own augmentation seed, so any number of loader workers (each taking whole micro-batches)
 gives exactly the batches of the single-process reader.
@@ -12,8 +12,8 @@ import os
 import random
 from dataclasses import dataclass
 
-from meldflow.dataset import Source, frames_image, label_index, prompt
-from meldflow.ingest import EMOTIONS
+from meldflow.labels import EMOTIONS
+from meldflow.training.dataset import Source, frames_image, label_index, prompt
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
 Pick = tuple  # (Unit, row in unit, weight): one sample of the plan

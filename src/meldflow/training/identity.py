@@ -10,25 +10,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from meldflow import MeldflowError
+from meldflow.models.cache import verified_snapshot
+from meldflow.models.stage import FLORENCE_FILES
 from meldflow.provenance import run_identity
-from meldflow.stage import FLORENCE_FILES, FLORENCE_TINY_REPO, verified_snapshot
 
 
-def florence_snapshot(hf_home: str | Path, repo_id: str,
-                      revision: str = "main") -> tuple[Path, dict[str, str]]:
-    """The staged, verified model folder and its file hashes; fails in seconds, naming
-    ``meldflow stage``, if it is missing, incomplete or damaged."""
-    hint = (f"run `meldflow stage --hf-home {hf_home} --models florence "
-            + ("--tiny`" if repo_id == FLORENCE_TINY_REPO else f"--florence-repo {repo_id}`")
-            + " first (on a node that reaches the Hub, for a real checkpoint)")
-    return verified_snapshot(hf_home, repo_id, revision, FLORENCE_FILES, "Florence-2 model",
-                             hint)
+def florence_snapshot(cfg) -> tuple[Path, dict[str, str]]:
+    """The staged, verified model folder of a run (``cfg``: its hf_home, florence_repo and
+    florence_revision) and its file hashes; fails in seconds, naming ``meldflow stage``,
+    if it is missing, incomplete or damaged."""
+    hf_home, repo_id = cfg.hf_home, cfg.florence_repo
+    hint = (f"run `meldflow stage --hf-home {hf_home} --models florence --florence-repo "
+            f"{repo_id}` first (on a node that reaches the Hub, for a real checkpoint)")
+    return verified_snapshot(hf_home, repo_id, cfg.florence_revision, FLORENCE_FILES,
+                             "Florence-2 model", hint)
 
 
 def identity_of(cfg, world: int) -> dict:
     """The run identity of ``cfg`` trained by ``world`` processes (see meldflow.provenance),
     with how its inputs were prepared (``preprocessing``, recorded in run.json)."""
-    snap, files = florence_snapshot(cfg.hf_home, cfg.model_repo, cfg.revision)
+    snap, files = florence_snapshot(cfg)
     return run_identity(cfg, cfg.streams or world, snap.name, files) | {
         "preprocessing": preprocessing_of(cfg)}
 
@@ -42,19 +43,19 @@ def preprocessing_of(cfg) -> dict:
 
     if not (cfg.train or cfg.dev or cfg.test):
         return {"source": "annotation CSVs", "text_source": cfg.text_source}
+    from meldflow.preprocess.frames import FRAME_SETTINGS
+    from meldflow.preprocess.transcribe import WHISPER_SETTINGS
+
     seen: dict[str, tuple[str, dict]] = {}
     for path in [*cfg.train, *cfg.dev, *cfg.test]:
         meta = read_metadata(path)
         frames, asr = meta.get("meldflow_frames"), meta.get("meldflow_transcribe")
-        if frames is None or asr is None:
+        if frames is None or asr is None or "whisper_model" not in asr:
             raise MeldflowError(f"{path} does not record how it was made (written by an older "
                                 f"meldflow): delete it and run the preprocess target again")
-        record = {"frames_per_utterance": frames["frames_per_utterance"],
-                  "frame_size": frames["frame_size"],
-                  "max_clip_seconds": frames["max_clip_seconds"]}
+        record = {k: frames[k] for k in FRAME_SETTINGS}
         if cfg.text_source == "whisper":
-            record["whisper"] = {k: asr.get(k) for k in ("model", "model_files", "beam_size",
-                                                          "pack_seconds", "max_clip_seconds")}
+            record["whisper"] = {k: asr[k] for k in (*WHISPER_SETTINGS, "model_files")}
         seen.setdefault(repr(sorted(record.items())), (path, record))
     if len(seen) > 1:
         (a, ra), (b, rb) = list(seen.values())[:2]

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from meldflow import MeldflowError
-from meldflow.monitor import TERMINAL
 from meldflow.provenance import claim_run_dir, read_run
+from meldflow.slurm.states import TERMINAL
 from meldflow.training.identity import identity_of
-from meldflow.training.options import TrainConfig
+from meldflow.training.options import LaunchConfig, TrainConfig
 
 log = logging.getLogger("meldflow.training")
 
@@ -149,9 +149,9 @@ def wait_for(job, executor: str) -> dict:
         raise MeldflowError(failure_message(job, executor)) from None
 
 
-def launch(cfg: TrainConfig, executor: str = "local", tasks: int = 2, nodes: int = 1,
-           timeout_min: int = 60, slurm: dict | None = None, wait: bool = True):
-    """Submit training through submitit and (by default) wait; records the job id.
+def launch(cfg: TrainConfig, how: LaunchConfig | None = None, wait: bool = True):
+    """Submit training through submitit (``how``: where, on how many processes) and, by
+    default, wait; records the job id.
 
     A finished run of the same identity returns its metrics, a running one is reattached,
     an interrupted one resumes; a run folder holding another identity is archived first.
@@ -160,11 +160,12 @@ def launch(cfg: TrainConfig, executor: str = "local", tasks: int = 2, nodes: int
 
     from meldflow.storage import write_text
 
-    out = Path(cfg.out)
-    identity = identity_of(cfg, 1 if executor == "debug" else tasks * nodes)
+    how = how or LaunchConfig()
+    out, executor = Path(cfg.out), how.executor
+    identity = identity_of(cfg, how.world_size())
     old = read_run(out)
     if old is None or old["digest"] != identity["digest"]:
-        running = running_job(out, executor, tasks)
+        running = running_job(out, executor, how.tasks)
         if running is not None:
             raise MeldflowError(
                 f"training job {running.job_id} of the previous configuration of {out} is "
@@ -174,21 +175,16 @@ def launch(cfg: TrainConfig, executor: str = "local", tasks: int = 2, nodes: int
     claim_run_dir(out, identity)
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
-    job = running_job(out, executor, tasks)  # a restarted workflow reattaches
+    job = running_job(out, executor, how.tasks)  # a restarted workflow reattaches
     if job is None:
         ex = submitit.AutoExecutor(folder=out / "submitit", cluster=executor)
-        params: dict = {"timeout_min": timeout_min}
-        if executor != "debug":
-            params.update(tasks_per_node=tasks, nodes=nodes)
-        if executor == "slurm":
-            params.update({k: v for k, v in (slurm or {}).items() if v is not None})
-        ex.update_parameters(**params)
+        ex.update_parameters(**how.submitit_parameters())
         job = ex.submit(TrainJob(cfg, identity))
-        write_text(json.dumps({"job_id": job.job_id, "executor": executor, "tasks": tasks,
-                               "host": socket.gethostname(), "identity": identity["digest"]}),
-                   out / "job.json")
+        write_text(json.dumps({"job_id": job.job_id, "executor": executor,
+                               "tasks": how.tasks, "host": socket.gethostname(),
+                               "identity": identity["digest"]}), out / "job.json")
         log.info("submitted training job %s (%s, %d task(s)), run %s", job.job_id, executor,
-                 1 if executor == "debug" else tasks * nodes, identity["digest"][:12])
+                 how.world_size(), identity["digest"][:12])
     else:
         log.info("reattached to training job %s, still running", job.job_id)
     return wait_for(job, executor) if wait else job

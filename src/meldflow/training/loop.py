@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from meldflow import MeldflowError
-from meldflow.dataset import Source, plan_epoch
-from meldflow.ingest import EMOTIONS
+from meldflow.labels import EMOTIONS
 from meldflow.provenance import claim_run_dir, read_run, record_in_run
 from meldflow.training import checkpoint
 from meldflow.training.batches import (
@@ -31,6 +30,7 @@ from meldflow.training.batches import (
     resolve_workers,
     to_device,
 )
+from meldflow.training.dataset import Source, plan_epoch
 from meldflow.training.distributed import (
     barrier,
     broadcast_from_rank0,
@@ -38,11 +38,11 @@ from meldflow.training.distributed import (
     init_distributed,
     sum_over_ranks,
 )
-from meldflow.training.evaluation import evaluate_split, write_results
 from meldflow.training.identity import florence_snapshot, identity_of
 from meldflow.training.model import EmotionClassifier, load_florence
 from meldflow.training.options import TrainConfig
 from meldflow.training.progress import Progress
+from meldflow.training.scoring import evaluate_split, write_results
 
 log = logging.getLogger("meldflow.training")
 
@@ -80,13 +80,13 @@ class Recipe:
         resume = None
         if self.rank == 0:
             claim_run_dir(self.out, identity or identity_of(cfg, self.world))
-            self.snapshot = florence_snapshot(cfg.hf_home, cfg.model_repo, cfg.revision)[0]
+            self.snapshot = florence_snapshot(cfg)[0]
             resume = self.find_checkpoint()
         # Every rank resumes from the checkpoint rank 0 verified.
         self.resume_from = broadcast_from_rank0(resume)
         self.identity = read_run(self.out)
         if self.rank != 0:
-            self.snapshot = florence_snapshot(cfg.hf_home, cfg.model_repo, cfg.revision)[0]
+            self.snapshot = florence_snapshot(cfg)[0]
         self.finished = (self.out / "metrics.json").is_file()
         self.state = {"epoch": 0, "step_in_epoch": 0, "step": 0, "history": [], "best_f1": -1.0}
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from meldflow import MeldflowError
-from meldflow.ingest import EMOTIONS, SENTIMENTS
+from meldflow.labels import EMOTIONS, SENTIMENTS
 
 HEADS_FILE = "heads.safetensors"
 OPTIONS_FILE = "meldflow_train.json"  # the training options

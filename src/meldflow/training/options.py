@@ -1,31 +1,27 @@
-"""Every training option, defined once: name, default, help (the pattern of the
-transformers examples' argument dataclasses).
+"""Every training option, defined once: name, default, help, checks (the pattern of the
+transformers examples' argument dataclasses, with ``meldflow.settings``'s helpers).
 
 ``meldflow train``'s flags are generated from these dataclasses, the workflow hands them
-over as one YAML file (``--options``), and ``tests/test_options.py`` checks that the
-config schema's ``train:`` block has exactly these keys with the same defaults.
+over as one YAML file (``--options``), the config schema's ``train:`` block is generated
+from them (``train_block_schema``), and one check (``check_options``) validates the
+``train:`` block, every experiment, an options file and the command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from meldflow import MeldflowError
-from meldflow.row_status import FLAGS
-from meldflow.stage import FLORENCE_TINY_REPO
+from meldflow.preprocess.status import FLAGS
+from meldflow.settings import Settings, check, default_of, option, option_fields, option_schema
 
-
-def option(default: Any, help: str, **meta: Any):
-    """A dataclass field that is a user-facing option (``meta``: choices, type, flag)."""
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default),
-                     metadata={"help": help, **meta})
-    return field(default=default, metadata={"help": help, **meta})
+# Paths and models come from the workflow's settings (one definition each).
+_SETTING_DEFAULTS = {f.name: default_of(f) for f in dataclasses.fields(Settings)}
+# Earlier names of fields, read in old options files and model folders.
+RENAMED = {"model_repo": "florence_repo", "revision": "florence_revision"}
 
 
 @dataclass
@@ -40,8 +36,8 @@ class TrainConfig:
     train_csv: str | None = None  # text-only runs straight from annotation CSVs
     dev_csv: str | None = None
     test_csv: str | None = None
-    model_repo: str = FLORENCE_TINY_REPO
-    revision: str = "main"
+    florence_repo: str = _SETTING_DEFAULTS["florence_repo"]
+    florence_revision: str = _SETTING_DEFAULTS["florence_revision"]
     # --- options (config `train:` block, `meldflow train --<name>`) ---
     modalities: str = option("text+vision", "what the model reads",
                              choices=["text", "vision", "text+vision"])
@@ -95,7 +91,7 @@ class TrainConfig:
                                 "source has no flags or transcripts)")
 
     def exclusions(self):
-        from meldflow.dataset import Exclude
+        from meldflow.training.dataset import Exclude
 
         if not self.exclude_flags and self.exclude_max_wer is None:
             return None
@@ -103,7 +99,7 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> TrainConfig:
-        data = json.loads(Path(path).read_text())
+        data = {RENAMED.get(k, k): v for k, v in json.loads(Path(path).read_text()).items()}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
@@ -140,64 +136,30 @@ class LaunchConfig:
                                    if f.metadata.get("group") == "slurm"}},
                       "launch options")
 
-    def slurm_parameters(self) -> dict:
-        """submitit's names for the SLURM settings that are set."""
-        names = {"partition": "slurm_partition", "account": "slurm_account",
-                 "gpus_per_node": "gpus_per_node", "cpus_per_task": "cpus_per_task",
-                 "mem_gb": "mem_gb"}
-        out = {names[k]: getattr(self, k) for k in names if getattr(self, k) is not None}
-        if self.sbatch:
-            out["slurm_additional_parameters"] = dict(self.sbatch)
-        return out
+    def world_size(self) -> int:
+        """Processes that train (DDP ranks): one in this process with ``debug``."""
+        return 1 if self.executor == "debug" else self.tasks * self.nodes
 
-
-def default_of(f: dataclasses.Field) -> Any:
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
-
-
-def option_fields(cls) -> list[dataclasses.Field]:
-    """The user-facing options of ``cls`` (fields with help), in definition order."""
-    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per option of ``cls``; unset flags stay None, so a file's values count."""
-    for f in option_fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = default_of(f)
-        shown = f"(default {default})" if default not in (None, [], {}) else ""
-        help_text = f"{f.metadata['help']} {shown}".strip()
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text)
-        elif isinstance(default, list):
-            parser.add_argument(flag, nargs="*", default=None, metavar="VALUE",
-                                choices=f.metadata.get("choices"), help=help_text)
-        elif isinstance(default, dict):
-            parser.add_argument(flag, nargs="*", default=None, metavar="KEY=VALUE",
-                                help=help_text)
-        else:
-            kind = f.metadata.get("type") or type(default)
-            parser.add_argument(flag, type=kind, default=None,
-                                choices=f.metadata.get("choices"), help=help_text)
-
-
-def given(args: argparse.Namespace, cls) -> dict:
-    """The options of ``cls`` set on the command line."""
-    out = {}
-    for f in option_fields(cls):
-        value = getattr(args, f.name, None)
-        if value is None:
-            continue
-        if isinstance(default_of(f), dict):
-            value = dict(kv.split("=", 1) for kv in value)
-        out[f.name] = value
-    return out
+    def submitit_parameters(self) -> dict:
+        """These settings in submitit's names (``time_min`` is its ``timeout_min``; SLURM
+        settings that are not set are left to the cluster's defaults)."""
+        params: dict = {"timeout_min": self.time_min}
+        if self.executor != "debug":
+            params |= {"tasks_per_node": self.tasks, "nodes": self.nodes}
+        if self.executor == "slurm":
+            names = {"partition": "slurm_partition", "account": "slurm_account",
+                     "gpus_per_node": "gpus_per_node", "cpus_per_task": "cpus_per_task",
+                     "mem_gb": "mem_gb"}
+            params |= {names[k]: getattr(self, k) for k in names
+                       if getattr(self, k) is not None}
+            if self.sbatch:
+                params["slurm_additional_parameters"] = dict(self.sbatch)
+        return params
 
 
 def read_options_file(path: str | Path) -> tuple[dict, dict]:
     """(training fields, launch fields) from a YAML options file (what the workflow
-    writes): training options, paths (hf_home, model_repo, train/dev/test), launch
+    writes): training options, paths (hf_home, florence_repo, train/dev/test), launch
     options, and SLURM settings under ``slurm:``."""
     import yaml
 
@@ -206,52 +168,71 @@ def read_options_file(path: str | Path) -> tuple[dict, dict]:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise MeldflowError(f"cannot read training options {path}: {exc}") from None
-    data = dict(data)
+    return split_options(data, str(path))
+
+
+def split_options(options: dict, where: str) -> tuple[dict, dict]:
+    """(TrainConfig fields, LaunchConfig fields) of a run's options (the train: block's
+    keys, SLURM settings under ``slurm:``, paths); unknown keys are an error."""
+    data = {RENAMED.get(k, k): v for k, v in options.items()}
     data |= data.pop("slurm", None) or {}
     train_names = {f.name for f in dataclasses.fields(TrainConfig)} - {"out"}
     launch_names = {f.name for f in dataclasses.fields(LaunchConfig)}
     unknown = set(data) - train_names - launch_names
     if unknown:
-        raise MeldflowError(f"{path}: unknown training option(s) {', '.join(sorted(unknown))}")
+        raise MeldflowError(f"{where}: unknown training option(s) {', '.join(sorted(unknown))}")
     return ({k: v for k, v in data.items() if k in train_names},
             {k: v for k, v in data.items() if k in launch_names})
 
 
+def launch_config(options: dict) -> LaunchConfig:
+    """Where one run of the workflow trains (from its options)."""
+    return LaunchConfig(**split_options(options, "training options")[1])
+
+
 def write_options_file(options: dict, path: str | Path, log: str | Path | None = None) -> None:
-    """The workflow's options file for ``meldflow train --options`` (checked on reading)."""
+    """The workflow's options file for ``meldflow train --options`` (checked when the
+    Snakefile was read, and again by ``meldflow train``, where it enters that process)."""
     import yaml
 
     from meldflow.storage import write_text
 
     write_text(yaml.safe_dump(dict(options), sort_keys=False), path)
-    read_options_file(path)
     if log:
         write_text(f"wrote {path}: {len(options)} keys\n", log)
 
 
-_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string",
-               list: "array", dict: "object"}
-_RANGES = {"minimum": "minimum", "maximum": "maximum", "exclusive_minimum": "exclusiveMinimum"}
+def configs_from_args(a) -> tuple[TrainConfig, LaunchConfig]:
+    """`meldflow train`'s (TrainConfig, LaunchConfig) from its parsed command line: the
+    definitions' defaults < the --options file < flags; shards are checked readable here,
+    before anything is submitted."""
+    from meldflow.settings import given, step_fields
+    from meldflow.training.dataset import open_parquet
 
-
-def option_schema(f: dataclasses.Field) -> dict:
-    """The JSON-schema property of one option: type, choices, range and default."""
-    default = default_of(f)
-    kind = _JSON_TYPES[f.metadata.get("type") or type(default)]
-    prop: dict = {"type": [kind, "null"] if default is None else kind}
-    choices = f.metadata.get("choices")
-    if choices and isinstance(default, list):
-        prop["items"] = {"type": "string", "enum": list(choices)}
-    elif choices:
-        prop["enum"] = list(choices)
-    prop |= {_RANGES[k]: v for k, v in f.metadata.items() if k in _RANGES}
-    prop["default"] = default
-    return prop
+    train_kw, launch_kw = read_options_file(a.options) if a.options else ({}, {})
+    for name in ("train_csv", "dev_csv", "test_csv"):
+        if getattr(a, name) is not None:
+            train_kw[name] = getattr(a, name)
+    for split in ("train", "dev", "test"):
+        if getattr(a, f"{split}_shards") is not None:
+            train_kw[split] = list(getattr(a, f"{split}_shards"))
+        elif a.aligned_dir:
+            train_kw[split] = sorted(str(p) for p in
+                                     (Path(a.aligned_dir) / split).glob("shard-*.parquet"))
+    train_kw |= given(a, step_fields("train")) | given(a, option_fields(TrainConfig))
+    train_kw["hf_home"] = str(Path(train_kw.get("hf_home") or Settings().hf_home).resolve())
+    cfg = TrainConfig(out=a.out, **train_kw)
+    for p in cfg.train + cfg.dev + cfg.test:  # a damaged shard fails here, named, early
+        if not Path(p).is_file():
+            raise MeldflowError(f"aligned shard not found: {p}; run the preprocess target")
+        open_parquet(p)
+    launch = LaunchConfig(**(launch_kw | given(a, option_fields(LaunchConfig))))
+    return cfg, launch
 
 
 def train_block_schema() -> dict:
     """The config's ``train:`` block as JSON schema, from the dataclasses: the schema file
-    holds exactly this (tests/test_options.py), and :func:`check_options` applies it."""
+    holds exactly this (tests/test_settings.py), and :func:`check_options` applies it."""
     props: dict = {}
     slurm: dict = {}
     for cls in (LaunchConfig, TrainConfig):
@@ -265,16 +246,7 @@ def check_options(options: dict, where: str) -> None:
     """Raise a MeldflowError naming ``where`` and the option if ``options`` (keys of the
     ``train:`` block, any subset) break a definition. The one check behind the config's
     ``train:`` block, every experiment, the options file and the command line."""
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(train_block_schema())
-    errors = sorted(validator.iter_errors(options), key=lambda e: list(e.path))
-    if errors:
-        e = errors[0]
-        key = ".".join(str(k) for k in e.path)
-        hint = (" (the options are the keys of the train: block; `meldflow train --help` "
-                "lists them)" if e.validator == "additionalProperties" else "")
-        raise MeldflowError(f"{where}: {key + ': ' if key else ''}{e.message}{hint}")
+    check(train_block_schema(), options, where)
 
 
 def schema_defaults() -> dict:

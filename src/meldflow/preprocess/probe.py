@@ -107,9 +107,6 @@ class ClipInfo:
     has_audio: bool
 
 
-_CONTAINERS = {b"moov", b"trak", b"mdia"}
-
-
 def _boxes(f, start: int, end: int):
     pos = start
     while pos + 8 <= end:

@@ -16,7 +16,7 @@ STATUSES: dict[str, str] = {
 # Flags mark a row to check before trusting it (each is listed by the audit, and can be
 # left out of training with exclude_flags): damage, a clip that does not match its
 # annotation, or a row that cannot be checked. Benign properties are not flags (an AAC
-# track a fraction of a second shorter than its video: meldflow.probe.audio_short).
+# track a fraction of a second shorter than its video: meldflow.preprocess.probe.audio_short).
 FLAGS: dict[str, str] = {
     "bad_timestamps": "EndTime is not after StartTime in the annotation",
     "clip_capped": "the clip is longer than max_clip_seconds; only its start was used",

@@ -11,11 +11,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from meldflow import MeldflowError
-from meldflow.frames import FRAMES_SCHEMA
-from meldflow.ingest import INGEST_SCHEMA
-from meldflow.row_status import worst
+from meldflow.preprocess.frames import FRAMES_SCHEMA
+from meldflow.preprocess.ingest import INGEST_SCHEMA
+from meldflow.preprocess.status import worst
+from meldflow.preprocess.transcribe import TRANSCRIPT_SCHEMA
 from meldflow.storage import table_metadata, write_table
-from meldflow.transcribe import TRANSCRIPT_SCHEMA
 
 ROW_GROUP_BYTES = 32 * 1024 * 1024  # tens of MB: big reads on Lustre/GPFS, modest memory
 

@@ -7,14 +7,10 @@ import sys
 
 from conftest import env_with_venv
 
-from meldflow.monitor import (
-    _mb,
-    _seconds,
-    job_rows,
-    patch_slurm_plugin,
-    real_nodes,
-    slurm_state,
-)
+from meldflow.slurm.accounting import to_mb, to_seconds
+from meldflow.slurm.plugin import patch_slurm_plugin
+from meldflow.slurm.states import real_nodes, slurm_state
+from meldflow.slurm.status import job_rows
 
 
 def test_state_words():
@@ -60,10 +56,10 @@ def test_a_node_named_none_assigned_is_not_excluded():
 
 
 def test_units_of_sacct_fields():
-    assert _mb("2000M") == 2000 and _mb("2G") == 2048 and _mb("512K") == 0.5
-    assert _mb("") is None
-    assert _seconds("00:01:30") == 90 and _seconds("1-00:00:01") == 86401
-    assert _seconds("00:02.500") == 2.5
+    assert to_mb("2000M") == 2000 and to_mb("2G") == 2048 and to_mb("512K") == 0.5
+    assert to_mb("") is None
+    assert to_seconds("00:01:30") == 90 and to_seconds("1-00:00:01") == 86401
+    assert to_seconds("00:02.500") == 2.5
 
 
 def test_attempts_are_numbered_per_rule_and_wildcards(tmp_path):
@@ -98,7 +94,7 @@ def test_status_without_sacct_says_so(tmp_path):
 
 
 def test_failed_tries_are_explained_and_gpus_shown():
-    from meldflow.monitor import format_table
+    from meldflow.slurm.status import format_table
 
     def rec(job, comment, state, mem, node, tres="cpu=2,mem=2000M,node=1", limit="00:30:00"):
         return {"JobIDRaw": job, "JobID": job, "JobName": "run", "Comment": comment,
@@ -130,7 +126,7 @@ def test_only_a_folder_once_run_on_slurm_is_checked_for_orphaned_jobs(tmp_path, 
     """Every run starts by looking for SLURM jobs a killed earlier run left behind. A
     folder never run on SLURM has none, and asking cost a local run 10 to 60 s wherever
     squeue is installed but no controller answers (a laptop with the local cluster down)."""
-    from meldflow.monitor import cancel_orphaned_jobs
+    from meldflow.slurm.orphans import cancel_orphaned_jobs
 
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
     bin_dir.mkdir()

@@ -14,8 +14,9 @@ import ffmpeg
 import pyarrow as pa
 from tqdm import tqdm
 
-from meldflow.probe import ClipError, clip_info, duration_flag, last_line
-from meldflow.row_status import NO_CLIP
+from meldflow.preprocess.probe import ClipError, clip_info, duration_flag, last_line
+from meldflow.preprocess.status import NO_CLIP
+from meldflow.settings import Settings
 from meldflow.storage import write_table
 
 FRAMES_SCHEMA = pa.schema([
@@ -74,21 +75,17 @@ def errors_example(stderr: bytes) -> str:
     return line.split("[error]", 1)[1].strip()
 
 
-def extract_frames(
-    path: str | Path,
-    k: int = 8,
-    size: int = 256,
-    max_clip_seconds: float = 30.0,
-    jpeg_quality: int = 3,
-    threads: int = 0,
-) -> FrameResult:
-    """Decode ``path`` once and return ``k`` JPEG frames spread over the clip.
+def extract_frames(path: str | Path, frames_per_utterance: int, frame_size: int,
+                   max_clip_seconds: float, jpeg_quality: int = 3,
+                   threads: int = 0) -> FrameResult:
+    """Decode ``path`` once and return ``frames_per_utterance`` JPEG frames spread over it.
 
-    ``size`` bounds the longer side (aspect ratio kept). Clips longer than
+    ``frame_size`` bounds the longer side (aspect ratio kept). Clips longer than
     ``max_clip_seconds`` (MELD's mis-cut clips run for minutes) are decoded only that far.
-    Always returns ``k`` frames for a readable clip: if the clip has fewer distinct frames
-    than targets, the nearest frame is repeated.
+    Always returns that many frames for a readable clip: if the clip has fewer distinct
+    frames than targets, the nearest frame is repeated.
     """
+    k, size = frames_per_utterance, frame_size
     res = FrameResult()
     try:
         info = clip_info(path)
@@ -140,18 +137,17 @@ def extract_frames(
     return res
 
 
-def frames_for_rows(rows: pa.Table, k: int, size: int, max_clip_seconds: float,
-                    workers: int = 1) -> pa.Table:
+def frames_for_rows(rows: pa.Table, settings: Settings, workers: int = 1) -> pa.Table:
     """Frames for every row of an ingest table; rows without a clip are passed through."""
     recs = rows.select(["split", "dialogue_id", "utterance_id", "clip_path", "status",
                         "start_s", "end_s"]).to_pylist()
+    framing = frame_settings(settings)
 
     def one(rec: dict) -> FrameResult:
         if rec["status"] in NO_CLIP or not rec["clip_path"]:
             return FrameResult(status=rec["status"], reason="no clip to decode")
         # With several clips in flight, one decoding thread each avoids oversubscription.
-        res = extract_frames(rec["clip_path"], k, size, max_clip_seconds,
-                             threads=1 if workers > 1 else 0)
+        res = extract_frames(rec["clip_path"], **framing, threads=1 if workers > 1 else 0)
         off = duration_flag(res.duration, rec["start_s"], rec["end_s"])
         if off:
             res.flags.append("duration_mismatch")
@@ -175,12 +171,20 @@ def frames_for_rows(rows: pa.Table, k: int, size: int, max_clip_seconds: float,
     return pa.table(cols, schema=FRAMES_SCHEMA)
 
 
-def run_frames(rows: pa.Table, out: str | Path, k: int, size: int, max_clip_seconds: float,
+FRAME_SETTINGS = ("frames_per_utterance", "frame_size", "max_clip_seconds")
+
+
+def frame_settings(settings: Settings) -> dict:
+    """The settings that decide a clip's frames, by name: what the shards record, and what
+    ``meldflow predict`` repeats for new clips."""
+    return {name: getattr(settings, name) for name in FRAME_SETTINGS}
+
+
+def run_frames(rows: pa.Table, out: str | Path, settings: Settings,
                workers: int = 1) -> pa.Table:
-    table = frames_for_rows(rows, k, size, max_clip_seconds, workers)
+    table = frames_for_rows(rows, settings, workers)
     write_table(table, out, row_group_size=64, metadata={"meldflow_frames": {
-        "frames_per_utterance": k, "frame_size": size, "max_clip_seconds": max_clip_seconds,
-        "ffmpeg": ffmpeg_version()}})
+        **frame_settings(settings), "ffmpeg": ffmpeg_version()}})
     return table
 
 

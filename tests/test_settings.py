@@ -1,0 +1,162 @@
+"""Every setting defined once: the schema, the config, flags and checks derive from it."""
+import dataclasses
+import re
+import subprocess
+
+import pytest
+import yaml
+from conftest import (
+    BIN,
+    REPO,
+    SAMPLE,
+    env_with_venv,
+    make_workdir,
+)
+
+from meldflow import MeldflowError
+from meldflow.settings import default_of, option_fields
+from meldflow.training.options import LaunchConfig, TrainConfig, read_options_file, schema_defaults
+
+SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+
+
+def test_config_train_block_holds_the_defaults():
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert config["train"] == schema_defaults()
+
+
+def test_every_option_has_a_flag_and_files_and_flags_combine(tmp_path):
+    from meldflow.cli import build_parser
+    from meldflow.training.options import configs_from_args
+
+    help_text = subprocess.run([str(BIN / "meldflow"), "train", "--help"], capture_output=True,
+                               text=True, check=True).stdout
+    for cls in (TrainConfig, LaunchConfig):
+        for f in option_fields(cls):
+            assert "--" + f.name.replace("_", "-") in help_text, f.name
+    options = tmp_path / "options.yaml"
+    options.write_text(yaml.safe_dump({
+        "hf_home": str(tmp_path), "train_csv": str(SAMPLE / "train_sent_emo.csv"),
+        "modalities": "text", "lr": 0.01, "augment": True, "executor": "debug",
+        "slurm": {"partition": "gpu", "sbatch": {"qos": "high"}}}))
+    args = build_parser().parse_args(["train", "--out", str(tmp_path / "run"), "--options",
+                                      str(options), "--lr", "0.5", "--no-augment",
+                                      "--seed", "3"])
+    cfg, how = configs_from_args(args)
+    assert (cfg.lr, cfg.augment, cfg.seed, cfg.modalities) == (0.5, False, 3, "text")
+    assert cfg.epochs == default_of(next(f for f in option_fields(TrainConfig)
+                                         if f.name == "epochs"))
+    assert how.executor == "debug" and how.partition == "gpu" and how.sbatch == {"qos": "high"}
+    slurm = dataclasses.replace(how, executor="slurm").submitit_parameters()
+    assert slurm == {"timeout_min": 60, "tasks_per_node": 2, "nodes": 1,
+                     "slurm_partition": "gpu", "slurm_additional_parameters": {"qos": "high"}}
+    options.write_text(yaml.safe_dump({"learning_rate": 1}))
+    with pytest.raises(Exception, match="unknown training option.*learning_rate"):
+        read_options_file(options)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"epochs": 0}, "epochs: 0 is less than the minimum of 1"),
+    ({"lr": -1}, "lr: -1 is less than or equal to the minimum of 0"),
+    ({"modalities": "audio"}, "modalities: 'audio' is not one of ['text', 'vision', "
+                              "'text+vision']"),
+    ({"slurm": {"mem_gb": 0}}, "slurm.mem_gb: 0 is less than the minimum of 1"),
+])
+def test_experiments_are_checked_like_the_train_block(override, message):
+    """An experiment's overrides ran (epochs 0: an untrained model's figures, exit 0) or
+    failed after preprocessing; now one check refuses them, with the train: block's words."""
+    from meldflow.training.options import experiment_runs
+
+    train = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"]
+    with pytest.raises(MeldflowError) as bad_experiment:
+        experiment_runs(train, {"ok": {}, "bad": override}, None)
+    assert str(bad_experiment.value) == f"config experiment bad: {message}"
+    slurm = train["slurm"] | override.get("slurm", {})
+    with pytest.raises(MeldflowError) as bad_block:
+        experiment_runs(train | override | {"slurm": slurm}, None, None)
+    assert str(bad_block.value) == f"config train: {message}"
+
+
+def test_a_bad_experiment_stops_the_workflow_before_any_job(tmp_path, hf_home):
+    work = make_workdir(tmp_path / "work", hf_home, experiments={"text": {"epochs": 0}})
+    proc = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d",
+                           str(work), "--cores", "1"], capture_output=True, text=True,
+                          env=env_with_venv(), cwd=work)
+    assert proc.returncode != 0
+    assert "config experiment text: epochs: 0 is less than the minimum of 1" in proc.stderr
+    assert not (work / "results").exists()
+
+
+def test_the_command_line_is_checked_the_same_way(tmp_path):
+    proc = subprocess.run([str(BIN / "meldflow"), "train", "--out", str(tmp_path / "run"),
+                           "--hf-home", str(tmp_path), "--train-csv",
+                           str(SAMPLE / "train_sent_emo.csv"), "--lr", "-1"],
+                          capture_output=True, text=True, env=env_with_venv())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "training options: lr: -1.0 is less than or equal to the minimum of 0" in proc.stderr
+
+
+def test_schema_file_is_what_the_definitions_generate():
+    """workflow/schemas/config.schema.yaml is `meldflow schema`: every key, type, range,
+    default and help comes from meldflow.settings and meldflow.training.options."""
+    from meldflow.settings import config_schema
+    from meldflow.training.options import train_block_schema
+
+    assert SCHEMA == config_schema(train_block_schema())
+
+
+def test_config_holds_every_setting_at_its_default():
+    """config/config.yaml lists every setting with the definition's default, but the
+    sample's shard_size (small, so that every split has more than one job)."""
+    from meldflow.settings import Settings
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    defaults = {f.name: default_of(f) for f in option_fields(Settings)}
+    assert {k: v for k, v in config.items() if k in defaults} == defaults | {"shard_size": 24}
+    assert set(config) - set(defaults) == {"train"}
+
+
+def test_every_subcommand_takes_its_settings_by_their_config_names():
+    from meldflow.cli import COMMANDS
+    from meldflow.settings import flag, step_fields
+
+    for step in COMMANDS:
+        help_text = subprocess.run([str(BIN / "meldflow"), step, "--help"], capture_output=True,
+                                   text=True, check=True, env=env_with_venv()).stdout
+        for f in step_fields(step):
+            assert flag(f.name) in help_text, (step, f.name)
+    frames = subprocess.run([str(BIN / "meldflow"), "frames", "--help"], capture_output=True,
+                            text=True, check=True, env=env_with_venv()).stdout
+    assert "--frames-per-utterance" in frames and "--size " not in frames
+
+
+def test_rules_hold_no_setting_of_their_own():
+    """Rules pass settings through step_flags/flags (meldflow.settings): no rule reads a
+    setting from the config by hand, and none holds a fallback default."""
+    rules = "".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    read = set(re.findall(r"config(?:\.get\(|\[)\"(\w+)\"", rules))
+    assert read <= {"train", "experiments", "seeds"}, read
+    assert "config.get(\"" not in rules.replace("config.get(\"train\"", "").replace(
+        "config.get(\"experiments\"", "").replace("config.get(\"seeds\"", "")
+
+
+def test_the_configuration_reference_is_generated():
+    """docs/configuration.md holds the tables `meldflow schema --table` prints."""
+    table = subprocess.run([str(BIN / "meldflow"), "schema", "--table"], capture_output=True,
+                           text=True, check=True, env=env_with_venv()).stdout
+    assert table in (REPO / "docs" / "configuration.md").read_text()
+
+
+def test_a_bad_setting_is_refused_where_it_enters(tmp_path):
+    """The config (before any job) and a command line get the same check and message."""
+    from meldflow import MeldflowError
+    from meldflow.settings import Settings
+
+    with pytest.raises(MeldflowError, match="config: frame_size: 8 is less than the minimum "
+                                            "of 16"):
+        Settings.from_config({"frame_size": 8})
+    proc = subprocess.run([str(BIN / "meldflow"), "frames", "--rows", "x", "--shard", "0",
+                           "--out", str(tmp_path / "f.parquet"), "--frame-size", "8"],
+                          capture_output=True, text=True, env=env_with_venv())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "settings: frame_size: 8 is less than the minimum of 16" in proc.stderr
