@@ -458,3 +458,24 @@ def test_aligned_shards_name_what_made_them(preprocessed, hf_home):
     assert meta["meldflow_frames"]["ffmpeg"].startswith("ffmpeg version")
     info = json.loads((preprocessed / "results" / "ingest" / "dev.shards.json").read_text())
     assert set(info["shard_digests"]) == {"0000"} and info["warning"] is None
+
+
+def test_a_clip_a_pack_passes_over_is_heard_alone(hf_home, tmp_path):
+    """In a long window Whisper may skip a short line (MELD-like "What?!" first in a pack
+    came back empty, heard alone it is "What?"): such a clip is transcribed on its own."""
+    from meldflow.transcribe import Transcriber, transcribe_rows
+
+    texts = ["What?", "We should probably order lunch soon.", "Stop touching my stuff."]
+    clips = [_speech_clip(tmp_path / f"{i}.mp4", t) for i, t in enumerate(texts)]
+    calls = []
+
+    class Skipping(Transcriber):  # what the pack returned in the benchmark
+        def _pack(self, audios, gap_s):
+            calls.append(len(audios))
+            out = super()._pack(audios, gap_s)
+            return [("", [])] + out[1:] if len(audios) > 1 else out
+
+    out = transcribe_rows(_rows(clips, texts), Skipping("tiny.en", hf_home, device="cpu"),
+                          30.0).to_pylist()
+    assert calls[0] == 3 and calls[-1] == 1  # the pack, then clip 0 alone
+    assert out[0]["transcript"] and out[0]["wer"] < 0.5 and out[0]["asr_flags"] == []
