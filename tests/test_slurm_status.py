@@ -140,3 +140,19 @@ def test_only_a_folder_once_run_on_slurm_is_checked_for_orphaned_jobs(tmp_path, 
     assert cancel_orphaned_jobs(work) == [] and not calls.exists()
     (logs / "2026-11-30T020000.000000.snakemake.log").write_text("SLURM run ID: 1a2b\n")
     assert cancel_orphaned_jobs(work) == [] and calls.read_text().count("--me") == 1
+
+
+def test_another_plugin_version_stops_the_workflow_with_a_message(monkeypatch):
+    """The plugin fixes were written for one version: a newer one is refused, loudly,
+    rather than patched blindly (its functions may have changed, or the defects gone)."""
+    import pytest
+    import snakemake_executor_plugin_slurm as plugin
+
+    from meldflow import MeldflowError
+    from meldflow.slurm import plugin as fixes
+
+    fixes.check_plugin(plugin)  # the pinned version passes
+    monkeypatch.setattr(fixes.metadata, "version", lambda name: "2.9.0")
+    with pytest.raises(MeldflowError, match=r"snakemake-executor-plugin-slurm 2\.8\.0 .*"
+                                            r"installed is 2\.9\.0.*PATCHED_FOR"):
+        fixes.check_plugin(plugin)
