@@ -58,7 +58,7 @@ PY
     cp "$STASH"/config.json "$STASH"/tokenizer.json "$STASH"/vocabulary.txt /tmp/whisper/
     [ "$(sha256sum /tmp/whisper/model.bin | cut -d' ' -f1)" = "$(cat "$STASH"/model.bin.sha256)" ] \
         || { echo "model.bin pieces do not reassemble"; exit 1; }
-    python3 -c "from meldflow.models.stage import place_in_cache as p; \
+    python3 -c "from meldflow.models.cache import place_in_cache as p; \
 p('/tmp/whisper', '/tmp/hf', 'Systran/faster-whisper-tiny.en')"
     mkdir -p /tmp/hf_florence && cp -r "$STASH"/florence_hub /tmp/hf_florence/hub
 
