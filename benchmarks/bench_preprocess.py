@@ -96,49 +96,72 @@ def _speech(text: str, wav: Path, speed: int) -> float:
         return w.getnframes() / w.getframerate()
 
 
+def plan_utterances(csv_path: Path, n: int, seed: int) -> list[dict]:
+    """The first ``n`` utterances (in a seeded order) whose line espeak-ng can speak, at
+    most MAX_SPEED, within the CSV's length less SPEECH_ENDS_BEFORE_S: text, times, speed.
+    The order does not depend on ``n``: a smaller set is a prefix of a larger one."""
+    from meldflow.preprocess.ingest import read_annotations
+
+    anns = [a for a in read_annotations(csv_path)
+            if a.start_s is not None and a.end_s is not None and a.utterance.strip()
+            and 1.5 <= a.end_s - a.start_s <= 30]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "s.wav"
+        for a in random.Random(seed).sample(anns, len(anns)):
+            if len(rows) == n:
+                break
+            room = a.end_s - a.start_s - SPEECH_ENDS_BEFORE_S
+            speed = SPEED
+            length = _speech(a.utterance, wav, speed)
+            if length > room:  # MELD's actors speak faster than espeak: fit the clip
+                speed = int(speed * length / room) + 1
+                if speed > MAX_SPEED:
+                    continue
+            rows.append({"clip": f"dia{len(rows)}_utt0.mp4", "text": a.utterance,
+                         "start": a.start_s, "end": a.end_s, "speed": speed})
+    return rows
+
+
 def make_meld_like_clips(csv_path: Path, n: int, seed: int = 3, cache: Path | None = None,
-                         audio_short_s: float = 0.0) -> tuple[Path, list[dict]]:
+                         audio_short_s: float = 0.0,
+                         workers: int = 2) -> tuple[Path, list[dict]]:
     """``n`` clips of utterances drawn from a MELD CSV, as long as the CSV says, their AAC
-    track ending ``audio_short_s`` before the video; cached.
+    track ending ``audio_short_s`` before the video; cached. ``workers`` clips are encoded
+    at once; an interrupted build resumes where it stopped.
 
     Returns (folder, rows): each row has the clip, the text and the CSV's times. The same
     utterances and speech for every ``audio_short_s``.
     """
-    from meldflow.preprocess.ingest import read_annotations
+    from concurrent.futures import ThreadPoolExecutor
 
     key = f"{n}:{seed}:{CLIPS_VERSION}:{audio_short_s:g}"
     digest = hashlib.sha256(csv_path.read_bytes() + key.encode())
     root = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     folder = root / "meldflow" / "bench-clips" / digest.hexdigest()[:16]
-    manifest = folder / "clips.json"
-    if manifest.is_file():
-        return folder, json.loads(manifest.read_text())
-    anns = [a for a in read_annotations(csv_path)
-            if a.start_s is not None and a.end_s is not None and a.utterance.strip()
-            and 1.5 <= a.end_s - a.start_s <= 30]
-    candidates = random.Random(seed).sample(anns, len(anns))
+    if (folder / "clips.json").is_file():
+        return folder, json.loads((folder / "clips.json").read_text())
     tmp = folder.with_name(folder.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    rows = []
-    for a in candidates:
-        if len(rows) == n:
-            break
-        dur, i = a.end_s - a.start_s, len(rows)
-        wav = tmp / f"s{i}.wav"
-        room = dur - SPEECH_ENDS_BEFORE_S
-        speed = SPEED
-        length = _speech(a.utterance, wav, speed)
-        if length > room:  # MELD's actors speak faster than espeak: fit the clip
-            speed = int(speed * length / room) + 1
-            if speed > MAX_SPEED:
-                continue
-            _speech(a.utterance, wav, speed)
-        clip = encode_clip(wav, dur, tmp / f"dia{i}_utt0.mp4", audio_short_s)
+    tmp.mkdir(parents=True, exist_ok=True)
+    plan = tmp / "plan.json"
+    if not plan.is_file():
+        plan.write_text(json.dumps(plan_utterances(csv_path, n, seed), indent=1))
+    rows = json.loads(plan.read_text())
+
+    def encode(row: dict) -> None:
+        clip = tmp / row["clip"]
+        if clip.is_file():  # encoded before an interruption (renamed when complete)
+            return
+        wav, part = clip.with_suffix(".wav"), clip.with_suffix(".part.mp4")
+        _speech(row["text"], wav, row["speed"])
+        encode_clip(wav, row["end"] - row["start"], part, audio_short_s)
         wav.unlink()
-        rows.append({"clip": clip.name, "text": a.utterance, "start": a.start_s,
-                     "end": a.end_s, "speed": speed})
+        os.replace(part, clip)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(encode, rows))
     (tmp / "clips.json").write_text(json.dumps(rows, indent=1))
+    plan.unlink()
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return folder, rows
