@@ -1,6 +1,8 @@
 """Whisper transcription throughput: one clip per call (the naive loop) against meldflow's
-packed windows and faster-whisper's batched pipeline (one chunk per clip, so no word can
-cross clips), same model, same clips, same run. Beam 5 and word timestamps throughout.
+packed windows (the CPU path) and its batched decoding (the GPU path, whisper_batch_size:
+faster-whisper's batched pipeline, one chunk per clip, so no word can cross clips, clips
+handed over a batch at a time as `meldflow transcribe` does), same model, same clips, same
+run. Beam 5 and word timestamps throughout.
 
 On a GPU (float16):
     python benchmarks/bench_gpu_transcribe.py --hf-home H --audio clips.npz --device cuda
@@ -53,31 +55,6 @@ def load(path: Path, repeat: int):
     audios = [z["audio"][a:b].astype(np.float32) for a, b in zip(bounds[:-1], bounds[1:],
                                                                    strict=True)]
     return audios * repeat, list(z["texts"]) * repeat
-
-
-def batched(model, audios, batch_size: int, beam: int) -> list[str]:
-    """faster-whisper's BatchedInferencePipeline, one chunk per clip via clip_timestamps."""
-    import numpy as np
-    from faster_whisper import BatchedInferencePipeline
-
-    pipe = BatchedInferencePipeline(model)
-    gap = np.zeros(1600, dtype=np.float32)
-    pieces, stamps, t = [], [], 0.0
-    for a in audios:
-        pieces += [a, gap]
-        stamps.append({"start": t, "end": t + len(a) / 16000})
-        t += (len(a) + len(gap)) / 16000
-    segments, _ = pipe.transcribe(np.concatenate(pieces), language="en", beam_size=beam,
-                                  word_timestamps=True, clip_timestamps=stamps,
-                                  batch_size=batch_size, condition_on_previous_text=False)
-    texts = [""] * len(audios)
-    starts = [s["start"] for s in stamps]
-    import bisect
-
-    for seg in segments:
-        i = max(0, bisect.bisect_right(starts, (seg.start + seg.end) / 2) - 1)
-        texts[i] += seg.text
-    return [x.strip() for x in texts]
 
 
 def score(texts: list[str], gold: list[str]) -> float | None:
@@ -138,9 +115,15 @@ def main() -> None:
             pack.append(a)
         return out + [x for x, _ in t.transcribe_pack(pack)]
 
+    def run_batched(b):
+        t = Transcriber.__new__(Transcriber)
+        t.__dict__.update(packed.__dict__, batch_size=b)
+        return [x for i in range(0, len(audios), b) for x, _ in t.transcribe_batch(
+            audios[i:i + b])]
+
     modes = {"sequential": lambda: run_packed(naive), "packed": lambda: run_packed(packed)}
     for b in args.batch_sizes:
-        modes[f"batched-{b}"] = lambda b=b: batched(packed.model, audios, b, args.beam)
+        modes[f"batched-{b}"] = lambda b=b: run_batched(b)
     naive.transcribe_pack(audios[:1])  # warm-up: CUDA initialisation is not throughput
     results = {}
     print(f"{'mode':>12} {'clips/s':>9} {'vs sequential':>14} {'WER':>6}")

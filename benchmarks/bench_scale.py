@@ -4,9 +4,9 @@ The clips are bench_preprocess.py's (utterances and lengths from the real MELD C
 1280x720 H.264 + AAC, full-length audio), built once for the largest size and cached under
 ~/.cache/meldflow/bench-clips/; each smaller size is a prefix of it. Per size, from
 scratch, with one shard_size for all (default 100), it prints each step's seconds per clip
-and its largest peak RSS per job (from the DAG's own benchmark files), the wall clock per
-clip, and each against the smallest size: the time per clip should not grow with the data,
-and a job's memory should be set by the shard size, not by the data size.
+and the median and largest peak RSS of its jobs (from the DAG's own benchmark files), the
+wall clock per clip, and each against the smallest size: the time per clip should not
+grow with the data, and a job's memory should be set by the shard size, not by the data size.
 
 Run: .venv/bin/python benchmarks/bench_scale.py [--sizes 100 400 1600] [--shard-size 100]
      .venv/bin/python benchmarks/bench_scale.py --build-only   # the clips alone (hours)
@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import csv
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -38,10 +40,18 @@ def meld_folder(root: Path, folder: Path, rows: list[dict]) -> Path:
     return meld
 
 
-def jobs_per_rule(work: Path) -> collections.Counter:
+def rss_per_rule(work: Path) -> dict[str, list[float]]:
+    """Each job's peak RSS in MB, per rule (Snakemake samples it every 0.5 s, so a job
+    shorter than that may show less than it used)."""
     root = work / "results" / "benchmarks"
-    return collections.Counter(p.relative_to(root).parts[0].removesuffix(".tsv")
-                               for p in root.rglob("*.tsv"))
+    out: dict[str, list[float]] = collections.defaultdict(list)
+    for tsv in root.rglob("*.tsv"):
+        with tsv.open() as f:
+            row = next(csv.DictReader(f, delimiter="\t"))
+        rss = row["max_rss"]
+        out[tsv.relative_to(root).parts[0].removesuffix(".tsv")].append(
+            float(rss) if rss not in ("", "NA", "-") else 0.0)
+    return out
 
 
 def measure(size: int, folder: Path, rows: list[dict], hf: Path, shard_size: int,
@@ -51,29 +61,30 @@ def measure(size: int, folder: Path, rows: list[dict], hf: Path, shard_size: int
     meld = meld_folder(root, folder, rows[:size])
     wall = run_workflow(root / "work", meld, hf, shard_size)
     return {"size": size, "wall": wall, "steps": job_times(root / "work"),
-            "jobs": jobs_per_rule(root / "work")}
+            "rss": rss_per_rule(root / "work")}
 
 
-def _cell(per_clip: float, base_per_clip: float | None, rss: float = 0.0) -> str:
+def _cell(per_clip: float, base_per_clip: float | None, rss: list[float] = ()) -> str:
     growth = f"({per_clip / base_per_clip:.2f}x)" if base_per_clip else ""
-    mem = f"{rss:5.0f} MB" if rss else ""
-    return f"{per_clip * 1000:7.0f} ms {growth:8s} {mem:8s}"
+    mem = f"{statistics.median(rss):4.0f}/{max(rss):4.0f} MB" if rss else ""
+    return f"{per_clip * 1000:7.0f} ms {growth:8s} {mem:12s}"
 
 
 def report(results: list[dict], shard_size: int) -> None:
     """Per step and for the wall clock: seconds per clip, growth against the smallest size,
-    the largest peak RSS of one job, and how many jobs."""
+    the median and largest peak RSS of its jobs, and how many jobs."""
     base = results[0]
     print(f"\n`snakemake --cores 2 preprocess`, shard_size {shard_size}: per clip (growth "
-          f"against {base['size']} clips), largest peak RSS of one job, jobs:")
-    print(f"    {'step':12s}" + "".join(f"{r['size']:>7d} clips" + " " * 17 for r in results))
+          f"against {base['size']} clips), peak RSS of a job (median/largest), jobs:")
+    print(f"    {'step':12s}" + "".join(f"{r['size']:>7d} clips" + " " * 21 for r in results))
     for step in STEPS:
         per0 = base["steps"].get(step, (0.0, 0.0))[0] / base["size"]
         line = f"    {step:12s}"
         for r in results:
-            secs, rss = r["steps"].get(step, (0.0, 0.0))
-            line += _cell(secs / r["size"], per0 if r is not base else None, rss)
-        print(line + f"  jobs {'/'.join(str(r['jobs'][step]) for r in results)}")
+            secs = r["steps"].get(step, (0.0, 0.0))[0]
+            line += _cell(secs / r["size"], per0 if r is not base else None,
+                          r["rss"].get(step, []))
+        print(line + f"  jobs {'/'.join(str(len(r['rss'][step])) for r in results)}")
     per0 = base["wall"] / base["size"]
     print(f"    {'wall clock':12s}" + "".join(
         _cell(r["wall"] / r["size"], per0 if r is not base else None) for r in results))
@@ -107,7 +118,8 @@ def main() -> None:
         for size in sorted(args.sizes):
             results.append(measure(size, folder, rows, hf, args.shard_size, tmp))
             r = results[-1]
-            print(f"  {size} clips: {r['wall']:.0f} s wall, {sum(r['jobs'].values())} jobs",
+            print(f"  {size} clips: {r['wall']:.0f} s wall, "
+                  f"{sum(len(v) for v in r['rss'].values())} jobs",
                   flush=True)
         report(results, args.shard_size)
     finally:

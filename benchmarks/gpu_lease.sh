@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One prepared GPU lease (issue 11): Florence-2-base training throughput (bench_gpu.py),
+# One prepared GPU lease (issues 11, 19): Florence-2-base training throughput and the levers
+# towards a higher MFU, with a 50-step loss check against eager (bench_gpu.py),
 # Whisper transcription on the GPU (bench_gpu_transcribe.py), and a short meldflow training
 # run on CUDA with bf16 autocast, gradient checkpointing and 2 loader workers.
 #
@@ -69,9 +70,11 @@ p('/tmp/whisper', '/tmp/hf', 'Systran/faster-whisper-tiny.en')"
     echo "== Florence-2-base training throughput"
     timeout 300 python3 benchmarks/bench_gpu.py --batches 8 16 32 --steps 10 2>&1 \
         | tee "$OUT/bench_gpu.txt"
-    timeout 120 python3 benchmarks/bench_gpu.py --batches 32 --steps 5 --no-fp32 \
-        --grad-checkpointing 2>&1 | tee "$OUT/bench_gpu_ckpt.txt"
-
+    echo "== the levers towards 40% MFU (issue 19): fused AdamW, torch.compile, batch 64"
+    timeout 240 python3 benchmarks/bench_gpu.py --batches 32 64 --steps 10 --no-fp32 \
+        --fused --compile 2>&1 | tee "$OUT/bench_gpu_levers.txt"
+    timeout 180 python3 benchmarks/bench_gpu.py --batches 16 --no-fp32 --fused --compile \
+        --loss-check 50 2>&1 | tee "$OUT/bench_gpu_losscheck.txt"
     echo "== Whisper on the GPU"
     local tx=(benchmarks/bench_gpu_transcribe.py --audio "$STASH/clips.npz" --hf-home /tmp/hf
               --device cuda --out "$OUT/transcribe.json")

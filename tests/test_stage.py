@@ -18,7 +18,7 @@ from conftest import (
 from meldflow import MeldflowError
 from meldflow.models.cache import cached_snapshot, place_in_cache
 from meldflow.models.stage import LOCK_NAME, stage_florence, stage_whisper
-from meldflow.preprocess.transcribe import model_dir
+from meldflow.preprocess.whisper_model import model_dir
 from meldflow.settings import TINY_FLORENCE, Settings
 
 WHISPER = "Systran/faster-whisper-tiny.en"
@@ -102,7 +102,7 @@ def test_truncated_lock_file_is_rebuilt(hf_home, tmp_path):
 
 
 def test_damaged_whisper_model_is_refused_then_restaged(hf_home, tmp_path):
-    from meldflow.preprocess.transcribe import model_dir
+    from meldflow.preprocess.whisper_model import model_dir
 
     home = tmp_path / "hf"
     shutil.copytree(hf_home, home, symlinks=True)

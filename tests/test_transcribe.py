@@ -16,8 +16,8 @@ from conftest import (
 )
 
 from meldflow import MeldflowError
-from meldflow.preprocess.transcribe import model_dir
 from meldflow.preprocess.wer import normalise_for_wer, word_error_rate
+from meldflow.preprocess.whisper_model import model_dir
 
 
 def test_wer_normalisation():
@@ -53,7 +53,7 @@ def test_real_whisper_on_sample_clips(hf_home):
 def test_auto_device_falls_back_to_cpu_with_one_warning(hf_home, caplog):
     import ctranslate2
 
-    from meldflow.preprocess.transcribe import choose_device
+    from meldflow.preprocess.whisper_model import choose_device
 
     if ctranslate2.get_cuda_device_count() > 0:
         pytest.skip("a CUDA device is visible: auto picks it")
@@ -221,3 +221,54 @@ def test_a_clip_a_pack_passes_over_is_heard_alone(hf_home, tmp_path):
                           Skipping(whisper_settings(hf_home))).to_pylist()
     assert calls[0] == 3 and calls[-1] == 1  # the pack, then clip 0 alone
     assert out[0]["transcript"] and out[0]["wer"] < 0.5 and out[0]["asr_flags"] == []
+
+
+def test_batched_decoding_keeps_each_clips_words_in_its_clip(hf_home):
+    """The GPU path (whisper_batch_size): every clip its own chunk, ``batch_size`` to a
+    call, damaged clips included; each clip's words are timed inside it and match what the
+    clip alone gives. Run here on the CPU by setting what a CUDA device would."""
+    from meldflow.preprocess.ingest import ingest_split
+    from meldflow.preprocess.transcribe import Transcriber, transcribe_rows
+
+    class Counted(Transcriber):
+        calls: list[int]
+
+        def transcribe_batch(self, audios):
+            self.calls.append(len(audios))
+            return super().transcribe_batch(audios)
+
+    rows, _ = ingest_split(SAMPLE, "dev", 24)
+    rows = rows.slice(0, 10)
+    t = Counted(whisper_settings(hf_home, whisper_max_empty_fraction=1.0))
+    assert t.batch_size == 0  # on the CPU the setting is not used...
+    t.batch_size, t.calls = 4, []  # ...what choose_device("cuda") would give
+    batched = transcribe_rows(rows, t).to_pylist()
+    with_audio = [r for r in batched if r["transcript"] is not None]
+    assert t.calls == [4] * (len(with_audio) // 4) + ([len(with_audio) % 4] * bool(
+        len(with_audio) % 4)), t.calls
+    packed = transcribe_rows(rows, Transcriber(whisper_settings(
+        hf_home, whisper_max_empty_fraction=1.0))).to_pylist()
+    for b, p, r in zip(batched, packed, rows.to_pylist(), strict=True):
+        assert b["asr_status"] == p["asr_status"], r["clip_path"]
+        if b["transcript"] is None:
+            continue
+        alone = t.transcribe_batch([_samples(r)])[0][0]
+        assert normalise_for_wer(b["transcript"]) == normalise_for_wer(alone), r["clip_path"]
+        for w in b["words"]:
+            assert 0 <= w["start"] <= w["end"] <= _seconds(r) + 1e-3, (r["clip_path"], w)
+    gold = " ".join(r["utterance"] for r in rows.to_pylist())
+    wer = {name: word_error_rate(gold, " ".join(x["transcript"] or "" for x in out))
+           for name, out in (("batched", batched), ("packed", packed))}
+    assert wer["batched"] <= wer["packed"] + 0.1, wer
+
+
+def _samples(row: dict):
+    from meldflow.preprocess.audio import decode_audio
+
+    return decode_audio(row["clip_path"], 30.0, row.get("start_s"), row.get("end_s")).samples
+
+
+def _seconds(row: dict) -> float:
+    from meldflow.preprocess.audio import SAMPLE_RATE
+
+    return len(_samples(row)) / SAMPLE_RATE

@@ -355,7 +355,7 @@ def test_rerun_picks_up_a_repaired_clip(tmp_path, hf_home):
 
 
 def test_aligned_shards_name_what_made_them(preprocessed, hf_home):
-    from meldflow.preprocess.transcribe import model_dir
+    from meldflow.preprocess.whisper_model import model_dir
     from meldflow.storage import read_metadata
 
     shard = sorted((preprocessed / "results" / "aligned" / "dev").glob("*.parquet"))[0]

@@ -115,6 +115,10 @@ class Settings:
                                          "this many seconds (one encoder pass); 0: one clip "
                                          "per call", minimum=0, maximum=30,
                                          steps=("transcribe",))
+    whisper_batch_size: int = option(16, "on a GPU, clips decoded together, one clip per "
+                                     "chunk (faster-whisper's batched pipeline); 0: packed "
+                                     "windows, as on the CPU (where this is not used)",
+                                     minimum=0, steps=("transcribe",))
     whisper_max_empty_fraction: float = option(
         0.5, "a shard in which more than this share of the clips with audio come back "
         "without a word fails: what a damaged model produces", minimum=0, maximum=1,

@@ -1,0 +1,60 @@
+"""The Whisper model a transcription job loads: its verified files and its device."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from meldflow import MeldflowError
+from meldflow.models.cache import verified_snapshot
+from meldflow.models.stage import WHISPER_FILES, whisper_repo_id
+
+log = logging.getLogger(__name__)
+
+
+def model_dir(name: str, hf_home: str | Path) -> tuple[Path, dict[str, str]]:
+    """The staged, verified CTranslate2 folder of ``name`` and its file hashes.
+
+    Fails in seconds, naming ``meldflow stage``, if the model is missing, incomplete or
+    damaged: a damaged model.bin otherwise loads and transcribes every clip as silence.
+    """
+    hint = f"run `meldflow stage --hf-home {hf_home} --whisper-model {name}` first"
+    return verified_snapshot(hf_home, whisper_repo_id(name), "main", WHISPER_FILES,
+                             "Whisper model", hint)
+
+
+_PROBE = """
+import sys, numpy as np, ctranslate2
+if ctranslate2.get_cuda_device_count() == 0:
+    sys.exit(3)
+from faster_whisper import WhisperModel
+m = WhisperModel(sys.argv[1], device="cuda", compute_type="float16")
+list(m.transcribe(np.zeros(16000, dtype=np.float32))[0])
+"""
+
+
+def choose_device(device: str, model_path: Path) -> tuple[str, str]:
+    """(device, compute_type). ``auto`` tries CUDA in a child process first.
+
+    A missing cuDNN aborts the process natively at the first transcribe, beyond the reach
+    of try/except, so the GPU path is proven in a subprocess before this process uses it.
+    """
+    if device == "cpu":
+        return "cpu", "int8"
+    if device == "cuda":
+        return "cuda", "float16"
+    if device != "auto":
+        raise MeldflowError(f"unknown device {device!r}: use auto, cpu or cuda")
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE, str(model_path)],
+                              capture_output=True, text=True, timeout=300)
+        rc, detail = proc.returncode, (proc.stderr.strip().splitlines() or [""])[-1]
+    except subprocess.TimeoutExpired:
+        rc, detail = -1, "probe timed out"
+    if rc == 0:
+        return "cuda", "float16"
+    why = "no CUDA device visible" if rc == 3 else f"CUDA probe failed ({detail or rc})"
+    log.warning("Whisper runs on the CPU (int8): %s", why)
+    return "cpu", "int8"
