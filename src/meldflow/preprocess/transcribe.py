@@ -352,7 +352,7 @@ def check_not_deaf(results: list[AsrResult], transcriber: Transcriber) -> None:
 # The settings a transcript depends on, by name: recorded in the shards, repeated by
 # `meldflow predict` for a model trained on transcripts.
 WHISPER_SETTINGS = ("whisper_model", "whisper_beam_size", "whisper_pack_seconds",
-                    "whisper_batch_size", "max_clip_seconds")
+                    "max_clip_seconds")
 
 
 def run_transcribe(rows: pa.Table, out: str | Path, settings: Settings,
@@ -366,6 +366,7 @@ def run_transcribe(rows: pa.Table, out: str | Path, settings: Settings,
         **{name: getattr(settings, name) for name in WHISPER_SETTINGS},
         "model_files": transcriber.model_files, "snapshot": transcriber.path.name,
         "device": transcriber.device, "compute_type": transcriber.compute_type,
+        "batch_size": transcriber.batch_size,  # as used: 0 (packed windows) on the CPU
         "gap_seconds": Transcriber.GAP_SECONDS,
         "wide_gap_seconds": Transcriber.WIDE_GAP_SECONDS}})
     return table
