@@ -1,10 +1,14 @@
 """The training reader's frame decoding: the fast decoder must give PIL's pixels exactly,
 so a faster reader never changes what a model is trained on."""
 
+import collections
 import io
 import random
+import types
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -68,3 +72,50 @@ def test_what_simplejpeg_refuses_is_left_to_pil():
             decode_jpeg_pil(bad, (16, 16)).load()
         with pytest.raises(OSError):
             decode_jpeg(bad, (16, 16)).load()
+
+
+def test_two_streams_read_each_row_group_once_an_epoch(tmp_path, monkeypatch):
+    """A batch takes rows from one row group per stream: however the streams interleave,
+    each group is read from disk once an epoch (holding one group read both again at every
+    batch, which at MELD's 1,000-row shards made the reader slower than the step)."""
+    from meldflow.training.batches import MicroBatches, epoch_steps
+    from meldflow.training.dataset import Source, plan_epoch
+
+    n = 64
+    strings = {c: pa.array([c[:3]] * n, pa.string()) for c in
+               ("split", "speaker", "emotion", "sentiment", "status", "transcript")}
+    table = pa.table(strings | {
+        "emotion": pa.array(["joy", "anger"] * (n // 2)),
+        "sentiment": pa.array(["positive", "negative"] * (n // 2)),
+        "dialogue_id": pa.array(range(n), pa.int32()),
+        "utterance_id": pa.array([0] * n, pa.int32()),
+        "utterance": pa.array([f"line {i}" for i in range(n)]),
+        "frames": pa.array([[jpeg(16, 16, seed=i)] for i in range(n)], pa.list_(pa.binary())),
+        "flags": pa.array([[]] * n, pa.list_(pa.string())),
+        "wer": pa.array([None] * n, pa.float64())})
+    pq.write_table(table, tmp_path / "shard.parquet", row_group_size=16)
+    source = Source([tmp_path / "shard.parquet"], modalities="text+vision")
+    assert len(source.units) == 4
+    reads = collections.Counter()
+    real = pq.ParquetFile.read_row_group
+
+    def counted(self, i, columns=None, **kw):
+        if columns and "frames" in columns:
+            reads[i] += 1
+        return real(self, i, columns=columns, **kw)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted)
+    plan = plan_epoch(source.units, 2, 4, seed=0, epoch=0)
+    steps = epoch_steps(plan, 0, len(plan[0]) // 4, 4, 0, 1, 1, 0, 0, lambda u, r: 1.0)
+    jobs = [job for s in steps for job in s.micro]
+
+    class Rows:  # no model here: what the rows become is the encoder's concern
+        cfg = types.SimpleNamespace(augment=False)
+
+        def inputs(self, rows, rng):
+            return {}
+
+    data = MicroBatches(Rows(), source, jobs)
+    seen = [w for i in range(len(data)) for w in data[i]["weight"]]
+    assert sum(seen) == n  # every row once, with weight 1
+    assert dict(reads) == {0: 1, 1: 1, 2: 1, 3: 1}, reads

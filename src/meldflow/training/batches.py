@@ -100,6 +100,7 @@ class MicroBatches:
 
     def __getitem__(self, i: int) -> dict:
         picks, seed = self.jobs[i]
+        self.source.reserve(len({u for u, _, _ in picks}))
         rows = [self.source.rows(u)[r] for u, r, _ in picks]
         rng = random.Random(seed) if self.encoder.cfg.augment else None
         batch = self.encoder.inputs(rows, rng)

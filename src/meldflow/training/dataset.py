@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import random
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +77,11 @@ class Source:
         self.excluded = 0
         self.units: list[Unit] = []
         self._csv_table: pa.Table | None = None
-        self._cache: tuple[Unit, list[dict]] | None = None
+        # The groups read last, most recent at the end: a batch takes rows from one group
+        # per stream, so holding one group would re-read (and re-convert) every group of a
+        # batch at every batch, a cost that grows with the group size (issue 19).
+        self._cache: OrderedDict[Unit, list[dict]] = OrderedDict()
+        self.cache_units = 2
         self.context: dict[tuple[int, int], tuple[str, str]] = {}
         if csv is not None:
             if "vision" in modalities:
@@ -124,9 +129,14 @@ class Source:
                               strict=True):
             self.context[(d, u)] = (s, t)
 
+    def reserve(self, units: int) -> None:
+        """Keep at least ``units`` groups read (those one batch draws from)."""
+        self.cache_units = max(self.cache_units, units)
+
     def rows(self, unit: Unit) -> list[dict]:
-        if self._cache is not None and self._cache[0] == unit:
-            return self._cache[1]
+        if unit in self._cache:
+            self._cache.move_to_end(unit)
+            return self._cache[unit]
         if self._csv_table is not None:
             rows = self._csv_table.slice(unit.group * CSV_CHUNK, unit.rows).to_pylist()
         else:
@@ -138,20 +148,22 @@ class Source:
             rows = table.to_pylist()
             if unit.keep is not None:
                 rows = [rows[i] for i in unit.keep]
-        self._cache = (unit, rows)
+        self._cache[unit] = rows
+        while len(self._cache) > self.cache_units:
+            self._cache.popitem(last=False)
         return rows
 
     def labels(self) -> list[str]:
-        out = []
-        for u in self.units:
-            if self._csv_table is not None:
-                out += self._csv_table.slice(u.group * CSV_CHUNK, u.rows).column("emotion")\
-                    .to_pylist()
-            else:
-                got = open_parquet(u.path).read_row_group(u.group, columns=["emotion"])\
-                    .column("emotion").to_pylist()
-                out += got if u.keep is None else [got[i] for i in u.keep]
-        return out
+        return [e for u in self.units for e in self.unit_labels(u)]
+
+    def unit_labels(self, u: Unit) -> list[str]:
+        """The emotions of a group's rows, read without its frames."""
+        if self._csv_table is not None:
+            return self._csv_table.slice(u.group * CSV_CHUNK, u.rows).column("emotion")\
+                .to_pylist()
+        got = open_parquet(u.path).read_row_group(u.group, columns=["emotion"])\
+            .column("emotion").to_pylist()
+        return got if u.keep is None else [got[i] for i in u.keep]
 
 
 def plan_epoch(units: list[Unit], streams: int, local_batch: int, seed: int, epoch: int,

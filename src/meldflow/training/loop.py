@@ -140,7 +140,7 @@ class Recipe:
             raise MeldflowError("global_batch must divide by streams x grad_accum")
         self.local_batch = cfg.global_batch // self.streams
         units = self.train_src.units
-        self.emotions = {u: [r["emotion"] for r in self.train_src.rows(u)] for u in units}
+        self.emotions = {u: self.train_src.unit_labels(u) for u in units}
         self.weights = (class_weights([e for u in units for e in self.emotions[u]])
                         if cfg.class_weighting else dict.fromkeys(EMOTIONS, 1.0))
         self.steps_per_epoch = len(plan_epoch(units, self.streams, self.local_batch, cfg.seed,
