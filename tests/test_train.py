@@ -35,11 +35,30 @@ def test_two_gloo_processes_match_one(florence_home, tmp_path):
     launch(two, LaunchConfig(executor="local", tasks=2, time_min=10))
     logs = "".join(p.read_text() for p in (tmp_path / "two" / "submitit").glob("*_1_log.err"))
     assert "rank 1: 6 steps" in logs  # a real second process did half of every batch
+    # two ranks on this machine's cores share them: one thread per core in all
+    cores = len(os.sched_getaffinity(0))
+    assert f"cpu, {max(1, cores // 2)} compute threads" in logs
     diff = max_diff(weights(tmp_path / "one" / "best"), weights(tmp_path / "two" / "best"))
     assert diff < 1e-4
     h1 = json.loads((tmp_path / "one" / "history.json").read_text())
     h2 = json.loads((tmp_path / "two" / "history.json").read_text())
     assert [h["loss"] for h in h1] == pytest.approx([h["loss"] for h in h2], rel=1e-4)
+
+
+def test_cpu_ranks_share_the_cores(monkeypatch):
+    """Each CPU rank takes its share of the cores: of the machine's, split over the local
+    ranks, or its SLURM task's own; never fewer than one."""
+    from meldflow.training.distributed import cpu_threads_per_rank
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1, 2, 3})
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert cpu_threads_per_rank() == 4
+    for ranks, threads in (("2", 2), ("3", 1), ("8", 1)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
+        assert cpu_threads_per_rank() == threads
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert cpu_threads_per_rank() == 3
 
 
 def interrupt_when_checkpointed(job, out: Path, times: int, limit_s: float = 300) -> None:

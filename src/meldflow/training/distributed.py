@@ -23,8 +23,24 @@ def init_distributed() -> tuple[int, int, int]:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local)
+        else:
+            torch.set_num_threads(cpu_threads_per_rank())
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
     return rank, world, local
+
+
+def cpu_threads_per_rank() -> int:
+    """Compute threads for one CPU rank: its share of the cores it can run on.
+
+    Each rank would otherwise start one thread per core, and ranks on one node would then
+    run cores x ranks spinning threads (measured, 2 gloo ranks on 2 cores: 0.06x the
+    samples/s of one rank). Under SLURM a task has its own ``cpus_per_task`` cores; the
+    local executor's tasks share the machine's, split by ``LOCAL_WORLD_SIZE``.
+    """
+    cores = len(os.sched_getaffinity(0))
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return max(1, min(cores, int(os.environ["SLURM_CPUS_PER_TASK"])))
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def device_of(local_rank: int):

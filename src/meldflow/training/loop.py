@@ -233,8 +233,9 @@ class Recipe:
     def finish(self) -> dict:
         """The last checkpoint; then (rank 0) the best model on dev and test."""
         self.save_checkpoint()
-        log.info("rank %d: %d steps in %.1f s", self.rank, self.state["step"],
-                 time.monotonic() - self.started)
+        log.info("rank %d: %d steps in %.1f s (%s)", self.rank, self.state["step"],
+                 time.monotonic() - self.started, self.device.type if self.device.type != "cpu"
+                 else f"cpu, {torch_threads()} compute threads")
         result: dict = {}
         if self.rank == 0:
             if not (self.out / "best").is_dir():  # no dev set, or max_steps cut the epoch
@@ -329,3 +330,9 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
