@@ -256,6 +256,14 @@ def test_batched_decoding_keeps_each_clips_words_in_its_clip(hf_home):
         assert normalise_for_wer(b["transcript"]) == normalise_for_wer(alone), r["clip_path"]
         for w in b["words"]:
             assert 0 <= w["start"] <= w["end"] <= _seconds(r) + 1e-3, (r["clip_path"], w)
+    # a clip longer than one 30 s chunk (max_clip_seconds above 30) is heard to its end
+    import numpy as np
+
+    line = _samples(rows.to_pylist()[0])
+    long = np.concatenate([line, np.zeros(29 * 16000 - len(line), np.float32), line])
+    words = t.transcribe_batch([long, line])[0][1]
+    late = [w for w in words if w["start"] > 28]  # the second line, past the first 30 s
+    assert len(late) >= len(words) // 2 - 2 and late[-1]["end"] > 30.0, words
     gold = " ".join(r["utterance"] for r in rows.to_pylist())
     wer = {name: word_error_rate(gold, " ".join(x["transcript"] or "" for x in out))
            for name, out in (("batched", batched), ("packed", packed))}

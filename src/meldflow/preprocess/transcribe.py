@@ -62,6 +62,9 @@ class AsrResult:
     wer: float | None = None
 
 
+WINDOW_SECONDS = 30  # what Whisper hears at once
+
+
 class Transcriber:
     """One loaded Whisper model and the decoding options used for every clip.
 
@@ -123,8 +126,17 @@ class Transcriber:
 
         A chunk is decoded on its own, so no word can be timed across two clips and a
         damaged clip cannot spill into its neighbours: word times are only shifted back
-        by the chunk's offset.
+        by the chunk's offset. A chunk is one 30 s window, so a longer clip (with
+        max_clip_seconds above 30) is transcribed alone, in Whisper's sliding windows.
         """
+        longer = {i for i, a in enumerate(audios) if len(a) > WINDOW_SECONDS * SAMPLE_RATE}
+        fitting = iter(self._batch([a for i, a in enumerate(audios) if i not in longer]))
+        return [self._pack([a], self.GAP_SECONDS)[0] if i in longer else next(fitting)
+                for i, a in enumerate(audios)]
+
+    def _batch(self, audios: list[np.ndarray]) -> list[tuple[str, list[dict]]]:
+        if not audios:
+            return []
         from faster_whisper import BatchedInferencePipeline
 
         gap = np.zeros(int(self.GAP_SECONDS * SAMPLE_RATE), dtype=np.float32)
