@@ -40,8 +40,6 @@ def workdir(root: Path, hf_home: Path, shard_size: int) -> Path:
                   hf_home=str(hf_home), splits=["train"], shard_size=shard_size)
     (root / "config").mkdir(parents=True)
     (root / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    (root / "cluster" / "slurm").mkdir(parents=True)
-    shutil.copy(REPO / "cluster" / "slurm" / "workflow-overrides.yaml", root / "cluster" / "slurm")
     return root
 
 

@@ -178,3 +178,28 @@ def test_missing_clip_folder_is_warned_about(tmp_path):
     assert "WARNING" in text and "dev_splits_complete" in text
     assert "audit: 20 row(s)" in text
     assert len((tmp_path / "a.tsv").read_text().splitlines()) == 21
+
+
+def test_a_wrong_clip_folder_is_an_error_before_any_job(tmp_path):
+    """A missing clip folder, or one holding almost none of the CSV's clips, is an error
+    naming the folder and the fix; for a run that reads only the gold lines, a warning."""
+    from meldflow import MeldflowError
+    from meldflow.preprocess.ingest import check_clip_folder
+
+    meld = tmp_path / "meld"
+    shutil.copytree(SAMPLE, meld)
+    assert check_clip_folder(meld, "dev") is None
+    (meld / "dev_splits_complete").rename(meld / "dev_splits")
+    with pytest.raises(MeldflowError, match=r"dev: clip folder .*dev_splits_complete does not "
+                                            r"exist\. .*set meld_dir to the extracted MELD\.Raw"):
+        check_clip_folder(meld, "dev")
+    assert "the run goes on" in check_clip_folder(meld, "dev", clips_needed=False)
+    (meld / "dev_splits").rename(meld / "dev_splits_complete")
+    for clip in sorted((meld / "dev_splits_complete").glob("*.mp4"))[1:]:
+        clip.unlink()
+    with pytest.raises(MeldflowError, match=r"dev: only 1 of the 20 clips that .*"
+                                            r"dev_sent_emo\.csv names are in"):
+        check_clip_folder(meld, "dev")
+    with pytest.raises(MeldflowError, match=r"no annotation CSV for split 'test' in .*nowhere "
+                                            r"\(looked for test_sent_emo\.csv"):
+        check_clip_folder(tmp_path / "nowhere", "test")

@@ -160,3 +160,19 @@ def test_a_bad_setting_is_refused_where_it_enters(tmp_path):
                           capture_output=True, text=True, env=env_with_venv())
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "settings: frame_size: 8 is less than the minimum of 16" in proc.stderr
+
+
+def test_training_follows_the_workflows_executor_unless_a_config_says_otherwise():
+    """`auto` (the default) is a SLURM job under the SLURM executor and local processes
+    otherwise; an explicit local is kept (and named, for the warning at the start)."""
+    from meldflow.training.options import experiment_runs, off_cluster_runs, resolve_executor
+
+    assert default_of(next(f for f in option_fields(LaunchConfig)
+                           if f.name == "executor")) == "auto"
+    assert resolve_executor("auto", "slurm") == "slurm"
+    assert resolve_executor("auto", "local") == "local"
+    assert resolve_executor("auto", "dryrun") == "auto"  # a dry run cannot know
+    assert resolve_executor("local", "slurm") == "local"
+    assert resolve_executor("slurm", "local") == "slurm"
+    runs = experiment_runs({"executor": "auto"}, {"a": {}, "b": {"executor": "local"}}, [0, 1])
+    assert off_cluster_runs(runs) == ["results/train/b/seed-0", "results/train/b/seed-1"]

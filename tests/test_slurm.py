@@ -82,12 +82,9 @@ def sacct(*args):
 
 
 def slurm_workdir(root, hf_home, **overrides):
-    """A working folder for `--profile cluster/slurm` (its configfiles resolve from here)."""
-    work = make_workdir(root, hf_home, **overrides)
-    (work / "cluster" / "slurm").mkdir(parents=True)
-    shutil.copy(REPO / "cluster" / "slurm" / "workflow-overrides.yaml",
-                work / "cluster" / "slurm")
-    return work
+    """A working folder for `--profile cluster/slurm` (the profile names no config file:
+    the workflow's own config/config.yaml is read, as in the project folder)."""
+    return make_workdir(root, hf_home, **overrides)
 
 
 def start_snakemake(work, log_path, *args, env=None):
@@ -169,9 +166,6 @@ def test_experiments_train_at_once_on_slurm(slurm_cluster, preprocessed, tmp_pat
     import yaml
 
     work = copy_preprocessed(preprocessed, tmp_path / "work")
-    (work / "cluster" / "slurm").mkdir(parents=True)
-    shutil.copy(REPO / "cluster" / "slurm" / "workflow-overrides.yaml",
-                work / "cluster" / "slurm")
     cfg_path = work / "config" / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["train"] |= {"modalities": "text", "epochs": 1, "tasks": 1}
@@ -613,3 +607,74 @@ def test_killed_snakemake_rerun_never_runs_a_job_twice(slurm_cluster, preprocess
     cancelled = [t for v in tries.values() for t in v if t[0] == int(slow_job)]
     assert cancelled and cancelled[0][1].startswith("CANCELLED")
     _assert_same_shards(work, preprocessed)
+
+
+def _readme_command(fragment: str) -> list[str]:
+    """The README's command line that contains ``fragment``, split as the shell would."""
+    import shlex
+
+    lines = [line.split("#")[0] for line in (REPO / "README.md").read_text().splitlines()
+             if fragment in line]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0])
+
+
+def test_the_readme_sweep_trains_every_run_as_a_slurm_job(slurm_cluster, preprocessed,
+                                                          tmp_path):
+    """The README's sweep (`--profile cluster/slurm --configfile config/ablation.yaml`): a
+    command-line --configfile replaces the profile's config files, which had held
+    `executor: slurm`, and all 25 runs trained on the submit host. Now training follows
+    the workflow's executor: every run is a SLURM job. (Stopped once the runs are queued.)"""
+    import signal
+
+    work = copy_preprocessed(preprocessed, tmp_path / "work")
+    shutil.copytree(REPO / "cluster" / "slurm", work / "cluster" / "slurm")
+    shutil.copy(REPO / "config" / "ablation.yaml", work / "config" / "ablation.yaml")
+    cmd = _readme_command("--profile cluster/slurm --configfile config/ablation.yaml")
+    assert cmd[0] == ".venv/bin/snakemake"
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(work), *cmd[1:]]
+    log_path = tmp_path / "snakemake.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=work, env=env_with_venv(), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    jobs = []
+    try:
+        def queued():
+            jobs[:] = sorted((work / "results" / "train").glob("*/seed-*/job.json"))
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            return len(jobs) >= 3
+        _until(queued, 600, "three training runs submitted")
+        infos = [json.loads(p.read_text()) for p in jobs]
+        assert all(info["executor"] == "slurm" for info in infos), infos
+        out = subprocess.run(["squeue", "-h", "-o", "%i|%j"], capture_output=True,
+                             text=True).stdout
+        queued_ids = {line.split("|")[0] for line in out.splitlines()}
+        history = {j[0] for j in sacct("-j", ",".join(i["job_id"] for i in infos),
+                                       "-o", "JobID")}
+        assert all(i["job_id"] in queued_ids | history for i in infos), (infos, out)
+        text = log_path.read_text()
+        assert "train_executor=slurm" in text and "WARNING" not in text
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run(["scancel", "--name", "submitit"], capture_output=True)
+        _until(lambda: not _squeue_ids(), 120, "the queue to empty")
+
+
+def test_a_config_that_asks_to_train_locally_under_slurm_is_warned_about(slurm_cluster,
+                                                                        preprocessed,
+                                                                        tmp_path):
+    """Training on the submit host under the SLURM profile happens only when a config says
+    so, and is said at the start, before any job."""
+    work = copy_preprocessed(preprocessed, tmp_path / "work")
+    proc = start_snakemake(work, tmp_path / "snakemake.log", "--config",
+                           "train={executor: local}", "--",
+                           "results/train/default/seed-0.yaml")
+    rc = proc.wait(timeout=300)
+    text = (tmp_path / "snakemake.log").read_text()
+    assert rc == 0, text[-3000:]
+    assert ("meldflow: WARNING: results/train/default/seed-0 trains on this host, not as a "
+            "SLURM job") in text

@@ -156,3 +156,20 @@ def test_another_plugin_version_stops_the_workflow_with_a_message(monkeypatch):
     with pytest.raises(MeldflowError, match=r"snakemake-executor-plugin-slurm 2\.8\.0 .*"
                                             r"installed is 2\.9\.0.*PATCHED_FOR"):
         fixes.check_plugin(plugin)
+
+
+def test_status_names_training_runs_that_ran_off_the_cluster(tmp_path):
+    """A run whose job.json says it trained on this machine is named under the table."""
+    import json
+
+    from meldflow.slurm.status import format_table, off_cluster_trainings
+
+    for name, executor in (("a", "slurm"), ("b", "local")):
+        run = tmp_path / "results" / "train" / name / "seed-0"
+        run.mkdir(parents=True)
+        (run / "job.json").write_text(json.dumps({"job_id": "7", "executor": executor,
+                                                  "host": "login1"}))
+    local = off_cluster_trainings(tmp_path)
+    assert local == ["results/train/b/seed-0 (local, on login1)"]
+    assert "trained off the cluster (not SLURM jobs): results/train/b/seed-0" in \
+        format_table("run", [], "", local)

@@ -275,7 +275,7 @@ def test_workflow_hands_training_one_options_file(preprocessed):
                     (preprocessed / "results" / "aligned" / "train").glob("*.parquet"))
     assert train_kw["train"] == shards and train_kw["florence_repo"]
     assert {f.name for f in option_fields(TrainConfig)} <= set(train_kw)
-    assert launch_kw["executor"] == "local"
+    assert launch_kw["executor"] == "auto"  # resolved per run by the workflow executor
 
 
 def test_unactivated_snakemake_finds_meldflow_and_shows_failed_logs(tmp_path, hf_home):
@@ -388,3 +388,46 @@ def test_sample_shards_unchanged_by_refactoring(preprocessed):
         if got[split]["ffmpeg"] != ref["ffmpeg"]:
             differ -= {"frames", "frame_times", "frame_words"}
         assert not differ, (split, sorted(differ))
+
+
+SLURM_COMMANDS = ("squeue", "sacct", "sbatch", "scontrol", "sinfo", "scancel", "sacctmgr")
+
+
+def test_a_local_run_makes_no_slurm_call(preprocessed, tmp_path):
+    """A folder once run on SLURM, now run locally: meldflow calls no SLURM command (with
+    the controller gone, each call waited ~9 s). The one call left is Snakemake's own: its
+    command line loads every executor plugin, and the SLURM plugin asks `scontrol show
+    config` as it loads (cluster/local-slurm/down.sh parks the local cluster's
+    configuration so that this call fails at once)."""
+    work = copy_preprocessed(preprocessed, tmp_path / "work")
+    logs = work / ".snakemake" / "log"
+    (logs / "2026-12-01T010000.000000.snakemake.log").write_text("SLURM run ID: 1a2b\n")
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    for name in SLURM_COMMANDS:
+        (bin_dir / name).write_text(f"#!/bin/sh\necho {name} \"$@\" >> {calls}\nsleep 9\n")
+        (bin_dir / name).chmod(0o755)
+    env = env_with_venv()
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores",
+         "2", "--forcerun", "summary", "--", "results/manifest/summary.txt"],
+        capture_output=True, text=True, env=env, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rule summary" in proc.stdout + proc.stderr
+    made = calls.read_text().splitlines() if calls.exists() else []
+    assert set(made) <= {"scontrol show config"}, made
+
+
+def test_a_wrong_meld_dir_stops_the_workflow_before_any_job(tmp_path, hf_home, shared_meld):
+    """The real annotation CSVs without their clip folders (`meld_dir=../shared/meld`) ran
+    183 jobs on 1,109 missing clips before a warning; now nothing runs, and the message
+    names the folder and the fix."""
+    work = make_workdir(tmp_path, hf_home, meld_dir=str(shared_meld), splits=["dev"])
+    start = time.monotonic()
+    proc = run_snakemake(work, check=False)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 30
+    assert "dev: clip folder" in proc.stderr and "dev_splits_complete does not exist" in \
+        proc.stderr and "set meld_dir" in proc.stderr
+    assert not (work / "results").exists()

@@ -14,6 +14,15 @@ daemon_running "$STATE/run/slurmctld.pid" && scancel --user=root >/dev/null 2>&1
 for f in "$STATE"/run/slurmd-*.pid "$STATE/run/slurmctld.pid" "$STATE/run/slurmdbd.pid"; do
   stop_daemon "$f"
 done
+# Park the configuration: every SLURM client (Snakemake's SLURM plugin asks `scontrol show
+# config` each time Snakemake starts, even for a local run) would wait ~9 s for the stopped
+# controller; with a 1 s message timeout it gives up at once. up.sh writes it anew.
+CONF=/etc/slurm/slurm.conf
+if grep -q '^# meldflow local-slurm configuration' "$CONF" 2>/dev/null \
+   && ! grep -q '^MessageTimeout=1 ' "$CONF"; then
+  sed -i '/^MessageTimeout=/d' "$CONF"
+  echo "MessageTimeout=1  # parked by down.sh: the cluster is down" >> "$CONF"
+fi
 if [ -f "$STATE/run/started-mariadb" ]; then
   mysqladmin shutdown >/dev/null 2>&1 || true
   rm -f "$STATE/run/started-mariadb"

@@ -8,18 +8,27 @@ from snakemake.utils import validate
 from meldflow import MeldflowError
 from meldflow.settings import Settings, flags, step_flags
 from meldflow.slurm.plugin import patch_slurm_plugin
-from meldflow.training.options import EXPERIMENT_NAME, experiment_runs, launch_config
+from meldflow.preprocess.ingest import check_clip_folder, find_csv
+from meldflow.training.options import (EXPERIMENT_NAME, experiment_runs, launch_config,
+                                       needs_clips, off_cluster_runs, resolve_executor)
 
 # Before any work, with the checks `meldflow` applies to its own flags: the settings, and
 # every run's training options (train: with each experiment's overrides). sacct reports a
 # job cancelled from outside as "CANCELLED by <uid>", which the SLURM plugin (2.8.0) takes
-# for a running job, and it fails in three more ways (README: "Running on a SLURM
-# cluster"): the patch fixes them, for that version only.
+# for a running job, and it fails in three more ways (docs/slurm-faults.md): the patch
+# fixes them, for that version only.
 try:
     patch_slurm_plugin()
     SETTINGS = Settings.from_config(config)
     RUNS = experiment_runs(config.get("train", {}), config.get("experiments"),
                            config.get("seeds"))
+    # A wrong meld_dir or a missing clip folder stops the run here, before any job; clips
+    # are needed unless every run trains on the gold lines alone (a warning then).
+    CLIPS_NEEDED = "train" not in SETTINGS.splits or any(map(needs_clips, RUNS.values()))
+    for _split in SETTINGS.splits:
+        _warning = check_clip_folder(SETTINGS.meld_dir, _split, CLIPS_NEEDED)
+        if _warning:
+            print(f"meldflow: WARNING: {_warning}", file=sys.stderr)
 except MeldflowError as exc:
     raise WorkflowError(str(exc)) from None
 
@@ -38,12 +47,9 @@ SHARD = "{shard,[0-9]{4}}"
 
 
 def annotation_csv(wildcards):
-    """The split's annotation CSV, so that editing it reruns ingest."""
-    for name in (f"{wildcards.split}_sent_emo.csv", f"{wildcards.split}_sent_emo_dya.csv"):
-        path = Path(SETTINGS.meld_dir) / name
-        if path.is_file():
-            return str(path)
-    raise ValueError(f"no annotation CSV for split {wildcards.split} in {SETTINGS.meld_dir}")
+    """The split's annotation CSV, so that editing it reruns ingest (its absence stopped
+    the run at the start, naming the files looked for)."""
+    return str(find_csv(SETTINGS.meld_dir, wildcards.split))
 
 
 def clip_fingerprint(wildcards):
@@ -87,10 +93,26 @@ def all_aligned(wildcards):
 RUN_DIRS = [f"results/train/{name}/seed-{seed}" for name, seed in RUNS]
 
 
+def workflow_executor():
+    """The executor Snakemake runs this workflow with (``slurm`` with the SLURM profile),
+    known once the DAG is built (a dry run's is ``dryrun``); None before that."""
+    plugin = workflow.executor_plugin
+    return plugin.name if plugin is not None else None
+
+
+def train_executor(wildcards):
+    """Where one run trains: ``train.executor`` with ``auto`` (the default) resolved to the
+    workflow's own executor, so that under the SLURM profile every run is a SLURM job
+    whatever config files are given. A resource, not a param: the same run trained by
+    either executor is the same result, and a rerun with the other one redoes nothing."""
+    configured = launch_config(RUNS[(wildcards.experiment, int(wildcards.seed))]).executor
+    return resolve_executor(configured, workflow_executor())
+
+
 def train_threads(wildcards):
     """Threads of a training run's rule: every core when it trains on this machine, so that
     local runs go one after another; one with executor slurm (the rule only waits)."""
-    if launch_config(RUNS[(wildcards.experiment, int(wildcards.seed))]).executor == "slurm":
+    if train_executor(wildcards) == "slurm":
         return 1
     try:
         return workflow.cores
@@ -110,11 +132,19 @@ def train_options(wildcards):
 
 
 onstart:
-    # SLURM jobs of an earlier run that was killed would write the same outputs as this
-    # run's: cancel them before anything is submitted (README: "Faults").
-    from meldflow.slurm.orphans import cancel_orphaned_jobs
+    # Under the SLURM executor only (a local run makes no SLURM call: a client whose
+    # controller is gone waits ~9 s a call). Training on the submit host happens only when
+    # a config asks for it, and is said. SLURM jobs of an earlier run that was killed would
+    # write the same outputs as this run's: they are cancelled before anything is
+    # submitted (docs/slurm-faults.md).
+    if workflow_executor() == "slurm":
+        from meldflow.slurm.orphans import cancel_orphaned_jobs
 
-    cancel_orphaned_jobs(Path.cwd())
+        for run in off_cluster_runs(RUNS):
+            print(f"meldflow: WARNING: {run} trains on this host, not as a SLURM job: its "
+                  f"config sets train.executor local (or debug); remove it (or set auto) to "
+                  f"train on the cluster", file=sys.stderr)
+        cancel_orphaned_jobs(Path.cwd())
 
 
 onerror:

@@ -48,8 +48,9 @@ rule train_options:
 rule train:
     # Local: it only submits through submitit (SLURM or local processes) and waits; the
     # job id is kept in the run's job.json, so a restarted workflow reattaches. Locally a
-    # run takes every core (runs go one after another); with executor slurm it takes
-    # none of them, so every (experiment, seed) is queued at once.
+    # run takes every core (runs go one after another); under the SLURM executor it is a
+    # SLURM job and the rule takes none of them, so every (experiment, seed) is queued at
+    # once.
     input:
         options="results/train/{experiment}/seed-{seed}.yaml",
         shards=all_aligned,
@@ -59,6 +60,8 @@ rule train:
     params:
         out=subpath(output[0], parent=True),
     threads: train_threads
+    resources:
+        train_executor=train_executor,
     log:
         "results/logs/train/{experiment}/seed-{seed}.log",
     benchmark:
@@ -66,7 +69,8 @@ rule train:
     conda:
         "../../envs/training.yaml"
     shell:
-        "meldflow train --options {input.options:q} --out {params.out:q} > {log:q} 2>&1"
+        "meldflow train --options {input.options:q} --out {params.out:q} "
+        "--executor {resources.train_executor} > {log:q} 2>&1"
 
 
 rule evaluate:

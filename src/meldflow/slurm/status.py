@@ -206,18 +206,38 @@ def collect(workdir: str | Path = ".", run_id: str | None = None, tail_lines: in
     return run_id, job_rows(records, workdir / slurm_logdir, reasons, tail_lines, labels), ""
 
 
+def off_cluster_trainings(workdir: str | Path = ".") -> list[str]:
+    """Training runs whose job went to this machine, not to SLURM (their job.json says
+    executor local): under the SLURM profile only a config that asks for it does that."""
+    train = Path(workdir) / "results" / "train"
+    out = []
+    for job_file in sorted(train.glob("*/seed-*/job.json")):
+        try:
+            job = json.loads(job_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if job.get("executor") in ("local", "debug"):
+            out.append(f"results/train/{job_file.parent.relative_to(train)} "
+                       f"({job['executor']}, on {job.get('host', 'this host')})")
+    return out
+
+
 def _fmt_mem(row: JobRow) -> str:
     used = f"{row.max_rss_mb:.0f}" if row.max_rss_mb is not None else "-"
     req = f"{row.req_mem_mb:.0f}" if row.req_mem_mb is not None else "-"
     return f"{used}/{req}"
 
 
-def format_table(run_id: str | None, rows: list[JobRow], note: str = "") -> str:
-    """A fixed-width table, then each failed try explained, with its log tail."""
+def format_table(run_id: str | None, rows: list[JobRow], note: str = "",
+                 off_cluster: list[str] | None = None) -> str:
+    """A fixed-width table, then each failed try explained, with its log tail; training
+    runs that ran off the cluster are named."""
+    local = ("\ntrained off the cluster (not SLURM jobs): " + "; ".join(off_cluster)
+             if off_cluster else "")
     if not rows and not note:
         return (f"no SLURM jobs found for run {run_id}" if run_id else
                 "no SLURM run found: no .snakemake/log/ with a SLURM run ID here "
-                "(run `snakemake --profile cluster/slurm` from this folder)")
+                "(run `snakemake --profile cluster/slurm` from this folder)") + local
     gpus = any(r.gpus for r in rows)
     head = ["rule", "wildcards", "try", "job", "node", "state", "exit", "elapsed", "cpu eff",
             "mem MB used/req"] + (["gpus"] if gpus else [])
@@ -246,7 +266,7 @@ def format_table(run_id: str | None, rows: list[JobRow], note: str = "") -> str:
                        + (f": {r.explanation}" if r.explanation else "")
                        + f"\n    log {r.log or 'not found'}")
             out += [f"    {line}" for line in r.log_tail]
-    return "\n".join(out)
+    return "\n".join(out) + local
 
 
 def status(workdir: str | Path = ".", run_id: str | None = None, as_json: bool = False,
@@ -254,13 +274,14 @@ def status(workdir: str | Path = ".", run_id: str | None = None, as_json: bool =
     """Print the run's jobs (refreshing every ``watch`` s until all are done); exit code."""
     while True:
         rid, rows, note = collect(workdir, run_id, tail_lines)
+        local = off_cluster_trainings(workdir)
         if as_json:
-            print(json.dumps({"run_id": rid, "note": note, "jobs": [asdict(r) for r in rows]},
-                             indent=1))
+            print(json.dumps({"run_id": rid, "note": note, "jobs": [asdict(r) for r in rows],
+                              "off_cluster_trainings": local}, indent=1))
         else:
             if watch:
                 print("\033[2J\033[H", end="")
-            print(format_table(rid, rows, note))
+            print(format_table(rid, rows, note, local))
         done = not note and all(r.state in TERMINAL for r in rows)
         if not watch or done:
             return 0

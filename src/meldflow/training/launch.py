@@ -18,7 +18,7 @@ from meldflow import MeldflowError
 from meldflow.provenance import claim_run_dir, read_run
 from meldflow.slurm.states import TERMINAL
 from meldflow.training.identity import identity_of
-from meldflow.training.options import LaunchConfig, TrainConfig
+from meldflow.training.options import LaunchConfig, TrainConfig, resolve_executor
 
 log = logging.getLogger("meldflow.training")
 
@@ -161,7 +161,8 @@ def launch(cfg: TrainConfig, how: LaunchConfig | None = None, wait: bool = True)
     from meldflow.storage import write_text
 
     how = how or LaunchConfig()
-    out, executor = Path(cfg.out), how.executor
+    # auto outside a workflow run on SLURM: processes on this machine
+    out, executor = Path(cfg.out), resolve_executor(how.executor, "local")
     identity = identity_of(cfg, how.world_size())
     old = read_run(out)
     if old is None or old["digest"] != identity["digest"]:

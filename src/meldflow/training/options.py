@@ -111,8 +111,12 @@ class TrainConfig:
 class LaunchConfig:
     """Where and on how many processes training runs (not part of a run's identity)."""
 
-    executor: str = option("local", "local: processes on this machine; slurm: one SLURM "
-                           "job; debug: in this process", choices=["local", "slurm", "debug"])
+    executor: str = option("auto", "auto: the workflow's own executor (a SLURM job under "
+                           "`snakemake --executor slurm` or the SLURM profile, else "
+                           "processes on this machine); local: processes on this machine "
+                           "(under the SLURM profile: on the host running Snakemake, with a "
+                           "warning); slurm: one SLURM job; debug: in this process",
+                           choices=["auto", "local", "slurm", "debug"])
     tasks: int = option(2, "tasks (one per GPU) per node; gloo on the CPU, NCCL on GPUs",
                        minimum=1)
     nodes: int = option(1, "nodes", minimum=1)
@@ -188,6 +192,29 @@ def split_options(options: dict, where: str) -> tuple[dict, dict]:
 def launch_config(options: dict) -> LaunchConfig:
     """Where one run of the workflow trains (from its options)."""
     return LaunchConfig(**split_options(options, "training options")[1])
+
+
+def resolve_executor(configured: str, workflow_executor: str | None) -> str:
+    """Where a run trains: ``auto`` follows the executor Snakemake runs the workflow with
+    (``slurm``: a SLURM job; anything else: processes on this machine). An explicit value
+    is kept. ``workflow_executor`` None (outside a workflow) or a dry run's pseudo-executor
+    leaves ``auto`` for ``launch`` to take as local."""
+    if configured != "auto" or workflow_executor in (None, "dryrun", "touch"):
+        return configured
+    return "slurm" if workflow_executor == "slurm" else "local"
+
+
+def needs_clips(options: dict) -> bool:
+    """Whether a run reads anything made from the clips (frames, or Whisper's text)."""
+    cfg = {f.name: default_of(f) for f in option_fields(TrainConfig)} | options
+    return cfg["modalities"] != "text" or cfg["text_source"] == "whisper"
+
+
+def off_cluster_runs(runs: dict[tuple[str, int], dict]) -> list[str]:
+    """Runs a config explicitly trains on the host running Snakemake (executor local or
+    debug): under the SLURM executor each deserves a warning (a login node's CPUs)."""
+    return [f"results/train/{name}/seed-{seed}" for (name, seed), options in runs.items()
+            if launch_config(options).executor in ("local", "debug")]
 
 
 def write_options_file(options: dict, path: str | Path, log: str | Path | None = None) -> None:
