@@ -185,6 +185,11 @@ def test_whole_workflow_trains_evaluates_and_reports(trained):
     assert test_emotion[2:4] == ["default", "1"]
     assert float(test_emotion[4]) > float(test_emotion[10])  # beats the majority class
     assert "Florence-2 results" in text
+    readme = (REPO / "README.md").read_text()
+    demo = re.search(r"ends with:\n\n```\n(.*?)```", readme, re.S).group(1).splitlines()
+    for line in demo:  # the README's demo output: its headers are what the run prints
+        if line.startswith(("meldflow: ", "split ", "audit: ")):
+            assert line in text, line
     # live curves: TensorBoard event files, and progress lines in the log
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     err = "".join(p.read_text() for p in (run / "submitit").glob("*_0_log.err"))
@@ -211,8 +216,11 @@ def test_experiments_times_seeds_give_one_comparison_table(preprocessed, tmp_pat
     cfg["experiments"] = {"text": None, "text+context": {"context_turns": 2}}
     cfg["seeds"] = [0, 1]
     cfg_path.write_text(yaml.safe_dump(cfg))
+    (work / "results" / "train" / "default" / "seed-0").mkdir(parents=True)  # another config's
     proc = run_snakemake(work)
     out = proc.stdout + proc.stderr
+    assert ("1 run folder(s) in results/train/ belong to no run of this config and are left "
+            "out: results/train/default/seed-0") in out
     assert "rule frames" not in out and "rule transcribe" not in out
     res = work / "results"
     runs = {(e, s): json.loads((res / "train" / e / f"seed-{s}" / "metrics.json").read_text())
@@ -236,6 +244,12 @@ def test_experiments_times_seeds_give_one_comparison_table(preprocessed, tmp_pat
     assert len(per_class) == 1 + 2 * 2 * (7 + 3)
     assert len((res / "evaluate" / "runs.tsv").read_text().splitlines()) == 1 + 4 * 2 * 2
     assert "±" in out and "text+context" in out  # the summary, printed at the end
+    assert "default" not in (res / "evaluate" / "summary.txt").read_text()
+    # a config of other runs does not print this comparison as its own
+    other = run_snakemake(work, "--forcerun", "summary", "--config", "seeds=[5]", "--",
+                          "results/manifest/summary.txt")
+    other = other.stdout + other.stderr
+    assert "holds another config's runs: not shown" in other and "±" not in other
     for name in ("experiments_dev.png", "experiments_test.png", "confusion_test.png",
                  "curves.png"):
         assert Image.open(res / "evaluate" / name).format == "PNG"

@@ -159,7 +159,18 @@ onsuccess:
     if summary.is_file():
         print("\nmeldflow: rows per status (details in results/manifest/{split}.parquet)")
         print(summary.read_text(), end="")
+    # Only an evaluation of exactly this config's runs is printed; run folders an earlier
+    # config left are named, never mixed in.
+    from meldflow.training.evaluate import evaluated_runs, runs_outside
+
     summary = Path("results/evaluate/summary.txt")
-    if summary.is_file():
+    if TRAIN and summary.is_file() and evaluated_runs(summary.parent) == set(RUNS):
         print("\nmeldflow: Florence-2 results, mean ± sd over seeds (results/evaluate/)")
         print(summary.read_text(), end="")
+    elif summary.is_file():
+        print("\nmeldflow: results/evaluate/ holds another config's runs: not shown (run the "
+              "default target of this config to compare its own)")
+    others = runs_outside("results/train", set(RUNS)) if TRAIN else []
+    if others:
+        print(f"meldflow: {len(others)} run folder(s) in results/train/ belong to no run of "
+              f"this config and are left out: {', '.join(others)} (`make clean` starts over)")
