@@ -5,7 +5,8 @@ import yaml
 from conftest import REPO
 
 ABLATION = yaml.safe_load((REPO / "config" / "ablation.yaml").read_text())
-DOCS = [REPO / "README.md", REPO / "config" / "ablation.yaml", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = [REPO / "README.md", REPO / "config" / "ablation.yaml",
+        *sorted((REPO / "docs").glob("*.md"))]
 
 
 def test_every_count_given_for_the_ablation_matches_config_ablation_yaml():
