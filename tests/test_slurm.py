@@ -228,6 +228,7 @@ def test_cancelled_and_timed_out_shard_jobs_are_resubmitted(slurm_cluster, prepr
                 subprocess.run(["scancel", cancelled], check=True)
             time.sleep(0.3)
         assert cancelled, "no transcribe job was seen running"
+        live = _status_once_resubmitted(work, cancelled, proc)
         rc = proc.wait(timeout=900)
     except subprocess.TimeoutExpired:
         pytest.fail("the workflow hung after a job was cancelled:\n"
@@ -278,6 +279,34 @@ def test_cancelled_and_timed_out_shard_jobs_are_resubmitted(slurm_cluster, prepr
     table = subprocess.run([sys.executable, "-m", "meldflow.cli", "status", "--dir",
                             str(work)], capture_output=True, text=True, check=True).stdout
     assert "TIMEOUT" in table and "CANCELLED" in table and "cpu eff" in table
+    # While the jobs ran, status was already right (seen before the run ended): every
+    # running and pending job had its rule and wildcards, each job its own tries, and the
+    # cancelled try named its queued resubmission.
+    rules = {"ingest", "transcribe", "frames", "align", "manifest", "summary"}
+    assert all(j["rule"] in rules and j["wildcards"] for j in live["jobs"]
+               if j["rule"] != "summary"), live["jobs"]
+    first = next(j for j in live["jobs"] if j["job_id"] == cancelled)
+    assert first["attempt"] == 1 and first["rule"] == "transcribe"
+    assert " → job " in first["explanation"], first
+    assert sum(j["attempt"] > 1 for j in live["jobs"]) <= 2  # the resubmission (+ a timeout)
+    assert "transcribe" in live["progress"] and "running" in live["progress"]
+
+
+def _status_once_resubmitted(work, cancelled, proc, timeout=240):
+    """`meldflow status --json`, polled while the workflow runs, until the cancelled job
+    is linked to its resubmission; the run must still be going then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([sys.executable, "-m", "meldflow.cli", "status", "--dir",
+                              str(work), "--json"], capture_output=True, text=True,
+                             check=True).stdout
+        live = json.loads(out)
+        row = next((j for j in live["jobs"] if j["job_id"] == cancelled), None)
+        if row and " → job " in row["explanation"]:
+            assert proc.poll() is None, "the run ended before status was checked"
+            return live
+        time.sleep(1)
+    raise AssertionError(f"status never linked job {cancelled} to its resubmission:\n{out}")
 
 
 def _start_requeued_now(job_id, timeout=60):

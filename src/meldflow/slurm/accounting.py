@@ -7,7 +7,6 @@ newest Snakemake log) and puts ``rule_<rule>_wildcards_<values>`` in the job com
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -39,35 +38,36 @@ def run_command(cmd: list[str]) -> str:
     return proc.stdout
 
 
-def sacct_records(name: str | None = None, job_ids: list[str] | None = None,
+def sacct_records(names: list[str] | None = None, job_ids: list[str] | None = None,
                   days: int = 7) -> list[dict]:
-    """sacct lines (allocations and steps) for a job name or job ids."""
+    """sacct lines (allocations and steps) for job names or job ids: one sacct call."""
     cmd = ["sacct", "-P", "-n", "--format=" + ",".join(SACCT_FIELDS),
            "--starttime", f"now-{days}days"]
-    if name:
-        cmd += ["--name", name]
+    if names:
+        cmd += ["--name", ",".join(names)]
     if job_ids:
         cmd += ["--jobs", ",".join(job_ids)]
-    names = [f.split("%")[0] for f in SACCT_FIELDS]
-    return [dict(zip(names, line.split("|", len(names) - 1), strict=False))
+    fields = [f.split("%")[0] for f in SACCT_FIELDS]
+    return [dict(zip(fields, line.split("|", len(fields) - 1), strict=False))
             for line in run_command(cmd).splitlines() if line.strip()]
 
 
-def squeue_reasons(name: str | None = None) -> dict[str, str]:
-    """Why each queued job of ``name`` waits (e.g. Resources, Priority, QOSMaxJobsPerUser)."""
-    if not shutil.which("squeue"):
-        return {}
-    cmd = ["squeue", "-h", "-o", "%i|%T|%r"] + (["--name", name] if name else [])
-    try:
-        out = run_command(cmd)
-    except (MeldflowError, subprocess.TimeoutExpired):
-        return {}
-    reasons = {}
-    for line in out.splitlines():
-        job, state, reason = (line.split("|") + ["", ""])[:3]
-        if state == "PENDING":
-            reasons[job] = reason
-    return reasons
+SQUEUE_FIELDS = {"JobIDRaw": "%i", "JobName": "%j", "State": "%T", "NodeList": "%N",
+                 "Reason": "%r", "Gres": "%b", "Submit": "%V", "Comment": "%k"}
+
+
+def squeue_jobs() -> dict[str, dict]:
+    """Every queued or running job of this user, from the controller (one squeue call):
+    job id -> its fields in sacct's names. squeue has a job's comment (Snakemake's rule
+    and wildcards) from submission; accounting stores it only when the job ends."""
+    fmt = "|".join(SQUEUE_FIELDS.values())  # the comment last: it may hold "|"
+    jobs = {}
+    for line in run_command(["squeue", "-h", "--me", "-o", fmt]).splitlines():
+        values = line.split("|", len(SQUEUE_FIELDS) - 1)
+        if len(values) == len(SQUEUE_FIELDS):
+            job = dict(zip(SQUEUE_FIELDS, values, strict=True))
+            jobs[job["JobIDRaw"]] = job
+    return jobs
 
 
 def to_mb(text: str) -> float | None:

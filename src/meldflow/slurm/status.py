@@ -19,12 +19,12 @@ from meldflow.logs import tail
 from meldflow.slurm.accounting import (
     gpus_in,
     latest_run_id,
-    run_command,
     sacct_records,
-    squeue_reasons,
+    squeue_jobs,
     to_mb,
     to_seconds,
 )
+from meldflow.slurm.live import join_queue, pending_reasons, progress_text
 from meldflow.slurm.states import TERMINAL, slurm_state
 
 
@@ -137,36 +137,23 @@ def explain(row: JobRow, after: JobRow | None) -> str:
         what = f"node {node} failed"
     if after is None:
         return f"{what}; not tried again (retries used up, or the run was stopped)"
+    link = f" → job {after.job_id}, {after.state}"  # the resubmission, as soon as queued
     if row.state == "OUT_OF_MEMORY" and after.req_mem_mb:
-        return f"{what}; {nxt} asked for {after.req_mem_mb:.0f} MB"
+        return f"{what}; {nxt} asked for {after.req_mem_mb:.0f} MB{link}"
     if row.state == "TIMEOUT" and after.time_limit:
-        return f"{what}; {nxt} got {after.time_limit}"
+        return f"{what}; {nxt} got {after.time_limit}{link}"
     if row.state == "NODE_FAIL":
         where = f"redone on {after.node}" if after.node else "redone"
-        return f"{what}; {where} ({nxt})"
-    return f"{what}; resubmitted as {nxt}"
-
-
-def squeue_rows(name: str) -> list[JobRow]:
-    """What squeue (slurmctld, not accounting) knows of a run: its queued and running jobs."""
-    out = run_command(["squeue", "-h", "--name", name, "-o", "%i|%k|%T|%N|%r|%L|%b"])
-    rows = []
-    for line in out.splitlines():
-        job, comment, state, node, reason, _left, gres = (line.split("|") + [""] * 7)[:7]
-        body = comment.split("_", 1)[1] if comment.startswith(("rule_", "group_")) else ""
-        rule, _, wildcards = body.partition("_wildcards_")
-        rows.append(JobRow(job_id=job, rule=rule or name, wildcards=wildcards, attempt=0,
-                           state=state, exit_code="", elapsed_s=0, cpu_efficiency=None,
-                           max_rss_mb=None, req_mem_mb=None,
-                           reason=reason if state == "PENDING" else "", node=node,
-                           gpus=gpus_in(gres.replace("gpu:", "gres/gpu=")) if gres else None))
-    return rows
+        return f"{what}; {where} ({nxt}){link}"
+    return f"{what}; resubmitted as {nxt}{link}"
 
 
 def collect(workdir: str | Path = ".", run_id: str | None = None, tail_lines: int = 5,
             slurm_logdir: str = "results/logs/slurm"
             ) -> tuple[str | None, list[JobRow], str]:
-    """(run id, rows, note) for one workflow run and its training job.
+    """(run id, rows, note) for one workflow run and its training jobs: one sacct and one
+    squeue call, joined (``live.join_queue``), so that running and pending jobs have their
+    rule and wildcards and a resubmission is linked as soon as it is queued.
 
     Without accounting (slurmdbd down or overloaded), the note says so and the rows are
     what squeue still sees queued or running.
@@ -187,23 +174,29 @@ def collect(workdir: str | Path = ".", run_id: str | None = None, tail_lines: in
             run = job_file.parent.relative_to(workdir / "results" / "train")
             labels[jid] = (f"train {run} (submitit)", "")
     try:
+        queue = squeue_jobs() if shutil.which("squeue") else {}
+        queue_note = ""
+    except (MeldflowError, subprocess.TimeoutExpired) as exc:
+        queue, queue_note = {}, f"squeue failed: {str(exc)[:200]}"
+    try:
         records: list[dict] = []
-        if run_id:
-            records += sacct_records(name=run_id)
-        if train_ids:
-            records += sacct_records(job_ids=train_ids)
+        if run_id or train_ids:
+            # one call: the run's jobs by name, its training jobs (named by submitit) too
+            names = [run_id] if run_id else []
+            records = sacct_records(names=names + (["submitit"] if train_ids else []))
+            records = [r for r in records if r.get("JobName") == run_id
+                       or r["JobIDRaw"].split(".")[0].split("_")[0] in train_ids]
     except (MeldflowError, subprocess.TimeoutExpired) as exc:
         note = (f"SLURM accounting is unreachable ({str(exc).splitlines()[0][:200]}): "
                 f"finished jobs cannot be shown until slurmdbd answers again; below is what "
                 f"squeue sees still queued or running")
-        try:
-            rows = squeue_rows(run_id) if run_id else []
-        except (MeldflowError, subprocess.TimeoutExpired) as exc2:
-            note += f" (squeue failed too: {str(exc2)[:200]})"
-            rows = []
+        note += f" ({queue_note})" if queue_note else ""
+        rows = job_rows(join_queue([], queue, run_id, train_ids), None,
+                        pending_reasons(queue), tail_lines, labels)
         return run_id, rows, note
-    reasons = squeue_reasons(run_id) if run_id else {}
-    return run_id, job_rows(records, workdir / slurm_logdir, reasons, tail_lines, labels), ""
+    records = join_queue(records, queue, run_id, train_ids)
+    return run_id, job_rows(records, workdir / slurm_logdir, pending_reasons(queue),
+                            tail_lines, labels), queue_note and f"live state unknown: {queue_note}"
 
 
 def off_cluster_trainings(workdir: str | Path = ".") -> list[str]:
@@ -229,7 +222,7 @@ def _fmt_mem(row: JobRow) -> str:
 
 
 def format_table(run_id: str | None, rows: list[JobRow], note: str = "",
-                 off_cluster: list[str] | None = None) -> str:
+                 off_cluster: list[str] | None = None, progress: str = "") -> str:
     """A fixed-width table, then each failed try explained, with its log tail; training
     runs that ran off the cluster are named."""
     local = ("\ntrained off the cluster (not SLURM jobs): " + "; ".join(off_cluster)
@@ -253,6 +246,8 @@ def format_table(run_id: str | None, rows: list[JobRow], note: str = "",
     out = [f"SLURM run {run_id}" if run_id else "SLURM jobs"]
     if note:
         out.append(f"NOTE: {note}")
+    if progress:
+        out += [progress, ""]
     out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
             for line in table]
     counts: dict[str, int] = {}
@@ -275,13 +270,15 @@ def status(workdir: str | Path = ".", run_id: str | None = None, as_json: bool =
     while True:
         rid, rows, note = collect(workdir, run_id, tail_lines)
         local = off_cluster_trainings(workdir)
+        progress = progress_text(rows, Path(workdir))
         if as_json:
-            print(json.dumps({"run_id": rid, "note": note, "jobs": [asdict(r) for r in rows],
+            print(json.dumps({"run_id": rid, "note": note, "progress": progress,
+                              "jobs": [asdict(r) for r in rows],
                               "off_cluster_trainings": local}, indent=1))
         else:
             if watch:
                 print("\033[2J\033[H", end="")
-            print(format_table(rid, rows, note, local))
+            print(format_table(rid, rows, note, local, progress))
         done = not note and all(r.state in TERMINAL for r in rows)
         if not watch or done:
             return 0
