@@ -248,3 +248,22 @@ def shard_fingerprint(aligned: Path, meld_dir: Path = SAMPLE) -> dict:
         out[split_dir.name] = {"shards": [p.name for p in shards], "columns": columns,
                                "ffmpeg": read_metadata(shards[0])["meldflow_frames"]["ffmpeg"]}
     return out
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """Brings the local cluster up (as root); fails in CI, skips elsewhere, if it cannot."""
+    if os.geteuid() == 0:
+        proc = subprocess.run(["bash", str(REPO / "cluster" / "local-slurm" / "up.sh")],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.fail(f"local SLURM did not start:\n{proc.stdout}{proc.stderr}")
+    states = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True,
+                            text=True).stdout.split() if shutil.which("sinfo") else []
+    ok = shutil.which("sacct") and states and all(
+        s in ("idle", "mixed", "allocated") for s in states)
+    if not ok:
+        msg = "no SLURM cluster: run cluster/local-slurm/up.sh as root"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)

@@ -7,7 +7,12 @@
 # controller (present on these machines) a job over its request is killed by the kernel
 # and ends OUT_OF_MEMORY; without it, slurmstepd's OverMemoryKill kills it and the job
 # ends FAILED. Each node offers all of the machine's CPUs (they are shared) and 1/N of
-# its memory.
+# its memory. Like a real site: two partitions, cpu (the default, 4 h) and gpu (1 day);
+# accounting enforced (an unknown account or partition makes sbatch fail; root's
+# association with account meldflow is made here); and 2 GPUs per node as generic
+# resources, backed by device files that exist without a GPU (/dev/tty0, /dev/tty1), so
+# SLURM schedules, counts (AllocTRES gres/gpu) and binds them and sets each job's
+# CUDA_VISIBLE_DEVICES.
 #   MELDFLOW_SLURM_NODES=1 bash cluster/local-slurm/up.sh   # one node
 # Idempotent: a cluster that already answers with this configuration is left as it is.
 # Stop it with down.sh. It only ever stops or restarts the daemons it started itself (by
@@ -28,7 +33,9 @@ else
   LIMITS=overmemorykill
   PROCTRACK=proctrack/linuxproc TASK=task/none GATHER_PARAMS=OverMemoryKill
 fi
-CONF_VERSION="meldflow local-slurm configuration v4, $NODES node(s), memory limits by $LIMITS"
+CONF_VERSION="meldflow local-slurm configuration v5, $NODES node(s), memory limits by $LIMITS"
+GPUS_PER_NODE=2
+GPU_FILES="/dev/tty[0-1]"  # stand-ins: SLURM only needs device files that exist
 
 log() { echo "[local-slurm] $*"; }
 die() { echo "[local-slurm] error: $*" >&2; exit 1; }
@@ -43,8 +50,8 @@ foreign=$(foreign_daemons "$STATE")
   This machine runs a SLURM of its own: the local test cluster would reconfigure and
   restart it. Use a machine without SLURM (or a container) for the tests."
 
-nodes_up() {  # how many nodes answer (idle, mixed or allocated)
-  sinfo -h -N -o '%N %T' 2>/dev/null | grep -cE ' (idle|mixed|allocated)$' || true
+nodes_up() {  # how many nodes answer (idle, mixed or allocated); a node is in two partitions
+  sinfo -h -N -o '%N %T' 2>/dev/null | sort -u | grep -cE ' (idle|mixed|allocated)$' || true
 }
 if [ "$(nodes_up)" = "$NODES" ] \
    && sacct -n -X -S now-1minutes >/dev/null 2>&1 \
@@ -113,9 +120,12 @@ HW=$(slurmd -C | head -n 1)
 CPUS=$(sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' <<<"$HW")
 MEM=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$HW")
 NODE_MEM=$(( MEM * 9 / 10 / NODES ))
+for f in /dev/tty0 /dev/tty1; do
+  [ -e "$f" ] || die "$f does not exist: the stand-in GPU devices (GPU_FILES) need it"
+done
 NODE_LINES=""
 for i in $(seq "$NODES"); do
-  NODE_LINES+="NodeName=n$i NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((17000 + i)) CPUs=$CPUS RealMemory=$NODE_MEM State=UNKNOWN"$'\n'
+  NODE_LINES+="NodeName=n$i NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((17000 + i)) CPUs=$CPUS RealMemory=$NODE_MEM Gres=gpu:$GPUS_PER_NODE State=UNKNOWN"$'\n'
 done
 # Node names must resolve (torch's rendezvous takes the first host of the job's node list).
 for i in $(seq "$NODES"); do
@@ -139,6 +149,9 @@ DefMemPerCPU=3000
 SchedulerType=sched/backfill
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
+AccountingStorageEnforce=associations,limits
+AccountingStorageTRES=gres/gpu
+GresTypes=gpu
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=2
 JobAcctGatherParams=$GATHER_PARAMS
@@ -157,7 +170,12 @@ SlurmctldPidFile=$STATE/run/slurmctld.pid
 SlurmdPidFile=$STATE/run/slurmd-%n.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd-%n.log
-${NODE_LINES}PartitionName=debug Nodes=n[1-$NODES] Default=YES MaxTime=INFINITE State=UP
+${NODE_LINES}PartitionName=cpu Nodes=n[1-$NODES] Default=YES MaxTime=04:00:00 State=UP
+PartitionName=gpu Nodes=n[1-$NODES] MaxTime=1-00:00:00 State=UP
+CONF
+cat > "$ETC/gres.conf" <<CONF
+# Written by cluster/local-slurm/up.sh: $GPUS_PER_NODE stand-in GPUs per node.
+NodeName=n[1-$NODES] Name=gpu File=$GPU_FILES
 CONF
 
 # --- daemons -------------------------------------------------------------------------
@@ -190,10 +208,10 @@ for i in $(seq "$NODES"); do
 done
 for _ in $(seq 300); do
   [ "$(nodes_up)" = "$NODES" ] && break
-  for n in $(sinfo -h -N -o '%N %T' 2>/dev/null | awk '$2 ~ /^(down|drain)/ {print $1}'); do
+  for n in $(sinfo -h -N -o '%N %T' 2>/dev/null | awk '$2 ~ /^(down|drain)/ {print $1}' | sort -u); do
     scontrol update nodename="$n" state=resume 2>/dev/null || true
   done
   sleep 0.2
 done
 [ "$(nodes_up)" = "$NODES" ] || die "nodes not ready: $(sinfo -h -N 2>&1) ($STATE/log/)"
-log "up: cluster $CLUSTER, $NODES node(s) n[1-$NODES] on $HOST ($CPUS CPUs and $NODE_MEM MB each, memory limits by $LIMITS), account $ACCOUNT"
+log "up: cluster $CLUSTER, $NODES node(s) n[1-$NODES] on $HOST ($CPUS CPUs, $NODE_MEM MB and $GPUS_PER_NODE stand-in GPUs each, memory limits by $LIMITS), partitions cpu (default) and gpu, account $ACCOUNT enforced"

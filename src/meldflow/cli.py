@@ -287,6 +287,21 @@ def _make_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, nargs=2, default=[320, 180], metavar=("W", "H"))
 
 
+def cmd_check(a: argparse.Namespace, s: Settings) -> None:
+    from meldflow.check import run_check
+
+    found, notes = run_check(a.profile, a.configfile or [])
+    print("\n".join(found + notes) if found or notes else "meldflow check: the cluster, the "
+          "staged models and meld_dir fit this config")
+    if found:
+        raise MeldflowError(f"{len(found)} problem(s): fix them before submitting")
+
+
+def _check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="cluster/slurm", help="the Snakemake SLURM profile")
+    p.add_argument("--configfile", nargs="*", help="config files over config/config.yaml")
+
+
 def _schema_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table", action="store_true",
                    help="the settings as a Markdown table (docs/configuration.md) instead")
@@ -328,6 +343,9 @@ COMMANDS = {
                "cluster/slurm` run: rule, wildcards, attempt, state, exit code, elapsed "
                "time, CPU efficiency, peak memory against the request; for failed jobs the "
                "SLURM log and its last lines. Pending jobs show why they wait."),
+    "check": (cmd_check, _check_args, "before a cluster run: partitions, account, time "
+              "limits, GPUs, models and data fit the config", "Run on the login node, in "
+              "the project folder, with the profile and config files the run will use."),
     "make-sample": (cmd_make_sample, _make_sample_args, "regenerate the small synthetic "
                     "sample dataset (needs espeak-ng and ffmpeg)", None),
     "schema": (cmd_schema, _schema_args, "print the config schema every setting generates "

@@ -138,8 +138,16 @@ onstart:
     # write the same outputs as this run's: they are cancelled before anything is
     # submitted (docs/slurm-faults.md).
     if workflow_executor() == "slurm":
+        from meldflow.check import training_asks
         from meldflow.slurm.orphans import cancel_orphaned_jobs
+        from meldflow.slurm.preflight import asks_from_jobs, check_cluster
 
+        # The preflight (`meldflow check`'s cluster part): a partition, account, time
+        # limit or GPU count the cluster does not offer stops the run before any job.
+        found = check_cluster(asks_from_jobs(workflow.dag.needrun_jobs()) + training_asks(RUNS))
+        if found:
+            raise WorkflowError("meldflow: this run asks the cluster for what it does not "
+                                "offer; nothing was submitted:\n  " + "\n  ".join(found))
         for run in off_cluster_runs(RUNS):
             print(f"meldflow: WARNING: {run} trains on this host, not as a SLURM job: its "
                   f"config sets train.executor local (or debug); remove it (or set auto) to "

@@ -184,7 +184,9 @@ def collect(workdir: str | Path = ".", run_id: str | None = None, tail_lines: in
             # one call: the run's jobs by name, its training jobs (named by submitit) too
             names = [run_id] if run_id else []
             records = sacct_records(names=names + (["submitit"] if train_ids else []))
-            records = [r for r in records if r.get("JobName") == run_id
+            ours = {r["JobIDRaw"] for r in records if r.get("JobName") == run_id} | set(
+                train_ids)  # steps (12.batch) carry their own names: kept by job id
+            records = [r for r in records if r["JobIDRaw"].split(".")[0] in ours
                        or r["JobIDRaw"].split(".")[0].split("_")[0] in train_ids]
     except (MeldflowError, subprocess.TimeoutExpired) as exc:
         note = (f"SLURM accounting is unreachable ({str(exc).splitlines()[0][:200]}): "

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+
+log = logging.getLogger(__name__)
 
 
 def _dist():
@@ -26,7 +29,22 @@ def init_distributed() -> tuple[int, int, int]:
         else:
             torch.set_num_threads(cpu_threads_per_rank())
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    log.info("%s", device_line(rank, world, local, torch.cuda.is_available()))
     return rank, world, local
+
+
+def device_line(rank: int, world: int, local: int, cuda: bool) -> str:
+    """Which device a rank trains on, and what SLURM gave it (its GPUs, by
+    CUDA_VISIBLE_DEVICES): said once per rank, so that a job that asked for GPUs and
+    runs on the CPU says so."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = f"rank {rank} of {world}"
+    if cuda:
+        return f"{where}: GPU {local} of CUDA_VISIBLE_DEVICES={visible} (NCCL)"
+    if visible:
+        return (f"{where}: CUDA_VISIBLE_DEVICES={visible}, its GPU would be index {local}, "
+                f"but torch finds no CUDA here: training on the CPU with gloo")
+    return f"{where}: no GPU; training on the CPU" + (" with gloo" if world > 1 else "")
 
 
 def cpu_threads_per_rank() -> int:

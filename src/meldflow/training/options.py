@@ -140,6 +140,17 @@ class LaunchConfig:
                                    if f.metadata.get("group") == "slurm"}},
                       "launch options")
 
+    def cluster_ask(self, who: str):
+        """What this launch asks of a SLURM cluster (for the preflight check)."""
+        from meldflow.slurm.preflight import Ask
+
+        return Ask(who, "train.slurm", time_where="train.time_min", partition=self.partition,
+                   account=self.account, minutes=self.time_min,
+                   gpus_per_node=self.gpus_per_node,
+                   mem_mb=self.mem_gb * 1024 if self.mem_gb else None,
+                   cpus_per_node=self.cpus_per_task * self.tasks if self.cpus_per_task
+                   else None)
+
     def world_size(self) -> int:
         """Processes that train (DDP ranks): one in this process with ``debug``."""
         return 1 if self.executor == "debug" else self.tasks * self.nodes

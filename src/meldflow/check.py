@@ -1,0 +1,96 @@
+"""`meldflow check`: what would stop a cluster run, found before anything is submitted.
+
+The cluster (partitions, account, time limits, GPUs, memory and CPUs that the profile and
+``train:`` ask for, ``meldflow.slurm.preflight``), the staged models in ``hf_home`` and the
+MELD layout in ``meld_dir``; each problem one line naming the setting and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from meldflow import MeldflowError
+
+
+def merged_config(configfiles: list[str]) -> dict:
+    """config/config.yaml with each file over it (nested keys merged), as Snakemake does."""
+    import yaml
+
+    def merge(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and \
+                isinstance(out.get(key), dict) else value
+        return out
+
+    config: dict = {}
+    for path in ["config/config.yaml", *configfiles]:
+        try:
+            config = merge(config, yaml.safe_load(Path(path).read_text()) or {})
+        except (OSError, yaml.YAMLError) as exc:
+            raise MeldflowError(f"cannot read config file {path}: {exc}") from None
+    return config
+
+
+def training_asks(runs: dict, workflow_executor: str = "slurm") -> list:
+    """What each distinct training launch of the runs asks of the cluster."""
+    from meldflow.training.options import launch_config, resolve_executor
+
+    asks, seen = [], set()
+    for (name, seed), options in runs.items():
+        how = launch_config(options)
+        if resolve_executor(how.executor, workflow_executor) != "slurm":
+            continue
+        ask = how.cluster_ask(f"training {name}/seed-{seed}")
+        if dataclasses.replace(ask, who="") not in seen:
+            seen.add(dataclasses.replace(ask, who=""))
+            asks.append(ask)
+    return asks
+
+
+def model_problems(settings) -> list[str]:
+    """The configured Whisper and Florence-2, staged and verified in hf_home."""
+    from meldflow.preprocess.whisper_model import model_dir
+    from meldflow.training.identity import florence_snapshot
+
+    lines = []
+    for verify in (lambda: model_dir(settings.whisper_model, settings.hf_home),
+                   lambda: florence_snapshot(settings)):
+        try:
+            verify()
+        except MeldflowError as exc:
+            lines.append(f"hf_home: {exc}")
+    return lines
+
+
+def data_problems(settings, runs: dict) -> list[str]:
+    """meld_dir: every split's annotation CSV and clip folder."""
+    from meldflow.preprocess.ingest import check_clip_folder
+    from meldflow.training.options import needs_clips
+
+    needed = "train" not in settings.splits or any(map(needs_clips, runs.values()))
+    lines = []
+    for split in settings.splits:
+        try:
+            check_clip_folder(settings.meld_dir, split, needed)
+        except MeldflowError as exc:
+            lines.append(f"meld_dir: {exc}")
+    return lines
+
+
+def run_check(profile: str, configfiles: list[str]) -> tuple[list[str], list[str]]:
+    """(problems, notes): every problem a run with ``profile`` and these config files
+    would meet; notes for what only a job's last try (more memory and time) would meet."""
+    from meldflow.settings import Settings
+    from meldflow.slurm.preflight import asks_from_profile, check_cluster
+    from meldflow.training.options import experiment_runs
+
+    config = merged_config(configfiles)
+    settings = Settings.from_config(config)
+    runs = experiment_runs(config.get("train", {}), config.get("experiments"),
+                           config.get("seeds"))
+    found = check_cluster(asks_from_profile(profile) + training_asks(runs))
+    notes = [f"on its last try: {line}" for line in
+             check_cluster(asks_from_profile(profile, last_try=True)) if line not in found]
+    return found + model_problems(settings) + data_problems(settings, runs), notes

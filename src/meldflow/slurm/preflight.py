@@ -1,0 +1,183 @@
+"""Before anything is submitted: does the cluster offer what this run asks of it?
+
+Each kind of job asks for a partition, an account, a time limit, memory, CPUs and GPUs
+(the profile's resources for shard jobs; ``train:`` for training). One ``sinfo`` and one
+``sacctmgr`` call tell what the cluster has and what this user may use; every mismatch is
+one line naming the setting and the fix. ``meldflow check`` runs it (with the staged models
+and the MELD layout), and so does the workflow's start under the SLURM executor, where a
+problem stops the run before any job is queued.
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+import subprocess
+from dataclasses import dataclass, field
+
+from meldflow import MeldflowError
+from meldflow.slurm.accounting import run_command
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What one kind of job asks of the cluster, and where each value is set."""
+
+    who: str  # "rule transcribe", "training text/seed-0"
+    where: str  # the setting to change: "cluster/slurm/config.yaml", "train.slurm"
+    partition: str | None = None
+    account: str | None = None
+    minutes: float | None = None
+    gpus_per_node: int | None = None
+    mem_mb: float | None = None
+    cpus_per_node: int | None = None
+    time_where: str = ""  # where the time limit is set, when elsewhere
+
+
+@dataclass
+class Partition:
+    name: str
+    default: bool
+    max_minutes: float | None  # None: no limit
+    nodes: list[tuple[int, float, int]] = field(default_factory=list)  # (GPUs, MB, CPUs)
+
+
+def minutes_of(limit: str) -> float | None:
+    """A SLURM time limit (``4:00:00``, ``1-00:00:00``, ``30``, ``infinite``) in minutes."""
+    if limit.strip().lower() in ("infinite", "unlimited", "", "n/a"):
+        return None
+    days, _, rest = limit.rpartition("-")
+    parts = [float(p) for p in rest.split(":")]
+    if days:  # days-hours[:minutes[:seconds]]
+        parts += [0.0] * (3 - len(parts))
+        return float(days) * 1440 + parts[0] * 60 + parts[1] + parts[2] / 60
+    if len(parts) == 3:
+        return parts[0] * 60 + parts[1] + parts[2] / 60
+    return parts[0] + (parts[1] / 60 if len(parts) == 2 else 0.0)
+
+
+GRES_GPU = re.compile(r"gpu(?::[^:,(]+)?:(\d+)")
+
+
+def cluster_partitions() -> dict[str, Partition]:
+    """Every partition with its MaxTime and its nodes' GPUs, memory and CPUs (one sinfo)."""
+    out = run_command(["sinfo", "-h", "-N", "-o", "%P|%l|%G|%m|%c"])
+    parts: dict[str, Partition] = {}
+    for line in out.splitlines():
+        name, limit, gres, mem, cpus = (line.split("|") + [""] * 5)[:5]
+        default = name.endswith("*")
+        name = name.rstrip("*")
+        p = parts.setdefault(name, Partition(name, default, minutes_of(limit)))
+        gpus = sum(int(n) for n in GRES_GPU.findall(gres))
+        p.nodes.append((gpus, float(mem.rstrip("+") or 0), int(cpus.rstrip("+") or 0)))
+    return parts
+
+
+def user_accounts() -> set[str] | None:
+    """The accounts this user has an association with, or None without accounting."""
+    try:
+        out = run_command(["sacctmgr", "-n", "-P", "show", "assoc", "where",
+                           f"user={getpass.getuser()}", "format=account"])
+    except (MeldflowError, subprocess.TimeoutExpired, FileNotFoundError):
+        return None
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def problems(asks: list[Ask], partitions: dict[str, Partition],
+             accounts: set[str] | None) -> list[str]:
+    """One line per thing a job asks that the cluster does not offer."""
+    lines, told = [], set()  # a missing partition or account is said once
+    default = next((p.name for p in partitions.values() if p.default), None)
+    for ask in asks:
+        name = ask.partition or default
+        part = partitions.get(name or "")
+        if part is None and ("partition", name) not in told:
+            told.add(("partition", name))
+            lines.append(f"{ask.who}: partition {name!r} ({ask.where}) does not exist "
+                         f"here; partitions: {', '.join(sorted(partitions)) or 'none'} "
+                         f"(sinfo)")
+        if ask.account and accounts is not None and ask.account not in accounts \
+                and ("account", ask.account) not in told:
+            told.add(("account", ask.account))
+            lines.append(f"{ask.who}: account {ask.account!r} ({ask.where}) is not one this "
+                         f"user may use: {', '.join(sorted(accounts)) or 'none'} "
+                         f"(sacctmgr show assoc user={getpass.getuser()})")
+        if part is None:
+            continue
+        if ask.minutes and part.max_minutes is not None and ask.minutes > part.max_minutes:
+            lines.append(f"{ask.who}: a time limit of {ask.minutes:.0f} min "
+                         f"({ask.time_where or ask.where}) is "
+                         f"over partition {part.name}'s MaxTime of {part.max_minutes:.0f} min")
+        for label, asked, index, unit in (("GPUs per node", ask.gpus_per_node, 0, ""),
+                                          ("memory per node", ask.mem_mb, 1, " MB"),
+                                          ("CPUs per node", ask.cpus_per_node, 2, "")):
+            best = max((node[index] for node in part.nodes), default=0)
+            if asked and asked > best:
+                lines.append(f"{ask.who}: {label} {asked:g}{unit} ({ask.where}) is more than "
+                             f"any node of partition {part.name} has ({best:g}{unit})")
+    return lines
+
+
+def check_cluster(asks: list[Ask]) -> list[str]:
+    """The problems of ``asks`` on the cluster this host submits to."""
+    try:
+        partitions = cluster_partitions()
+    except (MeldflowError, subprocess.TimeoutExpired, FileNotFoundError) as exc:
+        return [f"the cluster does not answer (sinfo: {str(exc)[:200]}): is this a login "
+                f"node of a SLURM cluster?"]
+    return problems(asks, partitions, user_accounts())
+
+
+def _value(expr, attempt: int):
+    """A profile resource: a number, a name, or an expression of ``attempt``."""
+    if not isinstance(expr, str):
+        return expr
+    try:
+        return eval(expr, {"__builtins__": {}}, {"attempt": attempt})  # noqa: S307
+    except Exception:  # a plain name such as a partition
+        return expr
+
+
+def _ask(who: str, where: str, resources: dict, attempt: int = 1) -> Ask:
+    v = {k: _value(x, attempt) for k, x in resources.items()}
+    return Ask(who, where, partition=v.get("slurm_partition"), account=v.get("slurm_account"),
+               minutes=v.get("runtime"), mem_mb=v.get("mem_mb"),
+               cpus_per_node=v.get("cpus_per_task"))
+
+
+def asks_from_profile(profile: str, last_try: bool = False) -> list[Ask]:
+    """What a Snakemake SLURM profile's jobs ask at their first try, or at their last
+    (``retries`` + 1: the most memory and time)."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(profile) / "config.yaml" if Path(profile).is_dir() else Path(profile)
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise MeldflowError(f"cannot read the profile {path}: {exc}") from None
+
+    def mapping(res) -> dict:  # a mapping, or Snakemake's list of "key=value"
+        return dict(r.split("=", 1) for r in res) if isinstance(res, list) else dict(res or {})
+
+    attempt = int(cfg.get("retries", 0)) + 1 if last_try else 1
+    base = mapping(cfg.get("default-resources"))
+    asks = [_ask("shard jobs", f"{path} default-resources", base, attempt)]
+    for rule, res in (cfg.get("set-resources") or {}).items():
+        asks.append(_ask(f"rule {rule}", f"{path} set-resources: {rule}",
+                         base | mapping(res), attempt))
+    return asks
+
+
+def asks_from_jobs(jobs) -> list[Ask]:
+    """What the workflow's SLURM jobs ask (one per rule), from Snakemake's jobs."""
+    asks: dict[str, Ask] = {}
+    for job in jobs:
+        if job.is_local or job.rule.name in asks:
+            continue
+        res = {k: job.resources.get(k) for k in ("slurm_partition", "slurm_account",
+                                                 "runtime", "mem_mb", "cpus_per_task")}
+        asks[job.rule.name] = _ask(f"rule {job.rule.name}", "the profile's resources",
+                                   {k: v for k, v in res.items() if v is not None})
+    return list(asks.values())

@@ -1,0 +1,119 @@
+"""The preflight: `meldflow check` and the workflow's start on a site-like local cluster."""
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+import yaml
+from conftest import BIN, REPO, env_with_venv, make_workdir
+
+from meldflow.slurm.preflight import Ask, Partition, minutes_of, problems
+
+pytestmark = pytest.mark.slurm
+
+
+def test_time_limits_in_every_slurm_form():
+    assert minutes_of("4:00:00") == 240 and minutes_of("1-00:00:00") == 1440
+    assert minutes_of("30") == 30 and minutes_of("1-12") == 2160
+    assert minutes_of("infinite") is None and minutes_of("UNLIMITED") is None
+
+
+def test_each_mismatch_is_one_line_naming_the_setting():
+    parts = {"cpu": Partition("cpu", True, 240, [(0, 8000, 4)]),
+             "gpu": Partition("gpu", False, 1440, [(2, 64000, 16)])}
+    asks = [Ask("shard jobs", "profile", partition="gpux", account="x"),
+            Ask("rule frames", "profile set-resources", partition="gpux"),
+            Ask("training t/seed-0", "train.slurm", partition="gpu", account="nosuch",
+                minutes=3000, gpus_per_node=4, mem_mb=128000, cpus_per_node=32),
+            Ask("rule align", "profile", minutes=60, mem_mb=2000)]  # the default partition
+    lines = problems(asks, parts, {"meldflow"})
+    user = lines[1].split("user=")[1]
+    assert lines == [
+        "shard jobs: partition 'gpux' (profile) does not exist here; partitions: cpu, gpu "
+        "(sinfo)",
+        "shard jobs: account 'x' (profile) is not one this user may use: meldflow "
+        "(sacctmgr show assoc user=" + user,
+        "training t/seed-0: account 'nosuch' (train.slurm) is not one this user may use: "
+        "meldflow (sacctmgr show assoc user=" + user,
+        "training t/seed-0: a time limit of 3000 min (train.slurm) is over partition gpu's "
+        "MaxTime of 1440 min",
+        "training t/seed-0: GPUs per node 4 (train.slurm) is more than any node of partition "
+        "gpu has (2)",
+        "training t/seed-0: memory per node 128000 MB (train.slurm) is more than any node of "
+        "partition gpu has (64000 MB)",
+        "training t/seed-0: CPUs per node 32 (train.slurm) is more than any node of partition "
+        "gpu has (16)"]
+
+
+def _misconfigured(root, hf_home):
+    """A project folder whose profile and train: ask for what the local cluster lacks."""
+    work = make_workdir(root, hf_home, splits=["train", "dev"])
+    cfg = yaml.safe_load((work / "config" / "config.yaml").read_text())
+    cfg["train"]["time_min"] = 3000
+    cfg["train"]["slurm"] |= {"partition": "gpu", "gpus_per_node": 4}
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    profile = yaml.safe_load((REPO / "cluster" / "slurm" / "config.yaml").read_text())
+    profile["default-resources"] |= {"slurm_partition": "gpux", "slurm_account": "nosuch"}
+    (work / "cluster" / "slurm").mkdir(parents=True)
+    (work / "cluster" / "slurm" / "config.yaml").write_text(yaml.safe_dump(profile))
+    return work
+
+
+def test_meldflow_check_names_every_problem_of_a_misconfigured_profile(slurm_cluster,
+                                                                       tmp_path):
+    """The README's `meldflow check`, on a profile with a partition and an account the
+    cluster lacks, training asking 4 GPUs a node and 50 hours, and no staged model."""
+    work = _misconfigured(tmp_path / "work", tmp_path / "empty_hf")
+    start = time.monotonic()
+    proc = subprocess.run([str(BIN / "meldflow"), "check"], capture_output=True, text=True,
+                          cwd=work, env=env_with_venv())
+    assert time.monotonic() - start < 10
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    out = proc.stdout
+    assert "shard jobs: partition 'gpux' (cluster/slurm/config.yaml default-resources) does " \
+           "not exist here; partitions: cpu, gpu (sinfo)" in out
+    assert "shard jobs: account 'nosuch' (cluster/slurm/config.yaml default-resources) is " \
+           "not one this user may use: meldflow" in out  # (and root's own, on this cluster)
+    assert "training default/seed-0: a time limit of 3000 min (train.time_min) is over " \
+           "partition gpu's MaxTime of 1440 min" in out
+    assert "GPUs per node 4 (train.slurm" in out and "partition gpu has (2)" in out
+    assert "hf_home: Whisper model" in out and "meldflow stage" in out
+    assert "problem(s): fix them before submitting" in proc.stderr
+
+
+def test_the_workflow_stops_before_any_job_on_a_misconfigured_profile(slurm_cluster,
+                                                                      tmp_path, hf_home):
+    """Under the SLURM profile the same check runs at the start: nothing is submitted."""
+    work = _misconfigured(tmp_path / "work", hf_home)
+    before = subprocess.run(["sacct", "-n", "-X", "-o", "JobID", "-S", "now-1hours"],
+                            capture_output=True, text=True).stdout.split()
+    start = time.monotonic()
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(work),
+         "--profile", str(work / "cluster" / "slurm")],
+        capture_output=True, text=True, cwd=work, env=env_with_venv())
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text[-3000:]
+    assert "nothing was submitted" in text and "partition 'gpux'" in text, text[-3000:]
+    assert "GPUs per node 4" in text
+    assert time.monotonic() - start < 60
+    after = subprocess.run(["sacct", "-n", "-X", "-o", "JobID", "-S", "now-1hours"],
+                           capture_output=True, text=True).stdout.split()
+    assert after == before
+    assert not list((work / "results").rglob("*.parquet")) if (work / "results").exists() \
+        else True
+
+
+def test_the_shipped_profile_passes_on_the_local_cluster(slurm_cluster, tmp_path, hf_home):
+    """The profile's EDIT lines name the local cluster's partition and account."""
+    from meldflow.models.stage import stage_florence
+
+    stage_florence(hf_home)
+    work = make_workdir(tmp_path / "work", hf_home)
+    shutil.copytree(REPO / "cluster" / "slurm", work / "cluster" / "slurm")
+    env = env_with_venv()
+    proc = subprocess.run([str(BIN / "meldflow"), "check"], capture_output=True, text=True,
+                          cwd=work, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert os.path.exists(work / "cluster" / "slurm" / "config.yaml")
