@@ -46,15 +46,59 @@ def whisper_repo_id(name: str) -> str:
     return f"Systran/faster-whisper-{name}"
 
 
+def hub_endpoint() -> str:
+    """The Hub huggingface_hub talks to: ``HF_ENDPOINT`` (a mirror) or huggingface.co."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hub answers, decided in seconds (compute nodes often hang on connect)."""
+    from urllib.parse import urlsplit
+
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
+    url = urlsplit(hub_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
     try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+        with socket.create_connection((url.hostname, port), timeout=timeout):
             return True
     except OSError:
         return False
+
+
+def download(repo_id: str, revision: str, hf_home: Path, force: bool) -> Path:
+    """``snapshot_download`` of ``repo_id`` at ``revision`` into the cache, with one line
+    for what goes wrong: a misspelt repository, a gated one without a token, a revision
+    that does not exist, a download cut off (run again: finished files are kept)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    hub = hub_endpoint()
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=hub_cache(hf_home),
+                                      force_download=force))
+    except GatedRepoError:
+        raise MeldflowError(
+            f"{repo_id} on {hub} is gated: accept its terms on its Hub page, then log in on "
+            f"this node (`huggingface-cli login`, or set HF_TOKEN) and stage again") from None
+    except RevisionNotFoundError:
+        raise MeldflowError(f"{repo_id} on {hub} has no revision {revision!r}: give a branch, "
+                            f"tag or commit it has") from None
+    except RepositoryNotFoundError:
+        raise MeldflowError(
+            f"no repository {repo_id} on {hub} (misspelt? private?); native Florence-2 "
+            f"checkpoints are florence-community/Florence-2-base and -large, faster-whisper "
+            f"names are tiny.en, small.en, large-v3, ...") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise MeldflowError(
+            f"downloading {repo_id} from {hub} failed ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}); run the same command again: what was "
+            f"downloaded is kept, and nothing unverified is ever used") from None
 
 
 def read_lock(hf_home: str | Path) -> dict:
@@ -98,6 +142,12 @@ def _checked(snap: Path | None, required: tuple) -> tuple[bool, dict[str, str]]:
     return not problems, files
 
 
+def _damaged(snap: Path | None) -> bool:
+    """Whether a cached snapshot holds a file that fails its hash: it is fetched again
+    whole. An incomplete one (an interrupted download) is resumed instead."""
+    return snap is not None and bool(verify_snapshot(snap)[1])
+
+
 def _finish(hf_home: Path, key: str, entry: dict, required: tuple, what: str) -> dict:
     ok, files = _checked(Path(entry["path"]), required)
     if not ok:
@@ -126,11 +176,9 @@ def stage_whisper(hf_home: str | Path, whisper_model: str, source: str = "auto")
     if source == "auto":
         source = "hub" if hub_reachable() else "package"
     if source == "hub":
-        from huggingface_hub import snapshot_download
-
-        # A damaged cached copy is fetched again rather than trusted.
-        path = Path(snapshot_download(repo_id, cache_dir=hub_cache(hf_home),
-                                      force_download=snap is not None and not complete))
+        # A damaged cached copy is fetched again rather than trusted; an interrupted
+        # download resumes.
+        path = download(repo_id, "main", hf_home, force=_damaged(snap))
         entry = {"repo_id": repo_id, "revision": path.name, "source": "hub", "path": str(path)}
     elif source == "package":
         if repo_id != PACKAGED_WHISPER:
@@ -200,12 +248,8 @@ def stage_florence(hf_home: str | Path, florence_repo: str = TINY_FLORENCE,
                     f"the Hub is reachable (a login node), or use florence_repo "
                     f"{TINY_FLORENCE} (built offline)"
                 )
-            from huggingface_hub import snapshot_download
-
-            path = Path(snapshot_download(repo_id, revision=revision,
-                                          cache_dir=hub_cache(hf_home),
-                                          force_download=snap is not None))
+            path = download(repo_id, revision, hf_home, force=_damaged(snap))
             entry = {"repo_id": repo_id, "revision": path.name, "source": "hub",
-                     "path": str(path)}
+                     "path": str(path), "requested_revision": revision}
     entry["staged_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return _finish(hf_home, key, entry, FLORENCE_FILES, "Florence-2 model")
