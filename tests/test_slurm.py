@@ -17,6 +17,7 @@ from conftest import (
     env_with_venv,
     make_workdir,
     max_diff,
+    run_snakemake,
     train_config,
     weights,
     without_key_biases,
@@ -130,6 +131,17 @@ def test_whole_workflow_on_slurm_matches_local_run(slurm_cluster, trained, hf_ho
             assert pq.read_table(remote).equals(pq.read_table(local)), remote
     assert (work / "results" / "evaluate" / "metrics.tsv").read_text() == \
         (preprocessed / "results" / "evaluate" / "metrics.tsv").read_text()
+    # A rerun with nothing changed does nothing, whichever executor ran it before: the
+    # executor is not a param of the training rules (it had re-run train_options, train
+    # and evaluate, and submitted a job that resumed from its checkpoint).
+    again = run_snakemake(work, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
+    with_profile = subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(preprocessed),
+         "--profile", str(REPO / "cluster" / "slurm"), "-n"],
+        capture_output=True, text=True, env=env_with_venv(), cwd=preprocessed)
+    assert "Nothing to be done" in with_profile.stdout + with_profile.stderr, \
+        with_profile.stdout[-3000:]
 
 
 # The first ffmpeg call in a run outlives its job's 1-minute limit; later calls are the
@@ -698,12 +710,17 @@ def test_a_gpu_request_is_allocated_bound_and_said(slurm_cluster, tmp_path):
 
     home = tmp_path / "hf"
     stage_florence(home)
-    cfg = train_config(home, tmp_path / "run", max_steps=2, checkpoint_every=1)
+    cfg = train_config(home, tmp_path / "run", max_steps=2, checkpoint_every=1, streams=2)
     how = LaunchConfig(executor="slurm", tasks=2, nodes=1, time_min=10, partition="gpu",
                        gpus_per_node=2, cpus_per_task=1, mem_gb=3)
     job = launch(cfg, how, wait=False)
     job.results()
-    alloc = sacct("-j", job.job_id, "-o", "JobID,Partition,AllocTRES%200,State")
+    alloc = []
+
+    def settled():
+        alloc[:] = sacct("-j", job.job_id, "-o", "JobID,Partition,AllocTRES%200,State")
+        return alloc and alloc[0][3] not in ("RUNNING", "PENDING", "COMPLETING")
+    _until(settled, 60, "accounting to record the job's end")
     assert alloc[0][1] == "gpu" and "gres/gpu=2" in alloc[0][2] and alloc[0][3] == \
         "COMPLETED", alloc
     logs = {n: (tmp_path / "run" / "submitit" / f"{job.job_id}_{n}_log.err").read_text()
