@@ -23,9 +23,10 @@ try:
     RUNS = experiment_runs(config.get("train", {}), config.get("experiments"),
                            config.get("seeds"))
     # A wrong meld_dir or a missing clip folder stops the run here, before any job; clips
-    # are needed unless every run trains on the gold lines alone (a warning then).
+    # are needed unless every run trains on the gold lines alone (a warning then). Once,
+    # where Snakemake starts: not again in each job (a SLURM job reads the Snakefile too).
     CLIPS_NEEDED = "train" not in SETTINGS.splits or any(map(needs_clips, RUNS.values()))
-    for _split in SETTINGS.splits:
+    for _split in SETTINGS.splits if workflow.is_main_process else []:
         _warning = check_clip_folder(SETTINGS.meld_dir, _split, CLIPS_NEEDED)
         if _warning:
             print(f"meldflow: WARNING: {_warning}", file=sys.stderr)
