@@ -445,3 +445,26 @@ def test_a_wrong_meld_dir_stops_the_workflow_before_any_job(tmp_path, hf_home, s
     assert "dev: clip folder" in proc.stderr and "dev_splits_complete does not exist" in \
         proc.stderr and "set meld_dir" in proc.stderr
     assert not (work / "results").exists()
+
+
+def test_a_config_reading_only_gold_lines_needs_no_clips(tmp_path, hf_home):
+    """The annotation CSVs without their clip folders, and every run text-only on the gold
+    lines: a warning, no transcribe or frames job at all, every row accounted for as
+    missing_video, and training reads the CSVs."""
+    meld = tmp_path / "meld"
+    meld.mkdir()
+    for split in ("train", "dev"):
+        shutil.copy(SAMPLE / f"{split}_sent_emo.csv", meld)
+    work = make_workdir(tmp_path / "work", hf_home, meld_dir=str(meld), splits=["train", "dev"],
+                        train={"executor": "debug", "modalities": "text", "epochs": 1})
+    proc = run_snakemake(work)
+    out = proc.stdout + proc.stderr
+    assert "train: clip folder" in out and "no transcribe or frames job for train" in out
+    assert "rule transcribe" not in out and "rule frames" not in out and "rule align" not in out
+    rows = pq.read_table(work / "results" / "manifest" / "dev.parquet").to_pylist()
+    assert len(rows) == len(csv_keys("dev")) and {r["status"] for r in rows} == {"missing_video"}
+    train_kw, _ = read_options_file(work / "results" / "train" / "default" / "seed-0.yaml")
+    assert train_kw["dev"] == [] and train_kw["dev_csv"].endswith("dev_sent_emo.csv")
+    metrics = json.loads((work / "results" / "train" / "default" / "seed-0" / "metrics.json")
+                         .read_text())
+    assert metrics["dev"]["emotion"]["weighted_f1"] >= 0

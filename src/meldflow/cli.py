@@ -72,7 +72,7 @@ def cmd_align(a: argparse.Namespace, s: Settings) -> None:
 def cmd_manifest(a: argparse.Namespace, s: Settings) -> None:
     from meldflow.preprocess.manifest import run_manifest
 
-    t = run_manifest(a.ingest, a.aligned, a.out)
+    t = run_manifest(a.ingest, [] if a.without_clips else a.aligned, a.out)
     log.info("manifest: %d rows -> %s", t.num_rows, a.out)
 
 
@@ -212,7 +212,10 @@ def _align_args(p: argparse.ArgumentParser) -> None:
 
 def _manifest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ingest", required=True)
-    p.add_argument("--aligned", nargs="+", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--aligned", nargs="+", help="the split's aligned shards")
+    src.add_argument("--without-clips", action="store_true",
+                     help="the split was preprocessed without its clips: rows from ingest")
     p.add_argument("--out", required=True)
 
 

@@ -23,13 +23,17 @@ try:
     RUNS = experiment_runs(config.get("train", {}), config.get("experiments"),
                            config.get("seeds"))
     # A wrong meld_dir or a missing clip folder stops the run here, before any job; clips
-    # are needed unless every run trains on the gold lines alone (a warning then). Once,
-    # where Snakemake starts: not again in each job (a SLURM job reads the Snakefile too).
+    # are needed unless every run trains on the gold lines alone (a warning then).
+    # Such a split (CLIPLESS) gets no transcribe or frames job: training reads its CSV.
     CLIPS_NEEDED = "train" not in SETTINGS.splits or any(map(needs_clips, RUNS.values()))
-    for _split in SETTINGS.splits if workflow.is_main_process else []:
+    CLIPLESS = set()
+    for _split in SETTINGS.splits:
         _warning = check_clip_folder(SETTINGS.meld_dir, _split, CLIPS_NEEDED)
         if _warning:
-            print(f"meldflow: WARNING: {_warning}", file=sys.stderr)
+            CLIPLESS.add(_split)
+            if workflow.is_main_process:  # not again in each SLURM job
+                print(f"meldflow: WARNING: {_warning}; no transcribe or frames job for "
+                      f"{_split}", file=sys.stderr)
 except MeldflowError as exc:
     raise WorkflowError(str(exc)) from None
 
@@ -78,8 +82,24 @@ def shards_of(split):
 
 
 def aligned_of(split):
+    """A split's aligned shards; none for a split preprocessed without its clips."""
+    if split in CLIPLESS:
+        return []
     return expand("results/aligned/{split}/shard-{shard}.parquet", split=split,
                   shard=shards_of(split))
+
+
+def manifest_source(wildcards):
+    """The manifest's source: the aligned shards, or ingest alone for a CLIPLESS split."""
+    from shlex import quote
+
+    shards = aligned_of(wildcards.split)
+    return "--aligned " + " ".join(map(quote, shards)) if shards else "--without-clips"
+
+
+def clipless_csvs(wildcards):
+    """The annotation CSVs training reads for the CLIPLESS splits (gold lines only)."""
+    return {f"{split}_csv": str(find_csv(SETTINGS.meld_dir, split)) for split in CLIPLESS}
 
 
 def aligned_shards(wildcards):
@@ -129,7 +149,7 @@ def train_options(wildcards):
     options |= {name: getattr(SETTINGS, name)
                 for name in ("hf_home", "florence_repo", "florence_revision")}
     options |= {split: aligned_of(split) for split in SPLITS}
-    return options
+    return options | clipless_csvs(wildcards)
 
 
 onstart:

@@ -109,6 +109,9 @@ rule manifest:
         aligned=aligned_shards,
     output:
         "results/manifest/{split}.parquet",
+    params:
+        # the aligned shards (the same as input.aligned), or --without-clips
+        source=manifest_source,
     log:
         "results/logs/manifest/{split}.log",
     benchmark:
@@ -116,7 +119,7 @@ rule manifest:
     conda:
         "../../envs/frames.yaml"
     shell:
-        "meldflow manifest --ingest {input.ingest:q} --aligned {input.aligned:q} "
+        "meldflow manifest --ingest {input.ingest:q} {params.source} "
         "--out {output:q} > {log:q} 2>&1"
 
 

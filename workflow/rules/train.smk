@@ -33,6 +33,7 @@ rule train_options:
     # and then that run trains again).
     input:
         shards=all_aligned,
+        csvs=lambda w: list(clipless_csvs(w).values()),
     output:
         "results/train/{experiment}/seed-{seed}.yaml",
     params:

@@ -53,8 +53,28 @@ def build_manifest(ingest: pa.Table, aligned_paths: list[str | Path]) -> pa.Tabl
     return table.sort_by([("dialogue_id", "ascending"), ("utterance_id", "ascending")])
 
 
+def manifest_without_clips(ingest: pa.Table) -> pa.Table:
+    """Manifest rows of a split preprocessed without its clips (its folder is missing and
+    every run reads only the gold lines): each row as ingest found it, no transcript and
+    no frames."""
+    n = ingest.num_rows
+    table = ingest.select(["split", "dialogue_id", "utterance_id", "shard", "status",
+                           "reason", "flags", "utterance"])
+    for name, kind in (("transcript", pa.string()), ("wer", pa.float64()),
+                       ("clip_duration_s", pa.float64())):
+        table = table.append_column(name, pa.nulls(n, kind))
+    table = table.append_column("n_frames", pa.array([0] * n, pa.int32()))
+    table = table.append_column("aligned_file", pa.nulls(n, pa.string()))
+    table = table.append_column("csv_line", ingest.column("csv_line"))
+    return table.sort_by([("dialogue_id", "ascending"), ("utterance_id", "ascending")])
+
+
 def run_manifest(ingest_path: str | Path, aligned_paths: list[str | Path],
                  out: str | Path) -> pa.Table:
-    table = build_manifest(pq.read_table(ingest_path), aligned_paths)
+    """The manifest from the aligned shards; with none (``[]``), from the ingest table
+    alone (a split preprocessed without its clips)."""
+    ingest = pq.read_table(ingest_path)
+    table = build_manifest(ingest, aligned_paths) if aligned_paths else \
+        manifest_without_clips(ingest)
     write_table(table, out)
     return table
