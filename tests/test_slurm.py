@@ -731,3 +731,24 @@ def test_a_gpu_request_is_allocated_bound_and_said(slurm_cluster, tmp_path):
                       text)
         assert m, text[-2000:]
         assert len(m.group(1).split(",")) == 2  # both of the node's GPUs, bound to the job
+
+
+def test_after_down_sh_snakemake_starts_without_waiting(slurm_cluster, tmp_path):
+    """With the local cluster stopped, every Snakemake start waited ~9 s: its SLURM plugin
+    asks `scontrol show config` as it loads. down.sh parks the configuration (a 1 s message
+    timeout), so the client gives up at once; up.sh writes it anew. (Last in this module:
+    it stops the cluster, and brings it back.)"""
+    try:
+        subprocess.run(["bash", str(REPO / "cluster" / "local-slurm" / "down.sh")],
+                       check=True, capture_output=True)
+        start = time.monotonic()
+        subprocess.run([str(BIN / "snakemake"), "--version"], check=True, capture_output=True)
+        snakemake_s = time.monotonic() - start
+        start = time.monotonic()
+        subprocess.run(["scontrol", "show", "config"], capture_output=True)
+        scontrol_s = time.monotonic() - start
+    finally:
+        up = subprocess.run(["bash", str(REPO / "cluster" / "local-slurm" / "up.sh")],
+                            capture_output=True, text=True)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert scontrol_s < 3 and snakemake_s < 6, (scontrol_s, snakemake_s)

@@ -233,3 +233,27 @@ def test_running_and_pending_jobs_get_their_rule_from_squeue(tmp_path):
     assert header[-1] == "train text/seed-0 (job 31): step 12/88, 1m16s left"
     table = format_table("uuid", rows, progress="\n".join(header))
     assert "→ job 14, PENDING" in table and table.index("progress") < table.index("rule ")
+
+
+def test_a_refresh_makes_one_sacct_and_one_squeue_call(tmp_path):
+    """However many runs and training jobs: one sacct and one squeue call a refresh."""
+    import json
+
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    for name in ("sacct", "squeue"):
+        (bin_dir / name).write_text(f"#!/bin/sh\necho {name} >> {calls}\n")
+        (bin_dir / name).chmod(0o755)
+    logs = tmp_path / ".snakemake" / "log"
+    logs.mkdir(parents=True)
+    (logs / "2026-12-03T010000.000000.snakemake.log").write_text("SLURM run ID: 1a2b\n")
+    for exp in ("a", "b", "c"):
+        run = tmp_path / "results" / "train" / exp / "seed-0"
+        run.mkdir(parents=True)
+        (run / "job.json").write_text(json.dumps({"job_id": f"9{len(exp)}{exp}",
+                                                  "executor": "slurm"}))
+    env = env_with_venv() | {"PATH": f"{bin_dir}:{env_with_venv()['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "meldflow.cli", "status", "--dir",
+                           str(tmp_path)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(calls.read_text().split()) == ["sacct", "squeue"]
