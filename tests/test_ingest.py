@@ -184,7 +184,7 @@ def test_a_wrong_clip_folder_is_an_error_before_any_job(tmp_path):
     """A missing clip folder, or one holding almost none of the CSV's clips, is an error
     naming the folder and the fix; for a run that reads only the gold lines, a warning."""
     from meldflow import MeldflowError
-    from meldflow.preprocess.ingest import check_clip_folder
+    from meldflow.preprocess.layout import check_clip_folder
 
     meld = tmp_path / "meld"
     shutil.copytree(SAMPLE, meld)

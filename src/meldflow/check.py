@@ -66,7 +66,7 @@ def model_problems(settings) -> list[str]:
 
 def data_problems(settings, runs: dict) -> list[str]:
     """meld_dir: every split's annotation CSV and clip folder."""
-    from meldflow.preprocess.ingest import check_clip_folder
+    from meldflow.preprocess.layout import check_clip_folder
     from meldflow.training.options import needs_clips
 
     needed = "train" not in settings.splits or any(map(needs_clips, runs.values()))

@@ -350,39 +350,6 @@ def clip_dir_warning(folder: Path, split: str, found: int, rows: int) -> str | N
     return None
 
 
-# A split with fewer of its rows' clips on disk than this share is a wrong folder or an
-# unfinished download, not damage (MELD itself misses 1 clip of 1,109 in dev).
-MIN_CLIPS_FOUND = 0.1
-
-
-def check_clip_folder(meld_dir: str | Path, split: str, clips_needed: bool = True
-                      ) -> str | None:
-    """Checked when the workflow starts, before any job: a split whose clip folder is
-    missing, or holds almost none of the clips its CSV names, is an error naming the folder
-    and the fix (else every shard job would run on nothing, and every row end
-    ``missing_video``). With ``clips_needed`` False (training reads only the gold lines)
-    it is the warning returned. A missing CSV names the files looked for."""
-    csv_path = find_csv(meld_dir, split)
-    folder = clip_dir(meld_dir, split)
-    fix = (f"MELD.Raw keeps the {split} clips in {CLIP_DIRS[split]}/ beside {csv_path.name}: "
-           f"set meld_dir to the extracted MELD.Raw folder (config/config.yaml, or --config "
-           f"meld_dir=...), or finish extracting the clips")
-    if not folder.is_dir():
-        problem = f"{split}: clip folder {folder} does not exist"
-    else:
-        names = {p.name for p in folder.iterdir()}
-        rows = read_annotations(csv_path)
-        found = sum(a.clip_name in names or DUPLICATE_PREFIX + a.clip_name in names
-                    for a in rows)
-        if not rows or found >= MIN_CLIPS_FOUND * len(rows):
-            return None
-        problem = (f"{split}: only {found} of the {len(rows)} clips that {csv_path} names "
-                   f"are in {folder} (clips are named dia{{D}}_utt{{U}}.mp4)")
-    if clips_needed:
-        raise MeldflowError(f"{problem}. {fix}.")
-    return f"{problem}; training reads only the gold lines, so the run goes on. {fix}."
-
-
 def run_ingest(meld_dir: str | Path, split: str, shard_size: int, out: str | Path,
                unused_out: str | Path | None = None, info_out: str | Path | None = None) -> dict:
     """Write the ingest table, the shard plan (``info_out``, default ``{out}.shards.json``)
