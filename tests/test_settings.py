@@ -176,3 +176,79 @@ def test_training_follows_the_workflows_executor_unless_a_config_says_otherwise(
     assert resolve_executor("slurm", "local") == "slurm"
     runs = experiment_runs({"executor": "auto"}, {"a": {}, "b": {"executor": "local"}}, [0, 1])
     assert off_cluster_runs(runs) == ["results/train/b/seed-0", "results/train/b/seed-1"]
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"max_clip_seconds": float("nan")}, "config: max_clip_seconds: nan is not a number"),
+    ({"audit_max_wer": float("nan")}, "config: audit_max_wer: nan is not a number"),
+    ({"max_clip_seconds": float("inf")}, "config: max_clip_seconds: inf is not a number"),
+    ({"frames_per_utterance": 8.0}, "frames_per_utterance: 8.0 is a float, and "
+                                    "frames_per_utterance takes a whole number (write 8)"),
+    ({"frame_size": 1e2}, "frame_size: 100.0 is a float"),
+    ({"train": {"lr": float("nan")}}, "config train: lr: nan is not a number"),
+    ({"train": {"lr": float("inf")}}, "config train: lr: inf is not a number"),
+    ({"train": {"warmup_ratio": float("nan")}}, "config train: warmup_ratio: nan"),
+    ({"train": {"epochs": 2.0}}, "config train: epochs: 2.0 is a float"),
+    ({"experiments": {"a": {"exclude_max_wer": float("nan")}}},
+     "config experiment a: exclude_max_wer: nan is not a number"),
+])
+def test_values_no_code_can_use_are_refused_where_they_enter(config, message):
+    """NaN passes every range check (each comparison is false), and jsonschema counts 8.0
+    as an integer that argparse then refused in every job: both are refused at once."""
+    from meldflow.settings import Settings
+    from meldflow.training.options import experiment_runs
+
+    with pytest.raises(MeldflowError, match=re.escape(message)):
+        Settings.from_config({k: v for k, v in config.items() if k not in ("train",
+                                                                           "experiments")})
+        experiment_runs(config.get("train", {}), config.get("experiments"), None)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-clip-seconds", "nan"], "max_clip_seconds: nan is not a number"),
+    (["--max-clip-seconds", "inf"], "max_clip_seconds: inf is not a number"),
+])
+def test_flags_no_code_can_use_are_refused_without_a_traceback(tmp_path, flags, message):
+    proc = subprocess.run([str(BIN / "meldflow"), "frames", "--rows", "x", "--shard", "0",
+                           "--out", str(tmp_path / "f.parquet"), *flags],
+                          capture_output=True, text=True, env=env_with_venv())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and message in proc.stderr
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"shard_sise": 10}, "config: unknown setting 'shard_sise' (did you mean shard_size?)"),
+    ({"experiments": ["text", "vision"]}, "config experiments: a map of name: overrides"),
+    ({"seeds": ["0", "00"]}, "config seeds: a list of whole numbers"),
+    ({"seeds": [0, 1, 0]}, "config seeds: [0, 1, 0] names a seed twice"),
+])
+def test_a_config_of_the_wrong_shape_gets_one_line(tmp_path, hf_home, config, message):
+    """Before: a misspelt key printed the whole schema (352 lines), a list of experiments
+    an AttributeError, and seeds '0' and '00' became one run."""
+    work = make_workdir(tmp_path, hf_home, **config)
+    proc = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d",
+                           str(work), "-n"], capture_output=True, text=True, cwd=work,
+                          env=env_with_venv())
+    out = proc.stdout + proc.stderr  # Snakemake prints a parse error on stdout
+    assert proc.returncode != 0 and message in out, out[-2000:]
+    assert "Traceback" not in out and len(out.splitlines()) < 15, out
+
+
+def test_a_key_value_flag_without_a_value_is_one_line(tmp_path):
+    proc = subprocess.run([str(BIN / "meldflow"), "train", "--out", str(tmp_path / "run"),
+                           "--train-csv", str(SAMPLE / "train_sent_emo.csv"), "--sbatch", "qos"],
+                          capture_output=True, text=True, env=env_with_venv())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--sbatch: 'qos' is not KEY=VALUE (for example --sbatch qos=high)" in proc.stderr
+
+
+def test_status_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`meldflow status --json | head -1` ended in a BrokenPipeError traceback."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("sacct", "squeue"):
+        (bin_dir / name).write_text("#!/bin/sh\n")
+        (bin_dir / name).chmod(0o755)
+    env = env_with_venv() | {"PATH": f"{bin_dir}:{env_with_venv()['PATH']}"}
+    proc = subprocess.run(f"{BIN / 'meldflow'} status --dir {tmp_path} --json | head -1",
+                          shell=True, capture_output=True, text=True, env=env)
+    assert proc.stdout.strip() == "{" and "Traceback" not in proc.stderr, proc.stderr

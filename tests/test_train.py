@@ -255,3 +255,18 @@ def test_single_run_weights_unchanged_by_refactoring(name, florence_home, prepro
     for k, (s, n) in want["tensors"].items():
         assert got["tensors"][k][1] == pytest.approx(n, rel=1e-5, abs=1e-6), k
         assert got["tensors"][k][0] == pytest.approx(s, rel=1e-4, abs=1e-4), k
+
+
+def test_a_ranks_own_error_is_found_behind_torchs_rank_prefix():
+    """torch writes "[rank0]: " before each line of a rank's traceback; the error a job died
+    of (a Python exception or an OS error) was reported as a kill."""
+    from meldflow.training.launch import task_error
+
+    log = ("INFO loading\n[rank0]: Traceback (most recent call last):\n"
+           '[rank0]:   File "loop.py", line 9, in train\n'
+           "[rank0]: ValueError: Invalid learning rate: nan\nsrun: error: n1: task 0\n")
+    assert task_error(log) == "ValueError: Invalid learning rate: nan"
+    disk = log.replace("ValueError: Invalid learning rate: nan",
+                       "OSError: [Errno 28] No space left on device")
+    assert task_error(disk) == "OSError: [Errno 28] No space left on device"
+    assert task_error("[rank1]: W1203 warning only\n") is None  # no error written: a kill

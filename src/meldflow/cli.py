@@ -389,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     except MeldflowError as exc:
         log.error("%s", exc)
         return 2
+    except BrokenPipeError:  # `meldflow status --json | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     log.debug("%s took %.1f s", args.command, time.monotonic() - start)
     return 0
 

@@ -67,10 +67,41 @@ def option_schema(f: dataclasses.Field) -> dict:
     return prop
 
 
+def _unusable(schema: dict, value, key: str) -> str | None:
+    """What JSON schema lets through and no code can use: NaN and infinities (every range
+    check is false for NaN), and a float where a whole number is wanted (``8.0``, ``1e2``:
+    jsonschema counts them as integers, argparse then refuses them in every job)."""
+    import math
+
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        for k, v in value.items():
+            found = _unusable(props.get(k, {}), v, f"{key}.{k}" if key else str(k))
+            if found:
+                return found
+        return None
+    if isinstance(value, list):
+        items = schema.get("items", {})
+        return next((m for v in value if (m := _unusable(items, v, key))), None)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{key}: {value} is not a number this setting can use (NaN and infinities " \
+               f"are refused)"
+    kinds = schema.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    if isinstance(value, float) and "integer" in kinds:
+        fix = f"write {int(value)}" if value.is_integer() else "give a whole number"
+        return f"{key}: {value!r} is a float, and {key} takes a whole number ({fix})"
+    return None
+
+
 def check(schema: dict, values: dict, where: str) -> None:
-    """Raise a MeldflowError naming ``where`` and the key if ``values`` break ``schema``."""
+    """Raise a MeldflowError naming ``where`` and the key if ``values`` break ``schema``,
+    or hold a value no code can use (``_unusable``)."""
     import jsonschema
 
+    found = _unusable(schema, values, "")
+    if found:
+        raise MeldflowError(f"{where}: {found}")
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(values),
                     key=lambda e: list(e.path))
     if errors:
@@ -144,7 +175,14 @@ class Settings:
     def from_config(cls, config: dict) -> Settings:
         """The settings of a workflow config (its top-level keys but train:, experiments:
         and seeds:), checked; absent keys take their defaults."""
+        import difflib
+
         names = {f.name for f in dataclasses.fields(cls)}
+        for key in set(config) - names - set(WORKFLOW_ONLY):
+            near = difflib.get_close_matches(str(key), sorted(names | set(WORKFLOW_ONLY)), 1)
+            raise MeldflowError(f"config: unknown setting {key!r}"
+                                + (f" (did you mean {near[0]}?)" if near else "")
+                                + "; every setting: docs/configuration.md")
         values = {k: v for k, v in config.items() if k in names}
         check(settings_schema(), values, "config")
         return cls(**values)
@@ -226,6 +264,10 @@ def given(args: argparse.Namespace, fields: list[dataclasses.Field]) -> dict:
         if value is None:
             continue
         if isinstance(default_of(f), dict):
+            bad = [kv for kv in value if "=" not in kv]
+            if bad:
+                raise MeldflowError(f"{flag(f.name)}: {bad[0]!r} is not KEY=VALUE (for "
+                                    f"example {flag(f.name)} qos=high)")
             value = dict(kv.split("=", 1) for kv in value)
         out[f.name] = value
     return out

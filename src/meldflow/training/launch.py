@@ -99,8 +99,14 @@ def running_job(out: Path, executor: str, tasks: int):
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*)$")
 
 
+# torch prefixes every line a rank writes after the process group exists ("[rank0]: ").
+_RANK_PREFIX = re.compile(r"^\[rank\d+\]:[ ]?", re.M)
+
+
 def task_error(log_text: str) -> str | None:
-    """The exception a task's log ends with ("Type: message"), else ``None``."""
+    """The exception a task's log ends with ("Type: message"), else ``None``; lines may
+    carry torch's rank prefix."""
+    log_text = _RANK_PREFIX.sub("", log_text)
     last = log_text.rfind("Traceback (most recent call last)")
     if last < 0:
         return None

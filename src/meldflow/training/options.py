@@ -314,7 +314,18 @@ def experiment_runs(train: dict, experiments: dict | None,
     """
     import re
 
+    if not isinstance(train or {}, dict):
+        raise MeldflowError("config train: a map of option: value (see config/config.yaml)")
     check_options(train, "config train")
+    if experiments is not None and not isinstance(experiments, dict):
+        raise MeldflowError(f"config experiments: a map of name: overrides, e.g. "
+                            f"'text: {{modalities: text}}' (got a {type(experiments).__name__})")
+    if seeds is not None and (not isinstance(seeds, list) or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
+        raise MeldflowError(f"config seeds: a list of whole numbers, e.g. [0, 1, 2] "
+                            f"(got {seeds!r})")
+    if seeds and len(set(seeds)) != len(seeds):
+        raise MeldflowError(f"config seeds: {seeds} names a seed twice")
     experiments = experiments or {"default": {}}
     runs: dict[tuple[str, int], dict] = {}
     for name, overrides in experiments.items():
