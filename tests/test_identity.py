@@ -85,3 +85,21 @@ def test_damaged_aligned_shard_is_named(preprocessed, florence_home, tmp_path):
         capture_output=True, text=True, env=env_with_venv())
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert str(cut) in proc.stderr and "rebuild" in proc.stderr
+
+
+def test_a_damaged_run_record_is_archived_not_a_blocked_rerun(florence_home, tmp_path, caplog):
+    """A truncated run.json blocked every rerun with a JSONDecodeError traceback; now the
+    folder is taken as another run's, archived whole with a warning, and training runs."""
+    from meldflow.training.launch import launch
+
+    out = tmp_path / "train"
+    first = launch(_cfg(florence_home, out), LaunchConfig(executor="debug"))
+    text = (out / "run.json").read_text()
+    (out / "run.json").write_text(text[: len(text) // 2])
+    with caplog.at_level("WARNING"):
+        again = launch(_cfg(florence_home, out), LaunchConfig(executor="debug"))
+    assert again["run"]["identity"] == first["run"]["identity"]
+    assert any("run.json is damaged" in r.getMessage() for r in caplog.records)
+    archived = list((tmp_path / "train-archive").iterdir())
+    assert len(archived) == 1 and (archived[0] / "run.json").read_text() == text[: len(text) // 2]
+    assert json.loads((out / "run.json").read_text())["digest"] == first["run"]["identity"]

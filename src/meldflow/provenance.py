@@ -82,8 +82,21 @@ def describe_difference(old: dict, new: dict) -> str:
 
 
 def read_run(out: Path) -> dict | None:
+    """The run record of ``out``; None when there is none, or when it is damaged (cut
+    short, edited): then the folder counts as another run's, is archived whole and the run
+    starts fresh (claim_run_dir), with a warning, rather than blocking every rerun."""
     path = out / RUN_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        run = json.loads(path.read_text())
+        if not isinstance(run, dict) or "digest" not in run:
+            raise ValueError("no run digest in it")
+        return run
+    except (ValueError, OSError) as exc:
+        log.warning("%s is damaged (%s): the run in %s is taken as another run's (archived) "
+                    "and this one starts fresh", path, exc, out)
+        return None
 
 
 def record_in_run(out: Path, key: str, entry: dict) -> None:
