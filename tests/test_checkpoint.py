@@ -154,8 +154,52 @@ def test_a_checkpoint_is_never_resumed_into_another_run(florence_home, tmp_path)
     (other / "metrics.json").unlink()
     for name in ("state.pt", "state.json"):  # a whole, verified checkpoint of run a
         shutil.copy(tmp_path / "a" / "checkpoint" / name, other / "checkpoint" / name)
-    with pytest.raises(MeldflowError, match="belongs to another run"):
-        train(train_config(florence_home, other, lr=0.5, max_steps=1))
+    # never resumed, and no hard error (it ended in a debugger prompt with --executor
+    # debug): passed over for this run's previous checkpoint, said in the log and run.json
+    train(train_config(florence_home, other, lr=0.5, max_steps=1))
+    resume = json.loads((other / "run.json").read_text())["resumes"][-1]
+    assert "belongs to another run" in resume["rejected"][0]["why"]
+    # a record copied from another run is named as such, not as "truncated"
+    (other / "metrics.json").unlink()
+    shutil.copy(tmp_path / "a" / "checkpoint" / "state.json", other / "checkpoint" / "state.json")
+    train(train_config(florence_home, other, lr=0.5, max_steps=1))
+    resume = json.loads((other / "run.json").read_text())["resumes"][-1]
+    assert "belongs to another run" in resume["rejected"][0]["why"], resume
+
+
+def test_checkpoint_edges_are_said_in_the_log_and_run_json(florence_home, tmp_path):
+    """state.pt missing: resumed from previous.pt with a `resumes` entry (it had only an
+    INFO line); a temporary file a killed write left is removed and recorded."""
+    from meldflow.training.loop import train
+
+    out = tmp_path / "run"
+    train(train_config(florence_home, out, max_steps=4, checkpoint_every=1))
+    (out / "metrics.json").unlink()
+    (out / "checkpoint" / "state.pt").unlink()
+    stale = out / "checkpoint" / ".state.pt.k1ll3d.tmp"
+    stale.write_bytes(b"\0" * 4096)
+    train(train_config(florence_home, out, max_steps=4, checkpoint_every=1))
+    resume = json.loads((out / "run.json").read_text())["resumes"][-1]
+    whys = {r["file"]: r["why"] for r in resume["rejected"]}
+    assert "missing" in whys["checkpoint/state.pt"]
+    assert "killed" in whys["checkpoint/.state.pt.k1ll3d.tmp"] and not stale.exists()
+    assert resume["from"] == "checkpoint/previous.pt"
+
+
+def test_an_unwritable_checkpoint_folder_is_found_before_any_job(florence_home, tmp_path):
+    """It was found only at the first save, after training (a raw PermissionError). Root
+    may write anywhere but in /proc: this run's checkpoint folder points there."""
+    from meldflow.provenance import claim_run_dir
+    from meldflow.training.identity import identity_of
+    from meldflow.training.launch import launch
+
+    out, cfg = tmp_path / "run", train_config(florence_home, tmp_path / "run")
+    claim_run_dir(out, identity_of(cfg, 1))  # this run's folder, before its first save
+    (out / "checkpoint").symlink_to("/proc/1")
+    with pytest.raises(MeldflowError, match=r"cannot write in .*checkpoint .*nothing was "
+                                            r"trained"):
+        launch(cfg, LaunchConfig(executor="local", tasks=1))
+    assert not (out / "job.json").exists()  # nothing was submitted
 
 
 # --- a dead job is a dead job --------------------------------------------------------------

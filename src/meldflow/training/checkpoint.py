@@ -93,8 +93,8 @@ def _sha256(path: Path) -> str:
 def check(folder: Path, name: str, identity: str) -> str | None:
     """Why checkpoint ``name`` in ``folder`` must not be resumed (``None``: it verifies).
 
-    A checkpoint of another run that verifies is an error, not a fallback: it was put there
-    by hand, and resuming from it (or quietly starting over) would hide that.
+    A checkpoint of another run is never resumed: like a damaged one it is passed over,
+    and the log and run.json say so.
     """
     data, rec_path = _data_path(folder, name), _record_path(folder, name)
     try:
@@ -105,16 +105,14 @@ def check(folder: Path, name: str, identity: str) -> str | None:
                "checksums): it cannot be verified"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"its record {rec_path.name} is unreadable ({exc})"
+    if expected[2] != identity:  # before size and hash: a record of another run
+        return (f"it belongs to another run (identity {str(expected[2])[:12]}; this run is "
+                f"{identity[:12]}): never resumed into a different configuration")
     size = data.stat().st_size
     if size != expected[1]:
         return f"{size} bytes where {expected[1]} were written (truncated or cut short)"
     if _sha256(data) != expected[0]:
         return "its SHA-256 does not match the one recorded when it was written (damaged)"
-    if expected[2] != identity:
-        raise MeldflowError(
-            f"{data} belongs to another run (identity {str(expected[2])[:12]}, this run is "
-            f"{identity[:12]}); it is never resumed into a different configuration. Move "
-            f"{folder.parent} aside, or let `meldflow train` do it")
     return None
 
 
@@ -133,12 +131,44 @@ class Resume:
                 "step": self.step, "rejected": self.rejected}
 
 
+def check_writable(*folders: Path) -> None:
+    """Before training (and before a job is submitted): each folder that exists, and the
+    checkpoint folder itself, can be written; else a MeldflowError now, not at the first
+    save after a whole epoch."""
+    for where in folders:
+        if where.name != CHECKPOINT_DIR and not where.exists():
+            continue
+        try:
+            temporary_beside(where / "probe").unlink()
+        except OSError as exc:
+            raise MeldflowError(f"cannot write in {where} ({exc.strerror}): make it writable "
+                                f"(chmod u+w), or give another --out; nothing was trained") \
+                from None
+
+
+def prepare(folder: Path, *others: Path) -> list[dict]:
+    """Before training: the folders can be written (``check_writable``), and temporary
+    files a killed write left are removed. Returns what was removed, for the record."""
+    check_writable(folder, *others)
+    removed = []
+    for stale in sorted(folder.glob(".*.tmp")):
+        stale.unlink(missing_ok=True)
+        removed.append({"file": f"{CHECKPOINT_DIR}/{stale.name}",
+                        "why": "a temporary file of a write that was killed: removed"})
+        log.warning("removed %s, left by a checkpoint write that was killed", stale)
+    return removed
+
+
 def find_resumable(folder: Path, identity: str) -> Resume:
     """The newest checkpoint of run ``identity`` in ``folder`` that verifies."""
     rejected = []
     for name in (NEWEST, PREVIOUS):
         data = _data_path(folder, name)
         if not data.is_file():
+            if name == NEWEST and _data_path(folder, PREVIOUS).is_file():
+                rejected.append({"file": f"{CHECKPOINT_DIR}/{data.name}",
+                                 "why": "missing (its write was cut short, or it was deleted)"})
+                log.warning("checkpoint %s is missing: trying the previous one", data)
             continue
         why = check(folder, name, identity)
         if why is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from meldflow import MeldflowError
 from meldflow.provenance import claim_run_dir, read_run
 from meldflow.slurm.states import TERMINAL
+from meldflow.training.checkpoint import CHECKPOINT_DIR, check_writable
 from meldflow.training.identity import identity_of
 from meldflow.training.options import LaunchConfig, TrainConfig, resolve_executor
 
@@ -182,6 +183,7 @@ def launch(cfg: TrainConfig, how: LaunchConfig | None = None, wait: bool = True)
     claim_run_dir(out, identity)
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
+    check_writable(out / CHECKPOINT_DIR, out / "best")  # found before a job is queued
     job = running_job(out, executor, how.tasks)  # a restarted workflow reattaches
     if job is None:
         ex = submitit.AutoExecutor(folder=out / "submitit", cluster=executor)

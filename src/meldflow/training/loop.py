@@ -258,9 +258,12 @@ class Recipe:
         and why, goes to the log and to run.json."""
         if (self.out / "metrics.json").is_file():
             return None
+        removed = checkpoint.prepare(self.checkpoints, self.out / "best")
         found = checkpoint.find_resumable(self.checkpoints, read_run(self.out)["digest"])
+        passed_over, found.rejected = found.rejected, removed + found.rejected
         if found.rejected:
             record_in_run(self.out, "resumes", found.as_record())
+        if passed_over:
             if found.path is None:
                 log.warning("no checkpoint of this run verifies: training starts fresh")
             else:
