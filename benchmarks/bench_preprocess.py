@@ -100,7 +100,7 @@ def plan_utterances(csv_path: Path, n: int, seed: int) -> list[dict]:
     """The first ``n`` utterances (in a seeded order) whose line espeak-ng can speak, at
     most MAX_SPEED, within the CSV's length less SPEECH_ENDS_BEFORE_S: text, times, speed.
     The order does not depend on ``n``: a smaller set is a prefix of a larger one."""
-    from meldflow.preprocess.ingest import read_annotations
+    from meldflow.annotations import read_annotations
 
     anns = [a for a in read_annotations(csv_path)
             if a.start_s is not None and a.end_s is not None and a.utterance.strip()

@@ -99,7 +99,7 @@ def main() -> None:
     if not shutil.which("sacct"):
         raise SystemExit("no sacct: start the local cluster (sudo bash cluster/local-slurm/up.sh)")
     root = Path(tempfile.mkdtemp(prefix="meldflow-scale-"))
-    from meldflow.preprocess.ingest import read_annotations
+    from meldflow.annotations import read_annotations
 
     rows = len(read_annotations(REPO / "src" / "meldflow" / "data" / "sample" /
                                 "train_sent_emo.csv"))

@@ -49,8 +49,8 @@ def frame_pool(tmp: Path) -> Path:
 def meld_sized_shards(pool_path: Path, csv: Path, out: Path, shard_rows: int = 1000) -> list:
     """The CSV's rows in the aligned schema, frames dealt from the pool; one file per
     ``shard_rows`` (row groups as the align step sizes them)."""
+    from meldflow.annotations import read_annotations
     from meldflow.preprocess.align import rows_per_group
-    from meldflow.preprocess.ingest import read_annotations
     from meldflow.storage import table_metadata, write_table
 
     pool = pq.read_table(pool_path)

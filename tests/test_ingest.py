@@ -8,15 +8,9 @@ import pytest
 from conftest import SAMPLE
 
 from meldflow import MeldflowError
+from meldflow.annotations import normalise_text, parse_time, read_annotations
 from meldflow.labels import EMOTIONS, SENTIMENTS
-from meldflow.preprocess.ingest import (
-    ingest_split,
-    normalise_text,
-    parse_time,
-    plan_shards,
-    read_annotations,
-    run_ingest,
-)
+from meldflow.preprocess.ingest import ingest_split, plan_shards, run_ingest
 
 HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
           "Utterance_ID", "Season", "Episode", "StartTime", "EndTime"]
@@ -61,6 +55,35 @@ def test_windows_1252_copy_reads_the_same(shared_meld, tmp_path):
     b = read_annotations(cp)
     assert [x.utterance for x in a] == [x.utterance for x in b]
     assert [x.emotion for x in a] == [x.emotion for x in b]
+    assert not any(x.flags for x in b)  # a whole Windows-1252 file is MELD's own, not damage
+
+
+def test_text_is_decoded_per_line_never_guessed_from_one_byte(tmp_path):
+    """"café" (UTF-8) on one line and a Windows-1252 apostrophe (0x92) on another: the
+    whole file was decoded as Windows-1252 ("cafÃ©", every non-ASCII character garbled,
+    no flag). Now the UTF-8 lines keep their text, and the other line is decoded as
+    Windows-1252 and flagged; a byte that stands for no character is said, not hidden."""
+    path = write_csv(tmp_path / "dev_sent_emo.csv",
+                     [row(0, 0, "Un café, Joey?"), row(0, 1, "Yeah."), row(0, 2, "NOPE")])
+    data = path.read_bytes().replace(b"NOPE", b"I don\x92t know")
+    data = data.replace(b"Yeah.", b"Ye\x81ah.")
+    path.write_bytes(data)
+    rows = read_annotations(path)
+    assert rows[0].utterance == "Un café, Joey?" and not rows[0].flags
+    assert rows[2].utterance == "I don't know" and rows[2].flags == ["encoding_repaired"]
+    assert rows[2].reasons == ["CSV line 4 is not UTF-8 like the rest of the file: decoded "
+                               "as Windows-1252"]
+    assert rows[1].flags == ["encoding_repaired"]
+    assert "byte(s) 0x81 stand for no character there" in rows[1].reasons[0]
+    table, _ = ingest_split_of(tmp_path)
+    assert table["flags"] == [[], ["encoding_repaired"], ["encoding_repaired"]]
+
+
+def ingest_split_of(meld):
+    from meldflow.preprocess.ingest import ingest_split
+
+    table, unused = ingest_split(meld, "dev", 24)
+    return {c: table.column(c).to_pylist() for c in table.column_names}, unused
 
 
 def test_normalise_text():

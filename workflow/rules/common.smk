@@ -8,7 +8,7 @@ from snakemake.utils import validate
 from meldflow import MeldflowError
 from meldflow.settings import Settings, flags, step_flags
 from meldflow.slurm.plugin import patch_slurm_plugin
-from meldflow.preprocess.ingest import find_csv
+from meldflow.annotations import find_csv
 from meldflow.preprocess.layout import check_clip_folder
 from meldflow.training.options import (EXPERIMENT_NAME, experiment_runs, launch_config,
                                        needs_clips, off_cluster_runs, resolve_executor)

@@ -74,7 +74,7 @@ def build_tiny_florence(out: str | Path, texts: list[str], seed: int = 0,
 
 def sample_texts(meld_dir: str | Path) -> list[str]:
     """Every utterance of the annotation CSVs in ``meld_dir`` (tokenizer training text)."""
-    from meldflow.preprocess.ingest import read_annotations
+    from meldflow.annotations import read_annotations
 
     texts = []
     for csv_path in sorted(Path(meld_dir).glob("*_sent_emo*.csv")):

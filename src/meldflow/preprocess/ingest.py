@@ -11,20 +11,17 @@ replaced after a run is picked up by the next one.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
 from meldflow import MeldflowError
-from meldflow.labels import EMOTIONS, SENTIMENTS
+from meldflow.annotations import Annotation, find_csv, read_annotations
 from meldflow.preprocess.probe import ClipError, check_clip_file
 from meldflow.storage import write_table, write_text
 
@@ -37,173 +34,9 @@ CLIP_DIRS = {
     "dev": "dev_splits_complete",
     "test": "output_repeated_splits_test",
 }
-REQUIRED_COLUMNS = (
-    "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
-    "StartTime", "EndTime",
-)
-# MELD_Dyadic renumbers dialogues but keeps the original clip names under these columns.
-DYADIC_COLUMNS = ("Old_Dialogue_ID", "Old_Utterance_ID")
 # The test folder holds `final_videos_testdia{D}_utt{U}.mp4` copies of some clips.
 DUPLICATE_PREFIX = "final_videos_test"
 CLIP_RE = re.compile(r"^(?:final_videos_test)?dia(\d+)_utt(\d+)\.mp4$")
-
-_TRANSLATE = str.maketrans({
-    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
-    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2033": '"',
-    "\u2013": "-", "\u2014": "-", "\u2012": "-", "\u2212": "-",
-    "\u00a0": " ", "\u2009": " ", "\u200b": "",
-    "\u2026": "...",
-})
-
-
-def normalise_text(text: str) -> str:
-    """Plain-ASCII punctuation (curly quotes, dashes, ellipses) and single spaces."""
-    return " ".join(text.translate(_TRANSLATE).split())
-
-
-def decode_csv_bytes(data: bytes) -> tuple[str, str]:
-    """Decode a MELD CSV: UTF-8 (with or without BOM), else the raw tarball's Windows-1252."""
-    try:
-        return data.decode("utf-8-sig"), "utf-8"
-    except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace"), "cp1252"
-
-
-def parse_time(value: str) -> float:
-    """``hh:mm:ss,ms`` (MELD's episode time) to seconds."""
-    m = re.fullmatch(r"\s*(\d+):(\d{1,2}):(\d{1,2})[,.](\d{1,3})\s*", value)
-    if not m:
-        raise ValueError(f"not a hh:mm:ss,ms time: {value!r}")
-    h, mi, s, ms = m.groups()
-    return int(h) * 3600 + int(mi) * 60 + int(s) + int(ms.ljust(3, "0")) / 1000
-
-
-@dataclass
-class Annotation:
-    """One annotation row, validated and normalised."""
-
-    line: int  # line in the CSV file (header is line 1), for error messages
-    sr_no: int | None
-    dialogue_id: int
-    utterance_id: int
-    speaker: str
-    utterance: str
-    emotion: str
-    sentiment: str
-    season: int | None
-    episode: int | None
-    start_s: float | None
-    end_s: float | None
-    clip_dialogue_id: int
-    clip_utterance_id: int
-    flags: list[str] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
-
-    @property
-    def clip_name(self) -> str:
-        return f"dia{self.clip_dialogue_id}_utt{self.clip_utterance_id}.mp4"
-
-
-def _int(value: str, column: str, where: str, *, optional: bool = False) -> int | None:
-    value = (value or "").strip()
-    if not value and optional:
-        return None
-    try:
-        return int(float(value)) if re.fullmatch(r"\d+\.0*", value) else int(value)
-    except ValueError:
-        raise MeldflowError(f"{where}: column {column} must be an integer, got {value!r}") from None
-
-
-def read_annotations(path: str | Path) -> list[Annotation]:
-    """Read and validate one MELD (or MELD_Dyadic) annotation CSV.
-
-    Any malformed row raises :class:`MeldflowError` naming the file and line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MeldflowError(f"annotation file not found: {path}")
-    text, _encoding = decode_csv_bytes(path.read_bytes())
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    columns = [c.strip() for c in (reader.fieldnames or [])]
-    reader.fieldnames = columns
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise MeldflowError(
-            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'none'}"
-        )
-    dyadic = all(c in columns for c in DYADIC_COLUMNS)
-    out: list[Annotation] = []
-    seen: dict[tuple[int, int], int] = {}
-    for row in reader:
-        ann = _annotation(row, reader.line_num, f"{path}:{reader.line_num}", dyadic)
-        key = (ann.dialogue_id, ann.utterance_id)
-        if key in seen:
-            raise MeldflowError(
-                f"{path}:{ann.line}: Dialogue_ID {key[0]} / Utterance_ID {key[1]} already "
-                f"appears on line {seen[key]}"
-            )
-        seen[key] = ann.line
-        out.append(ann)
-    if not out:
-        raise MeldflowError(f"{path}: no annotation rows")
-    return out
-
-
-def _label(row: dict, column: str, labels: tuple[str, ...], where: str) -> str:
-    value = (row[column] or "").strip().lower()
-    if value not in labels:
-        raise MeldflowError(f"{where}: {column} {row[column]!r} is not one of "
-                            f"{', '.join(labels)}")
-    return value
-
-
-def _annotation(row: dict, line: int, where: str, dyadic: bool) -> Annotation:
-    """One CSV row, validated; its times checked (``bad_timestamps`` is a flag, not an
-    error: the row's text and labels are still usable)."""
-    if None in row:
-        raise MeldflowError(f"{where}: more fields than the header has columns")
-    emotion = _label(row, "Emotion", EMOTIONS, where)
-    sentiment = _label(row, "Sentiment", SENTIMENTS, where)
-    dia = _int(row["Dialogue_ID"], "Dialogue_ID", where)
-    utt = _int(row["Utterance_ID"], "Utterance_ID", where)
-    ann = Annotation(
-        line=line, sr_no=_int(row.get("Sr No.", ""), "Sr No.", where, optional=True),
-        dialogue_id=dia, utterance_id=utt, speaker=normalise_text(row["Speaker"] or ""),
-        utterance=normalise_text(row["Utterance"] or ""), emotion=emotion,
-        sentiment=sentiment,
-        season=_int(row.get("Season", ""), "Season", where, optional=True),
-        episode=_int(row.get("Episode", ""), "Episode", where, optional=True),
-        start_s=None, end_s=None, clip_dialogue_id=dia, clip_utterance_id=utt,
-    )
-    if dyadic:
-        ann.clip_dialogue_id = _int(row["Old_Dialogue_ID"], "Old_Dialogue_ID", where)
-        ann.clip_utterance_id = _int(row["Old_Utterance_ID"], "Old_Utterance_ID", where)
-    try:
-        ann.start_s = parse_time(row["StartTime"])
-        ann.end_s = parse_time(row["EndTime"])
-    except ValueError as exc:
-        ann.start_s = ann.end_s = None
-        ann.flags.append("bad_timestamps")
-        ann.reasons.append(f"unparseable timestamp ({exc})")
-    else:
-        if ann.end_s <= ann.start_s:
-            ann.flags.append("bad_timestamps")
-            ann.reasons.append(f"EndTime {row['EndTime'].strip()} is not after StartTime "
-                               f"{row['StartTime'].strip()}")
-    return ann
-
-
-def find_csv(meld_dir: str | Path, split: str) -> Path:
-    """The annotation CSV of ``split`` in a MELD.Raw folder (plain or Dyadic naming)."""
-    meld_dir = Path(meld_dir)
-    names = [f"{split}_sent_emo.csv", f"{split}_sent_emo_dya.csv", f"{split}.csv"]
-    for name in names:
-        if (meld_dir / name).is_file():
-            return meld_dir / name
-    raise MeldflowError(
-        f"no annotation CSV for split {split!r} in {meld_dir} (looked for {', '.join(names)})"
-    )
-
 
 def clip_dir(meld_dir: str | Path, split: str) -> Path:
     if split not in CLIP_DIRS:

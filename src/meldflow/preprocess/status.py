@@ -28,6 +28,8 @@ FLAGS: dict[str, str] = {
                    "container's duration): damaged or cut audio",
     "duration_mismatch": "the clip's length is far from the CSV's EndTime - StartTime "
                          "(a mis-cut clip)",
+    "encoding_repaired": "the row's CSV line was not UTF-8 like the rest of its file (decoded "
+                         "as Windows-1252), or holds a byte that stands for no character",
 }
 
 # Rows with these statuses have no usable clip: later steps do not try to decode them.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from meldflow.preprocess.ingest import normalise_text
+from meldflow.annotations import normalise_text
 
 
 def normalise_for_wer(text: str) -> str:

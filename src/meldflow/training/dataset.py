@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from meldflow import MeldflowError
+from meldflow.annotations import read_annotations
 from meldflow.labels import EMOTIONS, SENTIMENTS
-from meldflow.preprocess.ingest import read_annotations
 
 try:  # a compiled wheel, pinned; without it the reader is slower, never different
     import simplejpeg as _simplejpeg
