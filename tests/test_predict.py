@@ -151,3 +151,42 @@ def test_predict_says_what_is_wrong(tmp_path):
                               env=env_with_venv())
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def _flip_inside(path, tensor: str) -> None:
+    """Flip bits in the middle of one tensor of a safetensors file (same size)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    header_len = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + header_len])
+    start, end = header[tensor]["data_offsets"]
+    mid = 8 + header_len + (start + end) // 2
+    data[mid:mid + 16] = bytes(b ^ 0x55 for b in data[mid:mid + 16])
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_model_folder_is_refused_naming_the_file(florence_home, tmp_path):
+    """Bits flipped inside a weight of best/ gave other probabilities with exit 0 (0.2551 →
+    0.2526); best/ is now verified like a checkpoint, by predict and by evaluate."""
+    from conftest import train_config
+
+    from meldflow.training.evaluate import compare_runs
+    from meldflow.training.loop import train
+    from meldflow.training.predict import predict
+
+    run = tmp_path / "default" / "seed-0"
+    train(train_config(florence_home, run, max_steps=2))
+    assert predict(run / "best", texts=["Joey: How you doin'?"], hf_home=florence_home)
+    for name, tensor in (("model.safetensors", "model.encoder.layers.0.fc1.weight"),
+                         ("heads.safetensors", "emotion.weight")):
+        damaged = tmp_path / f"damaged-{name}"
+        shutil.copytree(run, damaged / "default" / "seed-0")
+        best = damaged / "default" / "seed-0" / "best"
+        keys = json.loads(best.joinpath(name).read_bytes()[8:8 + int.from_bytes(
+            best.joinpath(name).read_bytes()[:8], "little")])
+        _flip_inside(best / name, next(k for k in keys if k.endswith(tensor)))
+        with pytest.raises(MeldflowError, match=rf"{name} is damaged"):
+            predict(best, texts=["Joey: How you doin'?"], hf_home=florence_home)
+        with pytest.raises(MeldflowError, match=rf"{name} is damaged"):
+            compare_runs([damaged / "default" / "seed-0"], tmp_path / f"eval-{name}")

@@ -296,6 +296,11 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> str:
 
     if not run_dirs:
         raise MeldflowError("no training runs given")
+    from meldflow.training.model import verify_model_dir
+
+    for run in run_dirs:  # the models handed on are what training wrote
+        if (Path(run) / "best").is_dir():
+            verify_model_dir(Path(run) / "best")
     runs = read_runs(run_dirs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

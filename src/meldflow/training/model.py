@@ -105,6 +105,7 @@ class EmotionClassifier(torch.nn.Module):
             (tmp / OPTIONS_FILE).write_text(json.dumps(options, indent=1))
         if preprocessing is not None:
             (tmp / PREPROCESSING_FILE).write_text(json.dumps(preprocessing, indent=1))
+        (tmp / CHECKSUMS_FILE).write_text(json.dumps(_file_hashes(tmp), indent=1))
         honour_umask(tmp)
         old = out.with_name(f".{out.name}.old{os.getpid()}")
         if out.exists():
@@ -125,13 +126,47 @@ def load_florence(snap: Path):
     return model, processor
 
 
-def load_trained(path: str | Path, device="cpu"):
-    """(classifier, processor) saved by training; offline, from a plain folder."""
-    from transformers import AutoProcessor, Florence2ForConditionalGeneration
+# A trained model's files and their SHA-256, written with them: checked before every use.
+CHECKSUMS_FILE = "checksums.json"
 
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    from meldflow.models.cache import sha256_file
+
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir())
+            if p.is_file() and p.name != CHECKSUMS_FILE}
+
+
+def verify_model_dir(path: str | Path) -> None:
+    """A trained model folder (``best/``) is what training wrote, file for file, or a
+    MeldflowError naming the file: bits flipped in a tensor load silently and predict
+    something else."""
     path = Path(path)
     if not (path / HEADS_FILE).is_file():
         raise MeldflowError(f"{path} is not a trained meldflow model (no {HEADS_FILE})")
+    try:
+        expected = json.loads((path / CHECKSUMS_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise MeldflowError(
+            f"{path / CHECKSUMS_FILE} cannot be read ({exc}): without it the model cannot be "
+            f"verified (saved before meldflow recorded its files' hashes, or copied in part); "
+            f"copy the whole folder again, or retrain") from None
+    got = _file_hashes(path)
+    for name, digest in expected.items():
+        if name not in got:
+            raise MeldflowError(f"{path / name} is missing: copy the whole model folder again")
+        if got[name] != digest:
+            raise MeldflowError(f"{path / name} is damaged (its SHA-256 is not the one recorded "
+                                f"when the model was saved): copy the folder again, or retrain")
+
+
+def load_trained(path: str | Path, device="cpu"):
+    """(classifier, processor) saved by training, verified first; offline, from a plain
+    folder."""
+    from transformers import AutoProcessor, Florence2ForConditionalGeneration
+
+    path = Path(path)
+    verify_model_dir(path)
     florence = Florence2ForConditionalGeneration.from_pretrained(path, local_files_only=True)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     model = EmotionClassifier(florence).load_heads(path / HEADS_FILE)

@@ -17,7 +17,12 @@ from meldflow import MeldflowError
 from meldflow.labels import EMOTIONS, SENTIMENTS
 from meldflow.preprocess.probe import ClipError, check_clip_file
 from meldflow.settings import Settings
-from meldflow.training.model import OPTIONS_FILE, PREPROCESSING_FILE, load_trained
+from meldflow.training.model import (
+    OPTIONS_FILE,
+    PREPROCESSING_FILE,
+    load_trained,
+    verify_model_dir,
+)
 from meldflow.training.options import TrainConfig
 from meldflow.training.scoring import predict_rows
 
@@ -126,6 +131,7 @@ def predict(model_dir: str | Path, clips: list[str] | None = None,
     Whisper transcripts without ``texts``, transcribed) as the training data was.
     """
     model_dir = Path(model_dir)
+    verify_model_dir(model_dir)  # before its options and preprocessing are trusted
     cfg, prep = read_model_card(model_dir)
     clips, texts = list(clips or []), list(texts or [])
     _check_inputs(cfg, prep, clips, texts, model_dir)
