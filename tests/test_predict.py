@@ -102,18 +102,43 @@ def test_predict_transcribes_with_the_runs_whisper_model(florence_home, hf_home,
     whisper = prep["whisper"]
     assert whisper["whisper_model"] == "tiny.en" and whisper["whisper_beam_size"] == 5
     rows = _dev_rows(shards_4x128)[:8]
-    got = predict(out / "best", clips=[c for _, c in rows], hf_home=hf_home)
-    same = sum(normalise_for_wer(g["transcript"]) == normalise_for_wer(r["transcript"] or "")
-               for (r, _), g in zip(rows, got, strict=True))
-    assert same >= 6, [(g["transcript"], r["transcript"])
-                       for (r, _), g in zip(rows, got, strict=True)]
+    clips = [c for _, c in rows]
+    # the prompts name the speaker as training's did: it was the literal "Speaker"
+    with pytest.raises(MeldflowError, match=r"give --speaker NAME for each of the 8 clip"):
+        predict(out / "best", clips=clips, hf_home=hf_home)
+    got = predict(out / "best", clips=clips, hf_home=hf_home,
+                  speakers=[r["speaker"] for r, _ in rows])
+    same = [normalise_for_wer(g["transcript"]) == normalise_for_wer(r["transcript"] or "")
+            for (r, _), g in zip(rows, got, strict=True)]
+    assert sum(same) >= 6, [(g["transcript"], r["transcript"])
+                            for (r, _), g in zip(rows, got, strict=True)]
+    # on the same transcripts, the run's own probabilities (they differed by up to 0.124)
+    want = {(w["dialogue_id"], w["utterance_id"]): w for w in
+            pq.read_table(out / "predictions_dev.parquet").to_pylist()}
+    compared = 0
+    for (r, _), g in zip(rows, got, strict=True):
+        w = want[(r["dialogue_id"], r["utterance_id"])]
+        if g["transcript"] == (r["transcript"] or ""):
+            compared += 1
+            assert max(abs(p - w[f"p_emotion_{e}"]) for e, p in g["p_emotion"].items()) < 1e-5
+    assert compared >= 5
+    # a clip without audio gives a transcript model nothing to read: refused, not "" read
+    silent = tmp_path / "silent.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-i", clips[0], "-an",
+                    "-c:v", "copy", str(silent)], check=True)
+    with pytest.raises(MeldflowError, match=r"silent\.mp4: no_audio: this model reads "
+                                            r"Whisper's transcript"):
+        predict(out / "best", clips=[str(silent)], hf_home=hf_home, speakers=["Ross"])
     # another Whisper model than the run's is refused
     other = tmp_path / "other-best"
     shutil.copytree(out / "best", other)
     prep["whisper"]["model_files"]["model.bin"] = "0" * 64
     (other / "preprocessing.json").write_text(json.dumps(prep))
+    from meldflow.training.model import CHECKSUMS_FILE, _file_hashes
+
+    (other / CHECKSUMS_FILE).write_text(json.dumps(_file_hashes(other)))  # a whole folder
     with pytest.raises(MeldflowError, match="not the one that made this model's training"):
-        predict(other, clips=[rows[0][1]], hf_home=hf_home)
+        predict(other, clips=[rows[0][1]], hf_home=hf_home, speakers=["Ross"])
 
 
 @pytest.mark.integration

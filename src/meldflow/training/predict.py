@@ -109,6 +109,10 @@ def transcribe_clips(clips: list[str], whisper: dict, hf_home: str | Path | None
                      "utterance_id": [0] * n, "clip_path": [str(c) for c in clips],
                      "status": ["ok"] * n, "utterance": [""] * n})
     table = transcribe_rows(rows, asr)
+    for clip, status in zip(clips, table.column("asr_status").to_pylist(), strict=True):
+        if status != "ok":  # an empty transcript would be predicted from, silently
+            raise MeldflowError(f"{clip}: {status}: this model reads Whisper's transcript of "
+                                f"the clip; give --text \"Speaker: line\" for it instead")
     return [t or "" for t in table.column("transcript").to_pylist()]
 
 
@@ -124,7 +128,8 @@ def clip_frames(clip: str, prep: dict) -> list[bytes]:
 
 def predict(model_dir: str | Path, clips: list[str] | None = None,
             texts: list[str] | None = None, device: str = "cpu",
-            hf_home: str | Path | None = None) -> list[dict]:
+            hf_home: str | Path | None = None, speakers: list[str] | None = None
+            ) -> list[dict]:
     """Emotion and sentiment probabilities for new clips and/or utterances.
 
     ``texts`` are "Speaker: line" (or just the line); clips are framed (and, for a model of
@@ -140,8 +145,15 @@ def predict(model_dir: str | Path, clips: list[str] | None = None,
                     "utterances come without them", cfg.context_turns)
     transcripts = None
     if "text" in cfg.modalities and not texts:
+        # training's prompts name each line's speaker: so do these (required, as given)
+        speakers = list(speakers or [])
+        if len(speakers) != len(clips):
+            raise MeldflowError(
+                f"this model's prompts name the speaker, as in training (\"Speaker: "
+                f"transcript\"): give --speaker NAME for each of the {len(clips)} clip(s), "
+                f"in the same order")
         transcripts = transcribe_clips(clips, prep["whisper"], hf_home, cfg.hf_home, device)
-        texts = [f"Speaker: {t}" for t in transcripts]
+        texts = [f"{who}: {t}" for who, t in zip(speakers, transcripts, strict=True)]
     model, processor = load_trained(model_dir, device)
     rows = []
     for i in range(max(len(clips), len(texts))):
