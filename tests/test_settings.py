@@ -218,7 +218,8 @@ def test_flags_no_code_can_use_are_refused_without_a_traceback(tmp_path, flags, 
 @pytest.mark.parametrize("config, message", [
     ({"shard_sise": 10}, "config: unknown setting 'shard_sise' (did you mean shard_size?)"),
     ({"experiments": ["text", "vision"]}, "config experiments: a map of name: overrides"),
-    ({"seeds": ["0", "00"]}, "config seeds: a list of whole numbers"),
+    ({"seeds": ["0", "00"]}, "config seeds: [0, 0] names a seed twice"),  # were one run
+    ({"seeds": ["zero"]}, "config seeds: a list of whole numbers"),
     ({"seeds": [0, 1, 0]}, "config seeds: [0, 1, 0] names a seed twice"),
 ])
 def test_a_config_of_the_wrong_shape_gets_one_line(tmp_path, hf_home, config, message):
@@ -252,3 +253,25 @@ def test_status_into_a_closed_pipe_ends_quietly(tmp_path):
     proc = subprocess.run(f"{BIN / 'meldflow'} status --dir {tmp_path} --json | head -1",
                           shell=True, capture_output=True, text=True, env=env)
     assert proc.stdout.strip() == "{" and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_the_documented_config_form_sets_numeric_train_options(tmp_path, hf_home):
+    """`--config 'train={epochs: 2}'` gave "epochs: '2' is not of type 'integer'" (Snakemake
+    hands nested values over as text): text that spells a number or true/false is read as
+    the option's type, and anything else still gets one line."""
+    work = make_workdir(tmp_path, hf_home)
+
+    def dry(*config):
+        return subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d",
+                               str(work), "-n", "--config", *config], capture_output=True,
+                              text=True, cwd=work, env=env_with_venv())
+
+    ok = dry("train={epochs: 2, lr: 1e-4, augment: true, exclude_max_wer: 0.5}",
+             "experiments={a: {context_turns: 2}}", "seeds=[0,1]")
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+    assert (ok.stdout + ok.stderr).count("rule train:") == 2
+    bad = dry("train={epochs: two}")
+    assert bad.returncode != 0 and "config train: epochs: 'two' is not of type 'integer'" in \
+        bad.stdout + bad.stderr
+    twice = dry("seeds=[0,00]")
+    assert "config seeds: [0, 0] names a seed twice" in twice.stdout + twice.stderr

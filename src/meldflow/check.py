@@ -84,9 +84,9 @@ def run_check(profile: str, configfiles: list[str]) -> tuple[list[str], list[str
     would meet; notes for what only a job's last try (more memory and time) would meet."""
     from meldflow.settings import Settings
     from meldflow.slurm.preflight import asks_from_profile, check_cluster
-    from meldflow.training.options import experiment_runs
+    from meldflow.training.options import experiment_runs, typed_config
 
-    config = merged_config(configfiles)
+    config = typed_config(merged_config(configfiles))
     settings = Settings.from_config(config)
     runs = experiment_runs(config.get("train", {}), config.get("experiments"),
                            config.get("seeds"))

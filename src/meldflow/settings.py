@@ -94,6 +94,34 @@ def _unusable(schema: dict, value, key: str) -> str | None:
     return None
 
 
+def from_text(value, schema: dict):
+    """``value`` with text that spells a number or true/false read as the type ``schema``
+    asks for: Snakemake's ``--config 'train={epochs: 2}'`` hands nested values over as text
+    ('2'). The one conversion, the same from a file or a command line; anything else is
+    left for :func:`check` to refuse."""
+    import re
+
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        return {k: from_text(v, props.get(k, {})) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_text(v, schema.get("items", {})) for v in value]
+    if not isinstance(value, str):
+        return value
+    kinds = schema.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    text = value.strip()
+    if "integer" in kinds and re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    if "number" in kinds and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", text):
+        return float(text)
+    if "boolean" in kinds and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if "null" in kinds and text.lower() in ("null", "none", "~"):
+        return None
+    return value
+
+
 def check(schema: dict, values: dict, where: str) -> None:
     """Raise a MeldflowError naming ``where`` and the key if ``values`` break ``schema``,
     or hold a value no code can use (``_unusable``)."""

@@ -11,7 +11,8 @@ from meldflow.slurm.plugin import patch_slurm_plugin
 from meldflow.annotations import find_csv
 from meldflow.preprocess.layout import check_clip_folder
 from meldflow.training.options import (EXPERIMENT_NAME, experiment_runs, launch_config,
-                                       needs_clips, off_cluster_runs, resolve_executor)
+                                       needs_clips, off_cluster_runs, resolve_executor,
+                                       typed_config)
 
 # Before any work, with the checks `meldflow` applies to its own flags: the settings, and
 # every run's training options (train: with each experiment's overrides). sacct reports a
@@ -20,6 +21,7 @@ from meldflow.training.options import (EXPERIMENT_NAME, experiment_runs, launch_
 # fixes them, for that version only.
 try:
     patch_slurm_plugin()
+    config.update(typed_config(config))  # --config's nested values arrive as text
     SETTINGS = Settings.from_config(config)
     RUNS = experiment_runs(config.get("train", {}), config.get("experiments"),
                            config.get("seeds"))

@@ -16,7 +16,15 @@ from pathlib import Path
 
 from meldflow import MeldflowError
 from meldflow.preprocess.status import FLAGS
-from meldflow.settings import Settings, check, default_of, option, option_fields, option_schema
+from meldflow.settings import (
+    Settings,
+    check,
+    default_of,
+    from_text,
+    option,
+    option_fields,
+    option_schema,
+)
 
 # Paths and models come from the workflow's settings (one definition each).
 _SETTING_DEFAULTS = {f.name: default_of(f) for f in dataclasses.fields(Settings)}
@@ -301,6 +309,19 @@ def schema_defaults() -> dict:
 
 
 EXPERIMENT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"
+
+
+def typed_config(config: dict) -> dict:
+    """The whole config with text that spells a number or true/false read as the type its
+    setting has (``settings.from_text``): where the config enters, before any check.
+    ``--config 'train={epochs: 2}'`` and ``seeds=[0,1]`` reach the workflow as text."""
+    from meldflow.settings import config_schema
+
+    typed = from_text(dict(config), config_schema(train_block_schema()))
+    if isinstance(typed.get("experiments"), dict):  # each one overrides train:
+        typed["experiments"] = {name: from_text(over, train_block_schema())
+                                for name, over in typed["experiments"].items()}
+    return typed
 
 
 def experiment_runs(train: dict, experiments: dict | None,
