@@ -226,3 +226,13 @@ def test_a_wrong_clip_folder_is_an_error_before_any_job(tmp_path):
     with pytest.raises(MeldflowError, match=r"no annotation CSV for split 'test' in .*nowhere "
                                             r"\(looked for test_sent_emo\.csv"):
         check_clip_folder(tmp_path / "nowhere", "test")
+
+
+def test_a_stray_quote_is_an_error_naming_the_line(tmp_path):
+    """A quote inside a quoted field, not doubled (a hand edit), left a trailing '"' in the
+    gold text; now the file and line are named, with the fix."""
+    path = write_csv(tmp_path / "dev_sent_emo.csv", [row(0, 0), row(0, 1, "X")])
+    path.write_bytes(path.read_bytes().replace(b",X,", b',"He said "hi" there",'))
+    with pytest.raises(MeldflowError, match=r"dev_sent_emo\.csv:3: ',' expected after '\"' "
+                                            r"\(a quote inside a quoted field must be doubled"):
+        read_annotations(path)

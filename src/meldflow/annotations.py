@@ -125,6 +125,20 @@ def _int(value: str, column: str, where: str, *, optional: bool = False) -> int 
         raise MeldflowError(f"{where}: column {column} must be an integer, got {value!r}") from None
 
 
+def _rows(reader: csv.DictReader, path: Path):
+    """The reader's rows; a malformed line is a MeldflowError naming it (the line after
+    the last one read whole)."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise MeldflowError(
+                f"{path}:{reader.line_num + 1}: {exc} (a quote inside a quoted field must be "
+                f"doubled: \"He said \"\"hi\"\"\")") from None
+
+
 def read_annotations(path: str | Path) -> list[Annotation]:
     """Read and validate one MELD (or MELD_Dyadic) annotation CSV.
 
@@ -134,7 +148,9 @@ def read_annotations(path: str | Path) -> list[Annotation]:
     if not path.is_file():
         raise MeldflowError(f"annotation file not found: {path}")
     text, repaired = decode_csv_bytes(path.read_bytes())
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # strict: a stray quote inside a quoted field (a hand edit) is an error naming the line,
+    # not a gold text that ends in '"'
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     columns = [c.strip() for c in (reader.fieldnames or [])]
     reader.fieldnames = columns
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
@@ -146,7 +162,7 @@ def read_annotations(path: str | Path) -> list[Annotation]:
     out: list[Annotation] = []
     seen: dict[tuple[int, int], int] = {}
     first = 2  # the physical line a row starts on (a quoted field may span lines)
-    for row in reader:
+    for row in _rows(reader, path):
         ann = _annotation(row, reader.line_num, f"{path}:{reader.line_num}", dyadic)
         notes = [f"CSV line {n} {repaired[n]}" for n in range(first, reader.line_num + 1)
                  if n in repaired]
