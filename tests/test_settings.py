@@ -275,3 +275,16 @@ def test_the_documented_config_form_sets_numeric_train_options(tmp_path, hf_home
         bad.stdout + bad.stderr
     twice = dry("seeds=[0,00]")
     assert "config seeds: [0, 0] names a seed twice" in twice.stdout + twice.stderr
+
+
+def test_a_key_given_twice_in_a_config_file_is_named(tmp_path, hf_home):
+    """`frame_size: 128` then `frame_size: 300` passed silently (YAML keeps the last)."""
+    work = make_workdir(tmp_path, hf_home)
+    extra = work / "config" / "mine.yaml"
+    extra.write_text("train:\n  lr: 0.01\nframe_size: 128\nframe_size: 300\n")
+    proc = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d",
+                           str(work), "-n", "--configfile", str(extra)], capture_output=True,
+                          text=True, cwd=work, env=env_with_venv())
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "mine.yaml:4: 'frame_size' is given twice in one map (also on line 3)" in out, out

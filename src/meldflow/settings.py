@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from meldflow import MeldflowError
@@ -217,6 +218,33 @@ class Settings:
 
 
 WORKFLOW_ONLY = ("train", "experiments", "seeds")  # config keys that are not Settings
+
+
+def check_config_file(path: str | Path) -> None:
+    """A config file names no key twice in one map: YAML keeps the last silently
+    (``frame_size: 128`` then ``frame_size: 300``), so it is an error naming both lines."""
+    import yaml
+
+    class Strict(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise MeldflowError(f"{path}:{line}: {key!r} is given twice in one map (also "
+                                    f"on line {seen[key]}); YAML would keep the last "
+                                    f"silently: keep one")
+            seen[key] = line
+        return loader.construct_mapping(node, deep=deep)
+
+    Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        yaml.load(Path(path).read_text(), Loader=Strict)  # noqa: S506 (a safe loader)
+    except yaml.YAMLError as exc:
+        raise MeldflowError(f"{path}: not valid YAML ({exc})") from None
 
 
 def settings_schema() -> dict:

@@ -6,7 +6,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from meldflow import MeldflowError
-from meldflow.settings import Settings, flags, step_flags
+from meldflow.settings import Settings, check_config_file, flags, step_flags
 from meldflow.slurm.plugin import patch_slurm_plugin
 from meldflow.annotations import find_csv
 from meldflow.preprocess.layout import check_clip_folder
@@ -21,6 +21,8 @@ from meldflow.training.options import (EXPERIMENT_NAME, experiment_runs, launch_
 # fixes them, for that version only.
 try:
     patch_slurm_plugin()
+    for _path in [*workflow.configfiles, *(workflow.overwrite_configfiles or [])]:
+        check_config_file(_path)  # a key given twice in a map: YAML keeps the last silently
     config.update(typed_config(config))  # --config's nested values arrive as text
     SETTINGS = Settings.from_config(config)
     RUNS = experiment_runs(config.get("train", {}), config.get("experiments"),
