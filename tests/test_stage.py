@@ -174,3 +174,17 @@ def test_missing_florence_fails_fast_naming_stage(tmp_path):
         capture_output=True, text=True, env=env_with_venv())
     assert proc.returncode != 0 and "meldflow stage" in proc.stderr
     assert time.monotonic() - start < 60
+
+
+def test_stage_outside_the_project_folder_builds_the_tiny_model(tmp_path):
+    """`meldflow stage --models florence` from another folder failed on the default
+    meld_dir (relative to the project); the bundled sample is used then."""
+    import subprocess
+
+    from conftest import BIN, env_with_venv
+
+    proc = subprocess.run([str(BIN / "meldflow"), "stage", "--hf-home", str(tmp_path / "hf"),
+                           "--models", "florence"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env_with_venv())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "florence: meldflow/florence2-tiny-random" in proc.stderr

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from meldflow import MeldflowError, __version__
-from meldflow.settings import Settings, add_arguments, settings_from_args, step_fields
+from meldflow.settings import SAMPLE, Settings, add_arguments, settings_from_args, step_fields
 
 log = logging.getLogger("meldflow")
 
@@ -97,8 +97,9 @@ def cmd_stage(a: argparse.Namespace, s: Settings) -> None:
         entry = stage_whisper(s.hf_home, s.whisper_model, a.source)
         log.info("whisper %s: %s@%s from %s", s.whisper_model, entry["repo_id"],
                  entry["revision"][:12], entry["source"])
-    if "florence" in models:
-        entry = stage_florence(s.hf_home, s.florence_repo, s.florence_revision, s.meld_dir)
+    if "florence" in models:  # the default sample is relative to the project: else bundled
+        meld = None if s.meld_dir == SAMPLE and not Path(SAMPLE).is_dir() else s.meld_dir
+        entry = stage_florence(s.hf_home, s.florence_repo, s.florence_revision, meld)
         log.info("florence: %s@%s from %s", entry["repo_id"], entry["revision"][:12],
                  entry["source"])
     if a.lock_out:
