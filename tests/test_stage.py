@@ -90,6 +90,9 @@ def test_truncated_lock_file_is_rebuilt(hf_home, tmp_path):
     home = tmp_path / "hf"
     shutil.copytree(hf_home, home, symlinks=True)
     lock = home / LOCK_NAME
+    from meldflow.models.stage import stage_florence
+
+    stage_florence(home)  # a second model, not staged by the command below
     whole = json.loads(lock.read_text())
     lock.write_text(lock.read_text()[:40])
     proc = subprocess.run([sys.executable, "-m", "meldflow.cli", "stage", "--hf-home",
@@ -98,6 +101,8 @@ def test_truncated_lock_file_is_rebuilt(hf_home, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "is unreadable" in proc.stderr and "rebuilt from the verified cache" in proc.stderr
     rebuilt = json.loads(lock.read_text())
+    # the model not being staged keeps its entry (it had been dropped)
+    assert rebuilt["florence:tiny"]["revision"] == whole["florence:tiny"]["revision"]
     assert rebuilt["whisper:tiny.en"]["files"] == whole["whisper:tiny.en"]["files"]
 
 

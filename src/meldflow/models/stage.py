@@ -116,7 +116,31 @@ def read_lock(hf_home: str | Path) -> dict:
     except (ValueError, UnicodeDecodeError) as exc:
         log.warning("%s is unreadable (%s): it is rebuilt from the verified cache", lock_path,
                     exc)
-        return {}
+        return _entries_in_cache(Path(hf_home))
+
+
+def _entries_in_cache(hf_home: Path) -> dict:
+    """Lock entries for every model in the cache that is complete and verifies (a lost lock
+    must not forget the models that are not being staged now)."""
+    try:
+        from faster_whisper.utils import _MODELS
+        names = {repo: name for name, repo in _MODELS.items()}
+    except ImportError:
+        names = {}
+    entries = {}
+    for refs in sorted(hub_cache(hf_home).glob("models--*/refs/*")):
+        snap = refs.parents[1] / "snapshots" / refs.read_text().strip()
+        repo_id = refs.parents[1].name.removeprefix("models--").replace("--", "/")
+        for required, key in ((WHISPER_FILES, f"whisper:{names.get(repo_id, repo_id)}"),
+                              (FLORENCE_FILES, "florence:tiny" if repo_id == TINY_FLORENCE
+                               else f"florence:{repo_id}")):
+            ok, files = _checked(snap, required) if snap.is_dir() else (False, {})
+            if ok:
+                entries[key] = {"repo_id": repo_id, "revision": snap.name, "path": str(snap),
+                                "source": "cache (lock rebuilt)", "files": files,
+                                "verified_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                break
+    return entries
 
 
 def _update_lock(hf_home: Path, key: str, entry: dict) -> dict:
