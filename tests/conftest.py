@@ -246,8 +246,24 @@ def shard_fingerprint(aligned: Path, meld_dir: Path = SAMPLE) -> dict:
             text = json.dumps(values, default=lambda b: b.hex() if isinstance(b, bytes) else b)
             columns[name] = hashlib.sha256(text.encode()).hexdigest()
         out[split_dir.name] = {"shards": [p.name for p in shards], "columns": columns,
-                               "ffmpeg": read_metadata(shards[0])["meldflow_frames"]["ffmpeg"]}
+                               "ffmpeg": read_metadata(shards[0])["meldflow_frames"]["ffmpeg"],
+                               "whisper_kernels": whisper_kernels()}
     return out
+
+
+def whisper_kernels() -> str:
+    """What Whisper's CPU results depend on besides the model: the CTranslate2 version and
+    the vector instructions its int8 kernels pick (on an AVX-512 VNNI CPU a few of the
+    sample's transcripts differ from an AVX2 CPU's)."""
+    import ctranslate2
+
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    isa = [f for f in ("avx512f", "avx512_vnni", "avx512bw", "avx_vnni", "avx2") if f in flags]
+    return f"ctranslate2 {ctranslate2.__version__}, {' '.join(isa) or 'no avx'}"
 
 
 @pytest.fixture(scope="session")

@@ -264,10 +264,14 @@ def test_batched_decoding_keeps_each_clips_words_in_its_clip(hf_home):
     words = t.transcribe_batch([long, line])[0][1]
     late = [w for w in words if w["start"] > 28]  # the second line, past the first 30 s
     assert len(late) >= len(words) // 2 - 2 and late[-1]["end"] > 30.0, words
+    # Each clip is decoded alone, so the WER is one clip per call's (on an AVX-512 CPU
+    # both were 0.26 where packing gave 0.15: packing's better WER is not the baseline).
+    alone = transcribe_rows(rows, Transcriber(whisper_settings(
+        hf_home, whisper_max_empty_fraction=1.0, whisper_pack_seconds=0))).to_pylist()
     gold = " ".join(r["utterance"] for r in rows.to_pylist())
     wer = {name: word_error_rate(gold, " ".join(x["transcript"] or "" for x in out))
-           for name, out in (("batched", batched), ("packed", packed))}
-    assert wer["batched"] <= wer["packed"] + 0.1, wer
+           for name, out in (("batched", batched), ("one per call", alone))}
+    assert wer["batched"] <= wer["one per call"] + 0.05, wer
 
 
 def _samples(row: dict):

@@ -249,7 +249,7 @@ def test_experiments_times_seeds_give_one_comparison_table(preprocessed, tmp_pat
     other = run_snakemake(work, "--forcerun", "summary", "--config", "seeds=[5]", "--",
                           "results/manifest/summary.txt")
     other = other.stdout + other.stderr
-    assert "holds another config's runs: not shown" in other and "±" not in other
+    assert "was not checked against this config's runs" in other and "±" not in other
     for name in ("experiments_dev.png", "experiments_test.png", "confusion_test.png",
                  "curves.png"):
         assert Image.open(res / "evaluate" / name).format == "PNG"
@@ -296,22 +296,35 @@ def test_unactivated_snakemake_finds_meldflow_and_shows_failed_logs(tmp_path, hf
     """`.venv/bin/snakemake` with the venv not on PATH: rules still find `meldflow`; a rule
     that fails prints the end of its log, not only "check log file(s)"."""
     need_tool("ffmpeg")
-    meld = tmp_path / "meld"
-    meld.mkdir()
-    (meld / "dev_sent_emo.csv").write_text((SAMPLE / "dev_sent_emo.csv").read_text()
-                                           .replace("neutral", "bored", 1))
-    work = make_workdir(tmp_path / "work", hf_home, meld_dir=str(meld), splits=["dev"])
+    # a Whisper model that cannot be staged offline: the stage rule fails in its job (a
+    # malformed CSV, which this test used, now stops the run before any job)
+    work = make_workdir(tmp_path / "work", hf_home, splits=["dev"], whisper_model="small.en")
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
                                   if p != str(BIN) and p)
+    env["HF_HUB_OFFLINE"] = "1"
     proc = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d",
-                           str(work), "--cores", "1", "results/ingest/dev.parquet"],
+                           str(work), "--cores", "1", "results/stage/whisper.json"],
                           capture_output=True, text=True, env=env, cwd=work)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "127" not in text.split("Error in rule")[-1][:400]  # meldflow was found
-    assert "last lines of results/logs/ingest/dev.log" in text
-    assert "Emotion 'bored' is not one of" in text
+    assert "last lines of results/logs/stage_whisper.log" in text
+    assert "offline, only tiny.en can be staged" in text
+
+
+def test_a_malformed_csv_stops_the_run_before_any_job(tmp_path, hf_home):
+    """A bad label in the annotation CSV is found when the workflow starts, named by file
+    and line, before any job."""
+    meld = tmp_path / "meld"
+    shutil.copytree(SAMPLE, meld)
+    (meld / "dev_sent_emo.csv").write_text((SAMPLE / "dev_sent_emo.csv").read_text()
+                                           .replace("neutral", "bored", 1))
+    work = make_workdir(tmp_path / "work", hf_home, meld_dir=str(meld), splits=["dev"])
+    proc = run_snakemake(work, "results/ingest/dev.parquet", check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "dev_sent_emo.csv:" in text
+    assert "Emotion 'bored' is not one of" in text and not (work / "results").exists()
 
 
 def test_aligned_shards_load_with_pandas(preprocessed):
@@ -389,7 +402,8 @@ ALIGNED_REFERENCE = REPO / "tests" / "data" / "aligned_reference.json"
 def test_sample_shards_unchanged_by_refactoring(preprocessed):
     """The sample's aligned shards, column by column, are what the code before the layout
     of meldflow/preprocess/ wrote (tests/data/aligned_reference.json). The frames depend on
-    the ffmpeg build, so with another build only the frames' columns may differ."""
+    the ffmpeg build and Whisper's words on the CPU's vector instructions (the reference
+    records both), so with another of either only those columns may differ."""
     got = shard_fingerprint(preprocessed / "results" / "aligned")
     if os.environ.get("MELDFLOW_WRITE_REFERENCE") == "1":
         ALIGNED_REFERENCE.write_text(json.dumps(got, indent=1))
@@ -401,6 +415,8 @@ def test_sample_shards_unchanged_by_refactoring(preprocessed):
         differ = {c for c, d in ref["columns"].items() if got[split]["columns"].get(c) != d}
         if got[split]["ffmpeg"] != ref["ffmpeg"]:
             differ -= {"frames", "frame_times", "frame_words"}
+        if got[split]["whisper_kernels"] != ref.get("whisper_kernels"):
+            differ -= {"transcript", "words", "wer", "frame_words"}
         assert not differ, (split, sorted(differ))
 
 

@@ -193,17 +193,19 @@ onsuccess:
     if summary.is_file():
         print("\nmeldflow: rows per status (details in results/manifest/{split}.parquet)")
         print(summary.read_text(), end="")
-    # Only an evaluation of exactly this config's runs is printed; run folders an earlier
-    # config left are named, never mixed in.
-    from meldflow.training.evaluate import evaluated_runs, runs_outside
+    # Only an evaluation of exactly this config's runs is printed (the evaluate job was in
+    # this run's DAG, done or up to date for these runs); run folders an earlier config
+    # left are named, never mixed in.
+    from meldflow.training.evaluate import runs_outside
 
     summary = Path("results/evaluate/summary.txt")
-    if TRAIN and summary.is_file() and evaluated_runs(summary.parent) == set(RUNS):
+    evaluated = any(job.rule.name == "evaluate" for job in workflow.dag.jobs)
+    if TRAIN and summary.is_file() and evaluated:
         print("\nmeldflow: Florence-2 results, mean ± sd over seeds (results/evaluate/)")
         print(summary.read_text(), end="")
     elif summary.is_file():
-        print("\nmeldflow: results/evaluate/ holds another config's runs: not shown (run the "
-              "default target of this config to compare its own)")
+        print("\nmeldflow: results/evaluate/ was not checked against this config's runs by "
+              "this run's target: not shown (the default target compares them)")
     others = runs_outside("results/train", set(RUNS)) if TRAIN else []
     if others:
         print(f"meldflow: {len(others)} run folder(s) in results/train/ belong to no run of "

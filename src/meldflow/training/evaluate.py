@@ -316,15 +316,6 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> str:
     return text
 
 
-def evaluated_runs(out_dir: str | Path) -> set[tuple[str, int]]:
-    """The (experiment, seed) runs an evaluation in ``out_dir`` covers (its runs.tsv)."""
-    path = Path(out_dir) / "runs.tsv"
-    if not path.is_file():
-        return set()
-    lines = [line.split("\t") for line in path.read_text().splitlines()[1:] if line]
-    return {(cells[0], int(cells[1])) for cells in lines}
-
-
 def runs_outside(train_dir: str | Path, runs: set[tuple[str, int]]) -> list[str]:
     """Run folders under ``train_dir`` that the current config does not define (left by an
     earlier config): named, never mixed into this config's comparison."""
