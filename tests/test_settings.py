@@ -215,6 +215,7 @@ def test_flags_no_code_can_use_are_refused_without_a_traceback(tmp_path, flags, 
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and message in proc.stderr
 
 
+@pytest.mark.integration  # runs Snakemake
 @pytest.mark.parametrize("config, message", [
     ({"shard_sise": 10}, "config: unknown setting 'shard_sise' (did you mean shard_size?)"),
     ({"experiments": ["text", "vision"]}, "config experiments: a map of name: overrides"),
@@ -255,6 +256,7 @@ def test_status_into_a_closed_pipe_ends_quietly(tmp_path):
     assert proc.stdout.strip() == "{" and "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.integration  # runs Snakemake
 def test_the_documented_config_form_sets_numeric_train_options(tmp_path, hf_home):
     """`--config 'train={epochs: 2}'` gave "epochs: '2' is not of type 'integer'" (Snakemake
     hands nested values over as text): text that spells a number or true/false is read as
@@ -277,6 +279,7 @@ def test_the_documented_config_form_sets_numeric_train_options(tmp_path, hf_home
     assert "config seeds: [0, 0] names a seed twice" in twice.stdout + twice.stderr
 
 
+@pytest.mark.integration  # runs Snakemake
 def test_a_key_given_twice_in_a_config_file_is_named(tmp_path, hf_home):
     """`frame_size: 128` then `frame_size: 300` passed silently (YAML keeps the last)."""
     work = make_workdir(tmp_path, hf_home)

@@ -8,6 +8,8 @@ import pytest
 from conftest import BIN, SAMPLE, env_with_venv
 from hub_server import Hub, florence_base_layout
 
+pytestmark = pytest.mark.integration  # a server, downloads and model loads: ~30 s
+
 REPO_ID = "florence-community/Florence-2-base"
 
 

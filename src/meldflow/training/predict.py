@@ -136,10 +136,10 @@ def predict(model_dir: str | Path, clips: list[str] | None = None,
     Whisper transcripts without ``texts``, transcribed) as the training data was.
     """
     model_dir = Path(model_dir)
-    verify_model_dir(model_dir)  # before its options and preprocessing are trusted
     cfg, prep = read_model_card(model_dir)
     clips, texts = list(clips or []), list(texts or [])
-    _check_inputs(cfg, prep, clips, texts, model_dir)
+    _check_inputs(cfg, prep, clips, texts, model_dir)  # the user's inputs, told at once
+    verify_model_dir(model_dir)  # before anything is made from its files
     if cfg.context_turns:
         log.warning("the model was trained with %d earlier turns in the prompt; new "
                     "utterances come without them", cfg.context_turns)
