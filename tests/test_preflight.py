@@ -84,19 +84,25 @@ def test_meldflow_check_names_every_problem_of_a_misconfigured_profile(slurm_clu
 
 def test_the_workflow_stops_before_any_job_on_a_misconfigured_profile(slurm_cluster,
                                                                       tmp_path, hf_home):
-    """Under the SLURM profile the same check runs at the start: nothing is submitted."""
+    """Under the SLURM profile the same check runs at the start: nothing is submitted. A
+    model that is not staged and that this host cannot stage is one of the problems."""
     work = _misconfigured(tmp_path / "work", hf_home)
+    cfg = yaml.safe_load((work / "config" / "config.yaml").read_text())
+    cfg["whisper_model"] = "small.en"  # not in hf_home, and offline only tiny.en is staged
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     before = subprocess.run(["sacct", "-n", "-X", "-o", "JobID", "-S", "now-1hours"],
                             capture_output=True, text=True).stdout.split()
     start = time.monotonic()
     proc = subprocess.run(
         [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(work),
          "--profile", str(work / "cluster" / "slurm")],
-        capture_output=True, text=True, cwd=work, env=env_with_venv())
+        capture_output=True, text=True, cwd=work, env=env_with_venv() | {"HF_HUB_OFFLINE": "1"})
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0, text[-3000:]
     assert "nothing was submitted" in text and "partition 'gpux'" in text, text[-3000:]
     assert "GPUs per node 4" in text
+    assert "hf_home: Whisper model Systran/faster-whisper-small.en is not in" in text
+    assert "Florence-2" not in text  # the tiny one: the stage rule builds it here
     assert time.monotonic() - start < 60
     after = subprocess.run(["sacct", "-n", "-X", "-o", "JobID", "-S", "now-1hours"],
                            capture_output=True, text=True).stdout.split()

@@ -49,18 +49,27 @@ def training_asks(runs: dict, workflow_executor: str = "slurm") -> list:
     return asks
 
 
-def model_problems(settings) -> list[str]:
-    """The configured Whisper and Florence-2, staged and verified in hf_home."""
+def model_problems(settings, stageable_ok: bool = False) -> list[str]:
+    """The configured Whisper and Florence-2, staged and verified in hf_home. With
+    ``stageable_ok`` (the workflow's start: its stage rules run on this host), a model
+    this host can still stage is no problem: the tiny ones offline, any from a Hub that
+    answers."""
+    from meldflow.models.stage import PACKAGED_WHISPER, hub_reachable, whisper_repo_id
     from meldflow.preprocess.whisper_model import model_dir
+    from meldflow.settings import TINY_FLORENCE
     from meldflow.training.identity import florence_snapshot
 
     lines = []
-    for verify in (lambda: model_dir(settings.whisper_model, settings.hf_home),
-                   lambda: florence_snapshot(settings)):
+    for offline, verify in (
+            (whisper_repo_id(settings.whisper_model) == PACKAGED_WHISPER,
+             lambda: model_dir(settings.whisper_model, settings.hf_home)),
+            (settings.florence_repo == TINY_FLORENCE, lambda: florence_snapshot(settings))):
         try:
             verify()
         except MeldflowError as exc:
-            lines.append(f"hf_home: {exc}")
+            if not (stageable_ok and (offline or hub_reachable())):
+                lines.append(f"hf_home: {exc}" + ("; this host cannot reach the Hub to "
+                                                  "stage it" if stageable_ok else ""))
     return lines
 
 

@@ -164,13 +164,15 @@ onstart:
     # write the same outputs as this run's: they are cancelled before anything is
     # submitted (docs/slurm-faults.md).
     if workflow_executor() == "slurm":
-        from meldflow.check import training_asks
+        from meldflow.check import model_problems, training_asks
         from meldflow.slurm.orphans import cancel_orphaned_jobs
         from meldflow.slurm.preflight import asks_from_jobs, check_cluster
 
-        # The preflight (`meldflow check`'s cluster part): a partition, account, time
-        # limit or GPU count the cluster does not offer stops the run before any job.
+        # The preflight (`meldflow check`, less what the stage rules will stage here): a
+        # partition, account, time limit or GPU count the cluster does not offer, or a
+        # model nobody can stage, stops the run before any job (meld_dir: at parse time).
         found = check_cluster(asks_from_jobs(workflow.dag.needrun_jobs()) + training_asks(RUNS))
+        found += model_problems(SETTINGS, stageable_ok=True)
         if found:
             raise WorkflowError("meldflow: this run asks the cluster for what it does not "
                                 "offer; nothing was submitted:\n  " + "\n  ".join(found))
