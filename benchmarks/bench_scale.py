@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_preprocess import SHARED_CSV, job_times, make_meld_like_clips, run_workflow, write_csv
+from bench_preprocess import job_times, run_workflow, write_csv
+from meld_like import SHARED_CSV, make_meld_like_clips
 
 STEPS = ("ingest", "transcribe", "frames", "align", "manifest", "summary")
 

@@ -122,6 +122,19 @@ def test_predict_transcribes_with_the_runs_whisper_model(florence_home, hf_home,
             compared += 1
             assert max(abs(p - w[f"p_emotion_{e}"]) for e, p in g["p_emotion"].items()) < 1e-5
     assert compared >= 5
+    # a tight dev set (speech to both edges of every clip, CSV times the clips' lengths), in
+    # the shard's order: predict's transcripts are the transcribe step's, word for word
+    meld = _tight_dev_set(tmp_path / "tight")
+    from meldflow.preprocess.ingest import run_ingest
+    from meldflow.preprocess.transcribe import run_transcribe
+
+    run_ingest(meld, "dev", 1000, tmp_path / "tight" / "dev.parquet")
+    tight = pq.read_table(tmp_path / "tight" / "dev.parquet")
+    step = run_transcribe(tight, tmp_path / "tight" / "dev.asr.parquet",
+                          whisper_settings(hf_home))
+    got = predict(out / "best", clips=tight.column("clip_path").to_pylist(), hf_home=hf_home,
+                  speakers=tight.column("speaker").to_pylist())
+    assert [g["transcript"] for g in got] == step.column("transcript").to_pylist()
     # a clip without audio gives a transcript model nothing to read: refused, not "" read
     silent = tmp_path / "silent.mp4"
     subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-i", clips[0], "-an",
@@ -155,6 +168,34 @@ def test_shards_of_different_settings_are_refused(florence_home, shards_4x128, p
     with pytest.raises(MeldflowError, match=r"different preprocessing settings \(frame_size, "
                                             r"frames_per_utterance"):
         train(cfg)
+
+
+TIGHT_LINES = ["I can't believe you did that to me, Ross.", "Hmm.",
+               "I'm just saying, this woman, I mean she's fictitious. No?", "'Sup? 'Sup dude?",
+               "Phoebe!", "Aww, you guys are so cute!", "We should probably order lunch soon.",
+               "Stop touching my stuff."]
+
+
+def _tight_dev_set(root):
+    """A MELD.Raw-like dev split of clips cut as MELD's are: speech to both edges."""
+    import csv
+
+    from conftest import tight_clip
+
+    from meldflow.preprocess.probe import clip_info
+
+    (root / "dev_splits_complete").mkdir(parents=True)
+    with (root / "dev_sent_emo.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
+                    "Utterance_ID", "Season", "Episode", "StartTime", "EndTime"])
+        for i, text in enumerate(TIGHT_LINES):
+            clip = tight_clip(root / "dev_splits_complete" / f"dia0_utt{i}.mp4",
+                              None if text == "Hmm." else text)
+            ms = round(clip_info(clip).duration * 1000)
+            w.writerow([i + 1, text, "Ross", "neutral", "neutral", 0, i, 1, 1,
+                        "00:00:01,000", f"00:00:{1 + ms // 1000:02d},{ms % 1000:03d}"])
+    return root
 
 
 def test_predict_says_what_is_wrong(tmp_path):

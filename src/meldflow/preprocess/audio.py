@@ -24,6 +24,7 @@ class Audio:
     samples: np.ndarray  # 16 kHz mono float32, at most max_seconds
     errors: int  # packets that failed to decode (skipped)
     expected_s: float  # how long it should be (meldflow.preprocess.probe.expected_audio_seconds)
+    stream: str = ""  # which of several audio streams was heard (empty if only one)
 
     @property
     def seconds(self) -> float:
@@ -41,6 +42,31 @@ class Audio:
             reasons.append(f"audio stops at {self.seconds:.2f} s of {self.expected_s:.2f} s")
         return flags, reasons
 
+    def flags(self) -> tuple[list[str], list[str]]:
+        """(flags, reasons) for the transcript: the faults, and ``multiple_audio_streams``."""
+        flags, reasons = self.faults()
+        if self.stream:
+            flags.append("multiple_audio_streams")
+            reasons.append(self.stream)
+        return flags, reasons
+
+
+def pick_audio_stream(streams: list) -> tuple[object, str]:
+    """(stream, what to say of it) among a clip's audio streams: the one marked default, as
+    ffmpeg would play it (the first if none or several are).
+
+    Several audio streams are always flagged ``multiple_audio_streams``: an MP4 muxer marks
+    the first stream default when nobody chose one, so the mark cannot say which track
+    holds the dialogue.
+    """
+    if len(streams) == 1:
+        return streams[0], ""
+    default = [s for s in streams if s.disposition & av.stream.Disposition.default]
+    chosen = (default or streams)[0]
+    marked = "the default" if len(default) == 1 else f"{len(default) or 'none'} marked default"
+    place = f"audio stream {streams.index(chosen) + 1} of {len(streams)}"
+    return chosen, f"{place} ({marked}) transcribed"
+
 
 def decode_audio(path: str, max_seconds: float, start_s: float | None = None,
                  end_s: float | None = None) -> Audio:
@@ -57,7 +83,7 @@ def decode_audio(path: str, max_seconds: float, start_s: float | None = None,
     with av.open(path) as container:
         if not container.streams.audio:
             raise LookupError("clip has no audio stream")
-        stream = container.streams.audio[0]
+        stream, note = pick_audio_stream(list(container.streams.audio))
         total = (container.duration or 0) / 1_000_000
         if stream.duration and stream.time_base:
             total = max(total, float(stream.duration * stream.time_base))
@@ -80,4 +106,5 @@ def decode_audio(path: str, max_seconds: float, start_s: float | None = None,
             chunks.append(out.to_ndarray().reshape(-1))
     pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
     samples = pcm[:limit].astype(np.float32) / 32768.0
-    return Audio(samples, errors, expected_audio_seconds(total, start_s, end_s, max_seconds))
+    return Audio(samples, errors, expected_audio_seconds(total, start_s, end_s, max_seconds),
+                 note)

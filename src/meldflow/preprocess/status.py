@@ -28,6 +28,9 @@ FLAGS: dict[str, str] = {
                    "container's duration): damaged or cut audio",
     "duration_mismatch": "the clip's length is far from the CSV's EndTime - StartTime "
                          "(a mis-cut clip)",
+    "multiple_audio_streams": "the clip has several audio streams: the one marked default "
+                              "was transcribed (the reason says which), but whether it "
+                              "holds the dialogue is a guess",
     "encoding_repaired": "the row's CSV line was not UTF-8 like the rest of its file (decoded "
                          "as Windows-1252), or holds a byte that stands for no character",
 }

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from meldflow import MeldflowError
 from meldflow.preprocess.audio import SAMPLE_RATE, Audio, decode_audio
 from meldflow.preprocess.probe import ClipError
+from meldflow.preprocess.shared_window import MARGIN_FRAMES, SharedWindow
 from meldflow.preprocess.status import NO_CLIP
 from meldflow.preprocess.wer import word_error_rate
 from meldflow.preprocess.whisper_model import choose_device, model_dir
@@ -70,8 +71,8 @@ class Transcriber:
 
     Whisper encodes fixed 30 s windows, so a 3 s clip pays for 27 s of padding. Clips are
     therefore packed, with a second of silence between them, into windows of up to
-    ``pack_seconds``: one encoder pass serves several clips, and each word goes back to
-    the clip its time falls in. ``pack_seconds=0`` transcribes one clip per call.
+    ``pack_seconds``: one encoder pass serves several clips, each decoded on its own from
+    it. ``pack_seconds=0`` transcribes one clip per call.
 
     On the CPU, ``cpu_threads`` packs are transcribed at once with one thread each: a
     small model's beam search is a chain of tiny matrix products that two threads split
@@ -79,7 +80,6 @@ class Transcriber:
     """
 
     GAP_SECONDS = 1.0
-    WIDE_GAP_SECONDS = 3.0  # for clips a word was timed across
 
     def __init__(self, settings: Settings, cpu_threads: int = 0):
         from faster_whisper import WhisperModel
@@ -106,6 +106,7 @@ class Transcriber:
         # 1.15x); on the CPU packed windows are faster, so batching is for CUDA only.
         self.batch_size = settings.whisper_batch_size if self.device == "cuda" else 0
         self.name, self.hf_home, self.path = name, hf_home, path
+        self.window = SharedWindow(self.model, self.beam_size)
 
     def fits(self, pack: list[np.ndarray], audio: np.ndarray,
              gap_seconds: float = GAP_SECONDS) -> bool:
@@ -131,7 +132,7 @@ class Transcriber:
         """
         longer = {i for i, a in enumerate(audios) if len(a) > WINDOW_SECONDS * SAMPLE_RATE}
         fitting = iter(self._batch([a for i, a in enumerate(audios) if i not in longer]))
-        return [self._pack([a], self.GAP_SECONDS)[0] if i in longer else next(fitting)
+        return [self._alone(a) if i in longer else next(fitting)
                 for i, a in enumerate(audios)]
 
     def _batch(self, audios: list[np.ndarray]) -> list[tuple[str, list[dict]]]:
@@ -170,70 +171,30 @@ class Transcriber:
     def transcribe_pack(self, audios: list[np.ndarray]) -> list[tuple[str, list[dict]]]:
         """(transcript, words) for each clip; word times are relative to its own clip.
 
-        A word belongs to the clip its middle falls in. A word that reaches past the middle
-        of a gap (Whisper timed it across two clips) leaves the clips it touches unplaced:
-        they are packed again with wider gaps, and what is still unplaced then is
-        transcribed alone, so no word is ever attributed across clips. A clip that comes
-        back from a pack without a word is transcribed alone too.
+        Clips share one encoder pass and each is decoded on its own from it
+        (:mod:`meldflow.preprocess.shared_window`), so no word can be attributed across
+        clips. A clip whose decode is doubtful (a loop, a guess, or nothing heard: Whisper
+        may pass over a lone "What?!" in a long window) is transcribed alone (measured:
+        2 clips in 90).
         """
-        out = self._pack(audios, self.GAP_SECONDS)
-        if len(audios) > 1:
-            # Whisper may pass over a short line inside a long window (a lone "What?!"
-            # first in a pack came back empty; alone it is heard): a clip that came back
-            # without a word is transcribed again on its own (measured: 1-4 clips in 88).
-            for i, (_, words) in enumerate(out):
-                if not words:
-                    out[i] = self._pack([audios[i]], self.GAP_SECONDS)[0]
+        if len(audios) == 1:
+            return [self._alone(audios[0])]
+        out = []
+        for audio, got in zip(audios, self.window.decode(audios, self.GAP_SECONDS),
+                              strict=True):
+            out.append(self._alone(audio) if got.doubtful else (got.text, got.words))
         return out
 
-    def _pack(self, audios: list[np.ndarray], gap_s: float) -> list[tuple[str, list[dict]]]:
-        gap = np.zeros(int(gap_s * SAMPLE_RATE), dtype=np.float32)
-        pieces, bounds, offset = [], [], 0
-        for i, a in enumerate(audios):
-            if i:
-                pieces.append(gap)
-                offset += len(gap)
-            pieces.append(a.astype(np.float32, copy=False))
-            bounds.append((offset / SAMPLE_RATE, (offset + len(a)) / SAMPLE_RATE))
-            offset += len(a)
+    def _alone(self, audio: np.ndarray) -> tuple[str, list[dict]]:
+        """One clip in its own call, with faster-whisper's own fallbacks (temperatures,
+        silence), in sliding windows if it is longer than one."""
         # No conditioning on earlier windows: clips are one line each, and conditioning is
         # what makes Whisper loop on short or noisy inputs.
         segments, _ = self.model.transcribe(
-            np.concatenate(pieces), language="en", beam_size=self.beam_size,
-            word_timestamps=True, condition_on_previous_text=False, vad_filter=False,
-        )
-        raw: list[list] = [[] for _ in audios]
-        half_gap = gap_s / 2
-        redo: set[int] = set()
-        for seg in segments:
-            for w in seg.words or []:
-                mid = (w.start + w.end) / 2
-                i = next((j for j, (b0, b1) in enumerate(bounds)
-                          if b0 - half_gap <= mid < b1 + half_gap), len(bounds) - 1)
-                b0, b1 = bounds[i]
-                if len(audios) > 1 and (w.start < b0 - half_gap or w.end > b1 + half_gap):
-                    redo |= {j for j, (c0, c1) in enumerate(bounds)
-                             if w.start < c1 + half_gap and w.end > c0 - half_gap}
-                raw[i].append(w)
-        out = [self._relative(ws, b0, b1) for (b0, b1), ws in zip(bounds, raw, strict=True)]
-        unplaced = sorted(redo)
-        if gap_s < self.WIDE_GAP_SECONDS and len(unplaced) > 1:
-            # Wider gaps separate what Whisper ran together: one more pass per window
-            # instead of one per clip (measured: a third of the transcription time).
-            groups: list[list[int]] = [[]]
-            for i in unplaced:
-                if not self.fits([audios[j] for j in groups[-1]], audios[i],
-                                 self.WIDE_GAP_SECONDS):
-                    groups.append([])
-                groups[-1].append(i)
-            for group in groups:
-                again = self._pack([audios[i] for i in group], self.WIDE_GAP_SECONDS)
-                for i, res in zip(group, again, strict=True):
-                    out[i] = res
-        else:
-            for i in unplaced:
-                out[i] = self._pack([audios[i]], gap_s)[0]
-        return out
+            audio.astype(np.float32, copy=False), language="en", beam_size=self.beam_size,
+            word_timestamps=True, condition_on_previous_text=False, vad_filter=False)
+        words = [w for seg in segments for w in seg.words or []]
+        return self._relative(words, 0.0, len(audio) / SAMPLE_RATE)
 
 
 # The share of empty transcripts that fails a shard (whisper_max_empty_fraction) is only
@@ -258,7 +219,7 @@ def fetch_audio(rec: dict, max_clip_seconds: float) -> AsrResult | Audio:
 
 def heard(audio: Audio, gold: str, text: str, words: list[dict]) -> AsrResult:
     """A transcribed clip's result: its words, WER, and the flags of what went wrong."""
-    flags, reasons = audio.faults()
+    flags, reasons = audio.flags()
     res = AsrResult(transcript=text, words=words, flags=flags, reason="; ".join(reasons))
     if not words:
         res.flags.append("empty_transcript")
@@ -380,5 +341,6 @@ def run_transcribe(rows: pa.Table, out: str | Path, settings: Settings,
         "device": transcriber.device, "compute_type": transcriber.compute_type,
         "batch_size": transcriber.batch_size,  # as used: 0 (packed windows) on the CPU
         "gap_seconds": Transcriber.GAP_SECONDS,
-        "wide_gap_seconds": Transcriber.WIDE_GAP_SECONDS}})
+        "decoding": "each clip alone from a shared window's encoding",
+        "margin_frames": MARGIN_FRAMES}})
     return table

@@ -25,3 +25,22 @@ def word_error_rate(reference: str, hypothesis: str) -> float | None:
     import jiwer
 
     return float(jiwer.wer(ref, hyp))
+
+
+def words_moved(reference: list[str], hypothesis: list[str | None]) -> list[tuple[str, int, int]]:
+    """Words attributed to the wrong clip: (word, its clip in ``reference``, the clip that got
+    it in ``hypothesis``), for consecutive clips' texts (a shard, in order).
+
+    The clips' words are joined into one sequence each side and matched (difflib's longest
+    matching blocks, in order); a matched word whose clip differs has crossed a boundary.
+    A word heard wrongly is an error for WER, not a move.
+    """
+    import difflib
+
+    ref = [(w, i) for i, t in enumerate(reference) for w in normalise_for_wer(t or "").split()]
+    hyp = [(w, i) for i, t in enumerate(hypothesis) for w in normalise_for_wer(t or "").split()]
+    matcher = difflib.SequenceMatcher(a=[w for w, _ in ref], b=[w for w, _ in hyp],
+                                      autojunk=False)
+    return [(ref[a + k][0], ref[a + k][1], hyp[b + k][1])
+            for a, b, n in matcher.get_matching_blocks() for k in range(n)
+            if ref[a + k][1] != hyp[b + k][1]]
