@@ -420,6 +420,8 @@ def main() -> None:
     ap.add_argument("--meld-csv", type=Path, default=SHARED_CSV,
                     help="MELD annotation CSV to draw utterances and durations from; "
                          "synthetic clips when it is absent")
+    ap.add_argument("--no-breakdown", action="store_true",
+                    help="skip (d), where the naive loop's time goes (four more passes)")
     ap.add_argument("--keep-aligned", type=Path, metavar="DIR",
                     help="copy the DAG's aligned shards (first variant) to DIR (for "
                          "bench_train.py --aligned DIR: the reader on MELD-like frames)")
@@ -431,7 +433,7 @@ def main() -> None:
         if set(names) - VARIANTS.keys():
             ap.error(f"--variants: unknown {sorted(set(names) - VARIANTS.keys())}; "
                      f"choose from {', '.join(VARIANTS)}")
-        summary([run_variant(args, tmp, name, breakdown=i == 0)
+        summary([run_variant(args, tmp, name, breakdown=i == 0 and not args.no_breakdown)
                  for i, name in enumerate(names)])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -27,7 +27,7 @@ from PIL import Image
 
 from meldflow.models.cache import cached_snapshot
 from meldflow.models.stage import stage_whisper
-from meldflow.settings import option_fields
+from meldflow.options import option_fields
 from meldflow.training.options import TrainConfig, read_options_file
 
 pytestmark = pytest.mark.integration
@@ -389,7 +389,7 @@ def test_aligned_shards_name_what_made_them(preprocessed, hf_home):
     meta = read_metadata(shard)
     assert meta["meldflow_transcribe"]["model_files"] == model_dir("tiny.en", hf_home)[1]
     assert meta["meldflow_transcribe"]["whisper_beam_size"] == 5
-    assert meta["meldflow_transcribe"]["margin_frames"] == 5  # how packed clips were decoded
+    assert meta["meldflow_transcribe"]["margin_frames"] == [5, 5]  # how packed clips were decoded
     assert meta["meldflow_frames"]["frames_per_utterance"] == 8
     assert meta["meldflow_frames"]["ffmpeg"].startswith("ffmpeg version")
     info = json.loads((preprocessed / "results" / "ingest" / "dev.shards.json").read_text())

