@@ -34,3 +34,84 @@ def test_each_rule_runs_the_command_of_its_name_from_the_module_of_its_step():
                          rules, re.S).group(1)
         assert f'"meldflow {rule} ' in body, rule
         assert (SRC / module).is_file(), module
+
+
+# The package's floors, lowest first: a module may import from its own floor or below,
+# never from above (the most specific prefix places a module). The base holds what every
+# step stands on: errors, labels, file writes and hashes, the option machinery, the MELD
+# CSV reader, row statuses, SLURM's job states.
+FLOORS = (
+    ("meldflow", "meldflow.labels", "meldflow.logs", "meldflow.storage", "meldflow.options",
+     "meldflow.annotations", "meldflow.preprocess.status", "meldflow.slurm.states"),
+    ("meldflow.settings", "meldflow.provenance"),
+    ("meldflow.models", "meldflow.slurm"),
+    ("meldflow.preprocess",),
+    ("meldflow.training",),
+    ("meldflow.config", "meldflow.check", "meldflow.cli"),
+)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every module of the package -> the package's modules it imports, anywhere in it
+    (function-level imports included)."""
+    modules = {".".join(("meldflow", *p.relative_to(SRC).with_suffix("").parts))
+               .removesuffix(".__init__"): p for p in SRC.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("meldflow"):
+                deps |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
+                         else node.module for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("meldflow")}
+        graph[name] = {d for d in deps if d in modules and d != name}
+    return graph
+
+
+def floor(module: str) -> int:
+    places = [(len(prefix), level) for level, prefixes in enumerate(FLOORS)
+              for prefix in prefixes if module == prefix or module.startswith(prefix + ".")]
+    assert places, f"{module} is on no floor: add it to FLOORS"
+    return max(places)[1]
+
+
+def layering_problems(graph: dict[str, set[str]]) -> list[str]:
+    """Imports from a higher floor, and import cycles, of ``graph``."""
+    problems = sorted(f"upward: {a} -> {b}" for a, deps in graph.items() for b in deps
+                      if floor(b) > floor(a))
+    seen: set[str] = set()
+    path: list[str] = []
+
+    def visit(module: str) -> None:
+        if module in path:
+            problems.append("cycle: " + " -> ".join(path[path.index(module):] + [module]))
+            return
+        if module in seen:
+            return
+        seen.add(module)
+        path.append(module)
+        for dep in sorted(graph[module]):
+            visit(dep)
+        path.pop()
+
+    for module in sorted(graph):
+        visit(module)
+    return problems
+
+
+def test_no_import_cycle_and_no_import_from_a_higher_floor():
+    assert layering_problems(import_graph()) == []
+
+
+def test_the_import_check_finds_a_cycle_and_an_upward_import():
+    """The check can fail: the cycle issue 26 found (settings <-> training.options, by a
+    function-level import) put back into the graph, and an upward import on its own."""
+    graph = import_graph()
+    back = graph | {"meldflow.settings": graph["meldflow.settings"]
+                    | {"meldflow.training.options"}}
+    found = layering_problems(back)
+    assert "upward: meldflow.settings -> meldflow.training.options" in found
+    assert any(p.startswith("cycle: ") and "meldflow.training.options" in p for p in found)
+    found = layering_problems(graph | {"meldflow.provenance": {"meldflow.models.cache"}})
+    assert found == ["upward: meldflow.provenance -> meldflow.models.cache"]

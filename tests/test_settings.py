@@ -14,7 +14,7 @@ from conftest import (
 )
 
 from meldflow import MeldflowError
-from meldflow.settings import default_of, option_fields
+from meldflow.options import default_of, option_fields
 from meldflow.training.options import LaunchConfig, TrainConfig, read_options_file, schema_defaults
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -99,10 +99,9 @@ def test_the_command_line_is_checked_the_same_way(tmp_path):
 def test_schema_file_is_what_the_definitions_generate():
     """workflow/schemas/config.schema.yaml is `meldflow schema`: every key, type, range,
     default and help comes from meldflow.settings and meldflow.training.options."""
-    from meldflow.settings import config_schema
-    from meldflow.training.options import train_block_schema
+    from meldflow.config import config_schema
 
-    assert SCHEMA == config_schema(train_block_schema())
+    assert SCHEMA == config_schema()
 
 
 def test_config_holds_every_setting_at_its_default():
@@ -118,7 +117,8 @@ def test_config_holds_every_setting_at_its_default():
 
 def test_every_subcommand_takes_its_settings_by_their_config_names():
     from meldflow.cli import COMMANDS
-    from meldflow.settings import flag, step_fields
+    from meldflow.options import flag
+    from meldflow.settings import step_fields
 
     for step in COMMANDS:
         help_text = subprocess.run([str(BIN / "meldflow"), step, "--help"], capture_output=True,

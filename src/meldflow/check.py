@@ -91,9 +91,10 @@ def data_problems(settings, runs: dict) -> list[str]:
 def run_check(profile: str, configfiles: list[str]) -> tuple[list[str], list[str]]:
     """(problems, notes): every problem a run with ``profile`` and these config files
     would meet; notes for what only a job's last try (more memory and time) would meet."""
+    from meldflow.config import typed_config
     from meldflow.settings import Settings
     from meldflow.slurm.preflight import asks_from_profile, check_cluster
-    from meldflow.training.options import experiment_runs, typed_config
+    from meldflow.training.options import experiment_runs
 
     config = typed_config(merged_config(configfiles))
     settings = Settings.from_config(config)

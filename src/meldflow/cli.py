@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from meldflow import MeldflowError, __version__
-from meldflow.settings import SAMPLE, Settings, add_arguments, settings_from_args, step_fields
+from meldflow.options import add_arguments
+from meldflow.settings import SAMPLE, Settings, settings_from_args, step_fields
 
 log = logging.getLogger("meldflow")
 
@@ -163,11 +164,12 @@ def cmd_make_sample(a: argparse.Namespace, s: Settings) -> None:
 def cmd_schema(a: argparse.Namespace, s: Settings) -> None:
     import yaml
 
-    from meldflow.settings import config_schema, option_fields, options_table
-    from meldflow.training.options import LaunchConfig, TrainConfig, train_block_schema
+    from meldflow.config import config_schema
+    from meldflow.options import option_fields, options_table
+    from meldflow.training.options import LaunchConfig, TrainConfig
 
     if not a.table:
-        print(yaml.safe_dump(config_schema(train_block_schema()), sort_keys=False), end="")
+        print(yaml.safe_dump(config_schema(), sort_keys=False), end="")
         return
     launch = option_fields(LaunchConfig)
     print("## Settings\n\n" + options_table(option_fields(Settings)))
@@ -241,7 +243,7 @@ def _stage_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from meldflow.settings import option_fields
+    from meldflow.options import option_fields
     from meldflow.training.options import LaunchConfig, TrainConfig
 
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, plots)")

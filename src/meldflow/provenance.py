@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from meldflow import MeldflowError, __version__
-from meldflow.models.cache import sha256_file
+from meldflow.storage import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Atomic writes: a reader never sees a half-written file, a crash leaves no output.
+"""Atomic writes: a reader never sees a half-written file, a crash leaves no output; and the
+one file hash (``sha256_file``) every check of a written file compares.
 
 Files get the mode the umask gives any new file (0644 under 022, 0664 under 002), so a
 cache or results folder written by one user is readable by colleagues. ``mkstemp``, which
@@ -8,6 +9,7 @@ the temporary names come from, would otherwise leave every file 0600.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -19,6 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 _UMASK_LOCK = threading.Lock()
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def current_umask() -> int:

@@ -6,13 +6,13 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from meldflow import MeldflowError
-from meldflow.settings import Settings, check_config_file, flags, step_flags
+from meldflow.config import check_config_file, typed_config
+from meldflow.settings import Settings, flags, step_flags
 from meldflow.slurm.plugin import patch_slurm_plugin
 from meldflow.annotations import find_csv
 from meldflow.preprocess.layout import check_clip_folder
 from meldflow.training.options import (EXPERIMENT_NAME, experiment_runs, launch_config,
-                                       needs_clips, off_cluster_runs, resolve_executor,
-                                       typed_config)
+                                       needs_clips, off_cluster_runs, resolve_executor)
 
 # Before any work, with the checks `meldflow` applies to its own flags: the settings, and
 # every run's training options (train: with each experiment's overrides). sacct reports a

@@ -14,16 +14,11 @@ import shutil
 from pathlib import Path
 
 from meldflow import MeldflowError
-from meldflow.storage import write_text
+from meldflow.storage import sha256_file, write_text
 
 
 def hub_cache(hf_home: str | Path) -> Path:
     return Path(hf_home) / "hub"
-
-
-def sha256_file(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _git_blob_sha1(path: Path) -> str:

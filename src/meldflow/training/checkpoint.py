@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from meldflow import MeldflowError
-from meldflow.storage import temporary_beside, write_text
+from meldflow.storage import sha256_file, temporary_beside, write_text
 
 log = logging.getLogger("meldflow.training")
 
@@ -85,11 +85,6 @@ def save(obj: dict, folder: Path, identity: str, step: int) -> Path:
     return new
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def check(folder: Path, name: str, identity: str) -> str | None:
     """Why checkpoint ``name`` in ``folder`` must not be resumed (``None``: it verifies).
 
@@ -111,7 +106,7 @@ def check(folder: Path, name: str, identity: str) -> str | None:
     size = data.stat().st_size
     if size != expected[1]:
         return f"{size} bytes where {expected[1]} were written (truncated or cut short)"
-    if _sha256(data) != expected[0]:
+    if sha256_file(data) != expected[0]:
         return "its SHA-256 does not match the one recorded when it was written (damaged)"
     return None
 

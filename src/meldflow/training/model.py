@@ -131,7 +131,7 @@ CHECKSUMS_FILE = "checksums.json"
 
 
 def _file_hashes(folder: Path) -> dict[str, str]:
-    from meldflow.models.cache import sha256_file
+    from meldflow.storage import sha256_file
 
     return {p.name: sha256_file(p) for p in sorted(folder.iterdir())
             if p.is_file() and p.name != CHECKSUMS_FILE}

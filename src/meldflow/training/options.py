@@ -15,16 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meldflow import MeldflowError
+from meldflow.options import check, default_of, option, option_fields, option_schema
 from meldflow.preprocess.status import FLAGS
-from meldflow.settings import (
-    Settings,
-    check,
-    default_of,
-    from_text,
-    option,
-    option_fields,
-    option_schema,
-)
+from meldflow.settings import Settings
 
 # Paths and models come from the workflow's settings (one definition each).
 _SETTING_DEFAULTS = {f.name: default_of(f) for f in dataclasses.fields(Settings)}
@@ -252,7 +245,8 @@ def configs_from_args(a) -> tuple[TrainConfig, LaunchConfig]:
     """`meldflow train`'s (TrainConfig, LaunchConfig) from its parsed command line: the
     definitions' defaults < the --options file < flags; shards are checked readable here,
     before anything is submitted."""
-    from meldflow.settings import given, step_fields
+    from meldflow.options import given
+    from meldflow.settings import step_fields
     from meldflow.training.dataset import open_parquet
 
     train_kw, launch_kw = read_options_file(a.options) if a.options else ({}, {})
@@ -309,19 +303,6 @@ def schema_defaults() -> dict:
 
 
 EXPERIMENT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"
-
-
-def typed_config(config: dict) -> dict:
-    """The whole config with text that spells a number or true/false read as the type its
-    setting has (``settings.from_text``): where the config enters, before any check.
-    ``--config 'train={epochs: 2}'`` and ``seeds=[0,1]`` reach the workflow as text."""
-    from meldflow.settings import config_schema
-
-    typed = from_text(dict(config), config_schema(train_block_schema()))
-    if isinstance(typed.get("experiments"), dict):  # each one overrides train:
-        typed["experiments"] = {name: from_text(over, train_block_schema())
-                                for name, over in typed["experiments"].items()}
-    return typed
 
 
 def experiment_runs(train: dict, experiments: dict | None,
