@@ -94,7 +94,7 @@ def test_two_streams_read_each_row_group_once_an_epoch(tmp_path, monkeypatch):
         "flags": pa.array([[]] * n, pa.list_(pa.string())),
         "wer": pa.array([None] * n, pa.float64())})
     pq.write_table(table, tmp_path / "shard.parquet", row_group_size=16)
-    source = Source([tmp_path / "shard.parquet"], modalities="text+vision")
+    source = Source([tmp_path / "shard.parquet"], None, "text+vision")
     assert len(source.units) == 4
     reads = collections.Counter()
     real = pq.ParquetFile.read_row_group

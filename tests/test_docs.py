@@ -42,3 +42,91 @@ def test_the_readmes_demo_output_is_what_make_demo_prints():
         if line.strip().startswith(("Done.", "Manifests:", "Training runs:", "Comparison:",
                                     "HTML report:", "Logs per job:")):
             assert f'@echo "{line}"' in make, line
+
+
+def anchors(markdown: str) -> set[str]:
+    """GitHub's anchors for a Markdown file's headings (lower case, punctuation dropped,
+    spaces as hyphens; a repeated heading gets -1, -2, ...)."""
+    out: set[str] = set()
+    text = re.sub(r"```.*?```", "", markdown, flags=re.S)
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        n, candidate = 0, slug
+        while candidate in out:
+            n += 1
+            candidate = f"{slug}-{n}"
+        out.add(candidate)
+    return out
+
+
+MARKDOWN = [REPO / "README.md", REPO / "CHANGELOG.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def link_problems(path, text: str) -> list[str]:
+    """Every relative link of a Markdown file whose file or section does not exist."""
+    problems = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", re.sub(r"```.*?```", "", text, flags=re.S)):
+        if re.match(r"[a-z]+:", target):
+            continue  # https:, mailto:
+        file, _, anchor = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        if not dest.exists():
+            problems.append(f"{path.name}: {target}: no such file")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest.read_text()):
+            problems.append(f"{path.name}: {target}: no such section")
+    return problems
+
+
+def test_every_link_in_the_readme_docs_and_changelog_resolves():
+    problems = [p for path in MARKDOWN for p in link_problems(path, path.read_text())]
+    assert not problems, problems
+
+
+def test_the_link_check_finds_a_missing_file_and_a_missing_section():
+    readme = REPO / "README.md"
+    found = link_problems(readme, "[a](docs/nothing.md) [b](docs/cluster.md#no-such-part) "
+                                  "[c](#performance) [d](https://example.org/x)")
+    assert found == ["README.md: docs/nothing.md: no such file",
+                     "README.md: docs/cluster.md#no-such-part: no such section"]
+
+
+CODE = [*(REPO / "src" / "meldflow").rglob("*.py"), *(REPO / "workflow").rglob("*.*"),
+        REPO / "Snakefile", REPO / "Makefile", *(REPO / "cluster").rglob("*.*"),
+        *(REPO / "config").glob("*.yaml"), *(REPO / "benchmarks").glob("*.py")]
+
+
+def reference_problems(text: str) -> list[str]:
+    """References to the docs in code, rules and profiles that point nowhere: a
+    `docs/X.md` that does not exist, its `#anchor` or `, "Section"` that it does not hold,
+    and the README cited by a section it does not have or by no section at all."""
+    problems = []
+    for file, anchor, section in re.findall(
+            r"\b(docs/[\w-]+\.md|README\.md)(?:#([\w-]+)|,? \"([^\"]+)\")?", text):
+        dest = REPO / file
+        if not dest.is_file():
+            problems.append(f"{file}: no such file")
+            continue
+        have = anchors(dest.read_text())
+        for wanted in filter(None, (anchor, section and re.sub(
+                r"[^\w\- ]", "", section.lower()).replace(" ", "-"))):
+            if wanted not in have:
+                problems.append(f"{file}: no section {anchor or section!r}")
+    for vague in re.findall(r"(?:the|in the) README(?:'s)?\b(?!\.md)[^.\n]*", text):
+        problems.append(f"cites the README without saying where: {vague!r}")
+    return problems
+
+
+def test_every_reference_to_the_docs_in_code_rules_and_profiles_resolves():
+    problems = [f"{path.relative_to(REPO)}: {p}" for path in CODE if path.is_file()
+                for p in reference_problems(path.read_text(errors="replace"))]
+    assert not problems, problems
+
+
+def test_the_reference_check_finds_stale_references():
+    assert reference_problems('see docs/cluster.md, "Sizing a full MELD run"') == []
+    assert reference_problems('(docs/cluster.md, "Partitions of old")') == [
+        "docs/cluster.md: no section 'Partitions of old'"]
+    assert reference_problems("docs/nothing.md") == ["docs/nothing.md: no such file"]
+    assert reference_problems("README.md#performance") == []
+    assert reference_problems("shards (schema in the README).") == [
+        "cites the README without saying where: 'in the README)'"]

@@ -24,7 +24,9 @@ from meldflow import MeldflowError
 def option(default: Any, help: str, **meta: Any):
     """A dataclass field that is a user-facing setting. ``meta``: ``choices``, ``type``
     (when the default is None), ``minimum``, ``maximum``, ``exclusive_minimum``, ``steps``
-    (the subcommands that take it as a flag), ``group``."""
+    (the subcommands that take it as a flag), ``recorded`` (the steps whose output records
+    its value, and which ``meldflow predict`` repeats), ``identity`` (False: not part of a
+    training run's identity), ``group``."""
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default),
                      metadata={"help": help, **meta})

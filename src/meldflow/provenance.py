@@ -5,8 +5,9 @@ resolved training options, the model (repo, resolved revision, the hash of every
 the training data (the content checksum of every shard or CSV it reads, dev and test
 included, since dev picks the best epoch). Paths are not part of it (moving the results
 folder changes nothing), and neither are the options that change how a run computes but
-not what (``IDENTITY_EXCLUDED``). A checkpoint resumes only into a run of the same
-identity; a run folder that holds another identity is moved aside first (``claim_run_dir``).
+not what (those defined with ``identity=False``). A checkpoint resumes only into a run of
+the same identity; a run folder that holds another identity is moved aside first
+(``claim_run_dir``).
 """
 
 from __future__ import annotations
@@ -30,10 +31,6 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 LEGACY_RUN = ("checkpoint", "best", "metrics.json")
-# Paths (their content is in the identity instead) and options shown by tests to leave the
-# weights unchanged: loader workers, checkpoint frequency.
-IDENTITY_EXCLUDED = ("out", "hf_home", "train", "dev", "test", "train_csv", "dev_csv",
-                     "test_csv", "loader_workers", "checkpoint_every")
 
 
 def data_checksums(paths: list[str] | None, csv: str | None) -> list[str]:
@@ -48,7 +45,8 @@ def data_checksums(paths: list[str] | None, csv: str | None) -> list[str]:
 def run_identity(cfg: Any, streams: int, model_revision: str,
                  model_files: dict[str, str]) -> dict:
     """{"digest", "parts"} of a training run (see the module docstring)."""
-    options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in IDENTITY_EXCLUDED}
+    options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+               if f.metadata.get("identity", True)}  # option metadata: meldflow.options
     options["streams"] = streams
     parts = {
         "options": options,

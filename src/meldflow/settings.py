@@ -15,12 +15,23 @@ import argparse
 import dataclasses
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 from meldflow import MeldflowError
-from meldflow.options import check, flag, given, option, option_fields, option_schema
+from meldflow.options import (
+    check,
+    default_of,
+    flag,
+    given,
+    option,
+    option_fields,
+    option_schema,
+)
 
-SAMPLE = "src/meldflow/data/sample"
+SAMPLE = "src/meldflow/data/sample"  # the default meld_dir, as a user in the repo sees it
+SAMPLE_DIR = Path(__file__).parent / "data" / "sample"  # the same folder, from anywhere
 TINY_FLORENCE = "meldflow/florence2-tiny-random"  # built offline by `meldflow stage`
+WINDOW_SECONDS = 30  # what Whisper hears at once: the most clips can be packed into
 
 
 @dataclass(frozen=True)
@@ -38,25 +49,28 @@ class Settings:
                              minimum=1, steps=("ingest",))
     # --- frames
     frames_per_utterance: int = option(8, "frames kept per clip, spread evenly over it",
-                                       minimum=1, maximum=64, steps=("frames",))
+                                       minimum=1, maximum=64, steps=("frames",),
+                                       recorded=("frames",))
     frame_size: int = option(256, "longer side of each JPEG frame in pixels (aspect kept)",
-                             minimum=16, maximum=2048, steps=("frames",))
+                             minimum=16, maximum=2048, steps=("frames",), recorded=("frames",))
     max_clip_seconds: float = option(30.0, "only this much of a (mis-cut) clip is decoded "
                                      "and transcribed", exclusive_minimum=0,
-                                     steps=("frames", "transcribe"))
+                                     steps=("frames", "transcribe"),
+                                     recorded=("frames", "transcribe"))
     # --- transcription
     whisper_model: str = option("tiny.en", "faster-whisper model name (small.en, large-v3) "
-                                "or Hub repo id", steps=("transcribe", "stage"))
+                                "or Hub repo id", steps=("transcribe", "stage"),
+                                recorded=("transcribe",))
     whisper_device: str = option("auto", "auto: CUDA if a probe in a subprocess works, else "
                                  "the CPU (int8)", choices=("auto", "cpu", "cuda"),
                                  steps=("transcribe",))
     whisper_beam_size: int = option(5, "beam width; 1 (greedy) is faster but clearly less "
                                     "accurate on these clips", minimum=1,
-                                    steps=("transcribe",))
+                                    steps=("transcribe",), recorded=("transcribe",))
     whisper_pack_seconds: float = option(28.0, "short clips share Whisper windows of up to "
                                          "this many seconds (one encoder pass); 0: one clip "
-                                         "per call", minimum=0, maximum=30,
-                                         steps=("transcribe",))
+                                         "per call", minimum=0, maximum=WINDOW_SECONDS,
+                                         steps=("transcribe",), recorded=("transcribe",))
     whisper_batch_size: int = option(16, "on a GPU, clips decoded together, one clip per "
                                      "chunk (faster-whisper's batched pipeline); 0: packed "
                                      "windows, as on the CPU (where this is not used)",
@@ -105,6 +119,18 @@ WORKFLOW_ONLY = ("train", "experiments", "seeds")  # config keys that are not Se
 def settings_schema() -> dict:
     return {"type": "object",
             "properties": {f.name: option_schema(f) for f in option_fields(Settings)}}
+
+
+def setting_default(name: str):
+    """The default of one setting, from its definition (for a library signature)."""
+    return default_of(next(f for f in option_fields(Settings) if f.name == name))
+
+
+def recorded_settings(step: str) -> tuple[str, ...]:
+    """The settings whose values ``step``'s output records (the shards' metadata), by name:
+    what decides that output, and what ``meldflow predict`` repeats for new clips."""
+    return tuple(f.name for f in option_fields(Settings)
+                 if step in f.metadata.get("recorded", ()))
 
 
 def step_fields(step: str) -> list[dataclasses.Field]:

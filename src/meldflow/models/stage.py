@@ -16,7 +16,7 @@ from pathlib import Path
 from meldflow import MeldflowError
 from meldflow.models.cache import cached_snapshot, hub_cache, place_in_cache, verify_snapshot
 from meldflow.models.tiny_florence import build_tiny_florence, sample_texts
-from meldflow.settings import TINY_FLORENCE
+from meldflow.settings import SAMPLE_DIR, TINY_FLORENCE, setting_default
 from meldflow.storage import write_text
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,8 @@ FLORENCE_FILES = ("config.json", "model.safetensors", "preprocessor_config.json"
 
 
 def stage_florence(hf_home: str | Path, florence_repo: str = TINY_FLORENCE,
-                   florence_revision: str = "main", meld_dir: str | Path | None = None) -> dict:
+                   florence_revision: str = setting_default("florence_revision"),
+                   meld_dir: str | Path | None = None) -> dict:
     """Make a native-transformers Florence-2 checkpoint loadable offline from ``hf_home``.
 
     ``TINY_FLORENCE`` (the default) is built here, offline: a tiny random model whose
@@ -250,7 +251,7 @@ def stage_florence(hf_home: str | Path, florence_repo: str = TINY_FLORENCE,
                      "path": str(snap)}
         else:
             if meld_dir is None:
-                meld_dir = Path(__file__).parents[1] / "data" / "sample"
+                meld_dir = SAMPLE_DIR
             import tempfile
 
             with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """Join annotation, transcript and frames per utterance into the training shards.
 
-Owns ``results/aligned/{split}/shard-NNNN.parquet`` (schema in the README).
+Owns ``results/aligned/{split}/shard-NNNN.parquet`` (schema: docs/shards.md).
 """
 
 from __future__ import annotations

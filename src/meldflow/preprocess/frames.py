@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from meldflow.preprocess.probe import ClipError, clip_info, duration_flag, last_line
 from meldflow.preprocess.status import NO_CLIP
-from meldflow.settings import Settings
+from meldflow.settings import Settings, recorded_settings
 from meldflow.storage import write_table
 
 FRAMES_SCHEMA = pa.schema([
@@ -171,7 +171,7 @@ def frames_for_rows(rows: pa.Table, settings: Settings, workers: int = 1) -> pa.
     return pa.table(cols, schema=FRAMES_SCHEMA)
 
 
-FRAME_SETTINGS = ("frames_per_utterance", "frame_size", "max_clip_seconds")
+FRAME_SETTINGS = recorded_settings("frames")
 
 
 def frame_settings(settings: Settings) -> dict:

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from meldflow.preprocess.audio import SAMPLE_RATE
+from meldflow.settings import WINDOW_SECONDS
 
 FRAMES_PER_SECOND = 50  # Whisper's encoder frames and timestamp tokens are 20 ms apart
-WINDOW_FRAMES = 1500  # one 30 s window
+WINDOW_FRAMES = WINDOW_SECONDS * FRAMES_PER_SECOND
 # Encoder frames of the gap kept on each side of a clip: 0.1 s. Measured on 90 clips
 # whose speech runs to both edges: WER 0.160 with none, 0.132 with 5, 0.158 with 10,
 # 0.187 with 20 (more of the gap brings more of the neighbours' context).
@@ -68,7 +69,7 @@ class SharedWindow:
     def silence(self) -> np.ndarray:
         """The encoding of a silent window, in place of everything outside a clip."""
         if self._silence is None:
-            self._silence = self._encode([np.zeros(30 * SAMPLE_RATE, np.float32)])
+            self._silence = self._encode([np.zeros(WINDOW_SECONDS * SAMPLE_RATE, np.float32)])
         return self._silence
 
     def decode(self, audios: list[np.ndarray], gap_s: float) -> list[Decoded]:

@@ -26,7 +26,7 @@ from meldflow.preprocess.shared_window import MARGIN_FRAMES, SharedWindow
 from meldflow.preprocess.status import NO_CLIP
 from meldflow.preprocess.wer import word_error_rate
 from meldflow.preprocess.whisper_model import choose_device, model_dir
-from meldflow.settings import Settings
+from meldflow.settings import WINDOW_SECONDS, Settings, recorded_settings
 from meldflow.storage import write_table
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,6 @@ class AsrResult:
     wer: float | None = None
 
 
-WINDOW_SECONDS = 30  # what Whisper hears at once
 # How a clip transcribed alone is decoded (Transcriber._alone says why); in the shards.
 ALONE_OPTIONS = {"temperature": 0.0, "no_repeat_ngram_size": 3}
 
@@ -334,8 +333,7 @@ def check_not_deaf(results: list[AsrResult], transcriber: Transcriber) -> None:
 
 # The settings a transcript depends on, by name: recorded in the shards, repeated by
 # `meldflow predict` for a model trained on transcripts.
-WHISPER_SETTINGS = ("whisper_model", "whisper_beam_size", "whisper_pack_seconds",
-                    "max_clip_seconds")
+WHISPER_SETTINGS = recorded_settings("transcribe")
 
 
 def run_transcribe(rows: pa.Table, out: str | Path, settings: Settings,

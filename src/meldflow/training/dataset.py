@@ -71,8 +71,8 @@ def open_parquet(path: str) -> pq.ParquetFile:
 class Source:
     """Rows of one split, addressable by row group; loads a group's columns on demand."""
 
-    def __init__(self, paths: list[str | Path] | None = None, csv: str | Path | None = None,
-                 modalities: str = "text+vision", exclude: Exclude | None = None):
+    def __init__(self, paths: list[str | Path] | None, csv: str | Path | None,
+                 modalities: str, exclude: Exclude | None = None):
         self.modalities = modalities
         self.excluded = 0
         self.units: list[Unit] = []

@@ -17,10 +17,8 @@ from pathlib import Path
 from meldflow import MeldflowError
 from meldflow.options import check, default_of, option, option_fields, option_schema
 from meldflow.preprocess.status import FLAGS
-from meldflow.settings import Settings
+from meldflow.settings import Settings, setting_default
 
-# Paths and models come from the workflow's settings (one definition each).
-_SETTING_DEFAULTS = {f.name: default_of(f) for f in dataclasses.fields(Settings)}
 # Earlier names of fields, read in old options files and model folders.
 RENAMED = {"model_repo": "florence_repo", "revision": "florence_revision"}
 
@@ -29,16 +27,19 @@ RENAMED = {"model_repo": "florence_repo", "revision": "florence_revision"}
 class TrainConfig:
     """What is trained, on what, and how. Paths first (set by the workflow or by hand)."""
 
-    out: str
-    hf_home: str
-    train: list[str] = field(default_factory=list)  # aligned shards
-    dev: list[str] = field(default_factory=list)
-    test: list[str] = field(default_factory=list)
-    train_csv: str | None = None  # text-only runs straight from annotation CSVs
-    dev_csv: str | None = None
-    test_csv: str | None = None
-    florence_repo: str = _SETTING_DEFAULTS["florence_repo"]
-    florence_revision: str = _SETTING_DEFAULTS["florence_revision"]
+    # Paths are not part of a run's identity (what they hold is: run.json's data checksums).
+    out: str = field(metadata={"identity": False})
+    hf_home: str = field(metadata={"identity": False})
+    train: list[str] = field(default_factory=list, metadata={"identity": False})  # shards
+    dev: list[str] = field(default_factory=list, metadata={"identity": False})
+    test: list[str] = field(default_factory=list, metadata={"identity": False})
+    # text-only runs straight from annotation CSVs
+    train_csv: str | None = field(default=None, metadata={"identity": False})
+    dev_csv: str | None = field(default=None, metadata={"identity": False})
+    test_csv: str | None = field(default=None, metadata={"identity": False})
+    # the model comes from the workflow's settings (one definition each)
+    florence_repo: str = setting_default("florence_repo")
+    florence_revision: str = setting_default("florence_revision")
     # --- options (config `train:` block, `meldflow train --<name>`) ---
     modalities: str = option("text+vision", "what the model reads",
                              choices=["text", "vision", "text+vision"])
@@ -65,14 +66,16 @@ class TrainConfig:
     seed: int = option(0, "seed of the initial heads, data order and augmentation",
                       minimum=0)
     checkpoint_every: int = option(20, "optimizer steps between checkpoints (also at "
-                                   "every epoch end)", minimum=1)
+                                   "every epoch end)", minimum=1,
+                                   identity=False)  # tested to leave the weights unchanged
     streams: int = option(0, "data streams: 0 = one per rank; fix it to train the same "
                           "batches on any number of GPUs", minimum=0)
     max_steps: int = option(0, "stop after this many steps (0: whole epochs)", minimum=0)
     eval_batch: int = option(16, "samples per evaluation batch", minimum=1)
     loader_workers: int = option(-1, "reader processes per rank; -1: up to 4 on a GPU "
                                  "(from its CPUs), none on the CPU, where they would "
-                                 "compete with the step", minimum=-1)
+                                 "compete with the step", minimum=-1,
+                                 identity=False)  # tested to leave the weights unchanged
     exclude_flags: list[str] = option([], "leave training rows with any of these flags out "
                                       "(see results/manifest/audit.tsv); dev and test stay "
                                       "whole", choices=list(FLAGS))
@@ -287,19 +290,6 @@ def check_options(options: dict, where: str) -> None:
     ``train:`` block, any subset) break a definition. The one check behind the config's
     ``train:`` block, every experiment, the options file and the command line."""
     check(train_block_schema(), options, where)
-
-
-def schema_defaults() -> dict:
-    """The config's ``train:`` block as these dataclasses define it (keys and defaults)."""
-    out: dict = {}
-    for cls in (LaunchConfig, TrainConfig):
-        for f in option_fields(cls):
-            default = default_of(f)
-            if f.metadata.get("group") == "slurm":
-                out.setdefault("slurm", {})[f.name] = default
-            else:
-                out[f.name] = default
-    return out
 
 
 EXPERIMENT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"
