@@ -321,8 +321,11 @@ def test_speech_to_a_clips_edge_stays_in_its_clip(hf_home, tmp_path):
         assert normalise_for_wer(first).split()[-1] in normalise_for_wer(heard[0]), heard
         for clip, row in zip(clips, out, strict=True):  # every word inside its clip's audio
             seconds = len(_samples(row | {"clip_path": str(clip)})) / 16000
-            assert all(0 <= w["start"] <= w["end"] <= seconds + 1e-3 for w in row["words"]), (
-                seconds, row["words"])
+            words = row["words"]
+            assert all(0 <= w["start"] <= w["end"] <= seconds + 1e-3 for w in words), (
+                seconds, words)
+            if clip.stem.endswith("a") or pairs[k][1]:  # speech from edge to edge: timed so
+                assert words[-1]["end"] - words[0]["start"] > seconds / 2, (seconds, words)
 
 
 def test_a_clip_with_several_audio_streams_is_heard_from_the_default_and_flagged(
@@ -350,3 +353,30 @@ def test_a_clip_with_several_audio_streams_is_heard_from_the_default_and_flagged
     assert "audio stream 2 of 2 (the default)" in out[0]["asr_reason"]
     assert "audio stream 1 of 2 (the default)" in out[1]["asr_reason"]
     assert [r["asr_flags"][:1] for r in out] == [["multiple_audio_streams"]] * 2
+
+
+def test_words_are_timed_in_their_clip_wherever_it_sits_in_the_window(hf_home, tmp_path):
+    """Eight clips fill one shared window (about 26 s): each clip's words are timed as the
+    clip alone times them, the last ones too (the alignment once covered only the
+    window's first 15 s, and later clips' words all came back at 0.0 s)."""
+    import statistics
+
+    from meldflow.preprocess.transcribe import Transcriber, transcribe_rows
+
+    texts = ["Nobody remembered my birthday.", "We should probably order lunch soon.",
+             "Stop touching my stuff.", "I cannot believe you did that.",
+             "Could you pass the salt, please?", "I think someone is following us.",
+             "She said she'd call back later.", "Don't you dare walk away from me."]
+    clips = [tight_clip(tmp_path / f"{i}.mp4", t) for i, t in enumerate(texts)]
+    t = Transcriber(whisper_settings(hf_home))
+    out = transcribe_rows(clip_rows(clips, texts), t).to_pylist()
+    seconds = [len(_samples({"clip_path": str(c)})) / 16000 for c in clips]
+    assert sum(seconds) + len(clips) - 1 <= t.pack_seconds  # one window
+    for row, clip, length in zip(out, clips, seconds, strict=True):
+        alone = t._alone(_samples({"clip_path": str(clip)}))[1]
+        pairs = [(w, a) for w, a in zip(row["words"], alone, strict=False)
+                 if w["word"] == a["word"]]
+        assert len(pairs) >= len(alone) - 2, (row["transcript"], alone)
+        gaps = [abs(w[k] - a[k]) for w, a in pairs for k in ("start", "end")]
+        assert statistics.median(gaps) < 0.1, (row["dialogue_id"], row["words"], alone)
+        assert row["words"][-1]["end"] > length / 2, (length, row["words"])

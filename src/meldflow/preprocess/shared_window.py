@@ -108,7 +108,8 @@ class SharedWindow:
             return_no_speech_prob=True)
         tokens = [self._inside(r.sequences_ids[0], f1) for r, (_, f1) in zip(results, spans,
                                                                             strict=True)]
-        timings = self.model.find_alignment(tok, tokens, masked_view, WINDOW_FRAMES)
+        # find_alignment counts log-mel frames (two per encoder frame), not encoder frames
+        timings = self.model.find_alignment(tok, tokens, masked_view, 2 * WINDOW_FRAMES)
         return [self._judge(r, text_tokens, timing, b0, b1) for r, text_tokens, timing, (
             _, b0, b1) in zip(results, tokens, timings, bounds, strict=True)]
 
