@@ -29,21 +29,16 @@ Run: .venv/bin/python benchmarks/bench_preprocess.py [--clips 88] [--repeats 2]
 from __future__ import annotations
 
 import argparse
-import collections
-import csv
 import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from meld_like import SHARED_CSV, make_clips, make_meld_like_clips
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+from workflow_run import SNAKEMAKE, audit_share, dag_transcripts, job_times, run_workflow, write_csv
 
 
 def transcription_breakdown(model, clips, repeats: int = 1) -> list[tuple[str, float]]:
@@ -83,11 +78,6 @@ def transcription_breakdown(model, clips, repeats: int = 1) -> list[tuple[str, f
             ("word timestamps (alignment)", (t_full - t_nowords) / t_full)]
 
 
-def _timestamp(seconds: float) -> str:
-    ms = round(seconds * 1000)
-    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
-
-
 def corpus_wer(clips, hypotheses) -> float:
     """Word errors over all clips / reference words (MELD papers' convention)."""
     import jiwer
@@ -96,16 +86,6 @@ def corpus_wer(clips, hypotheses) -> float:
 
     return float(jiwer.wer([normalise_for_wer(g) for _, g in clips],
                            [normalise_for_wer(h or "") for h in hypotheses]))
-
-
-def dag_transcripts(work: Path) -> list[str]:
-    """The DAG's transcripts in clip order (dialogue_id is the clip's index)."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(sorted((work / "results" / "transcripts" / "train").glob("*.parquet")))
-    by_id = dict(zip(table.column("dialogue_id").to_pylist(),
-                     table.column("transcript").to_pylist(), strict=True))
-    return [by_id[i] for i in range(len(by_id))]
 
 
 def moved_words(clips, alone: list[str], ours: list[str]) -> tuple[int, int, str]:
@@ -148,50 +128,6 @@ def our_frames(clips, k: int):
     for c, _ in clips:
         res = extract_frames(c, frames_per_utterance=k, frame_size=256, max_clip_seconds=30.0)
         assert res.status == "ok" and len(res.frames) == k, res.reason
-
-
-def run_workflow(work: Path, meld: Path, hf: Path, shard_size: int) -> float:
-    """Seconds of `snakemake --cores 2 preprocess` on ``meld``'s train split, from scratch."""
-    import yaml
-
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config.update({"meld_dir": str(meld), "hf_home": str(hf), "splits": ["train"],
-                   "shard_size": shard_size})
-    (work / "config").mkdir(parents=True)
-    (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    start = time.perf_counter()
-    proc = subprocess.run([str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(work),
-                           "--cores", "2", "preprocess"], capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if proc.returncode:
-        raise RuntimeError(f"snakemake failed:\n{proc.stderr[-3000:]}")
-    return elapsed
-
-
-def job_times(work: Path) -> dict[str, tuple[float, float]]:
-    """(sum of seconds, largest max RSS in MB) per rule, from the DAG's benchmark files
-    (Snakemake samples memory every 0.5 s)."""
-    out: dict[str, tuple[float, float]] = {}
-    root = work / "results" / "benchmarks"
-    for tsv in sorted(root.rglob("*.tsv")):
-        rule = tsv.relative_to(root).parts[0].removesuffix(".tsv")
-        with tsv.open() as f:
-            row = next(csv.DictReader(f, delimiter="\t"))
-        rss = float(row["max_rss"]) if row["max_rss"] not in ("", "NA", "-") else 0.0
-        seconds, peak = out.get(rule, (0.0, 0.0))
-        out[rule] = (seconds + float(row["s"]), max(peak, rss))
-    return out
-
-
-def write_csv(meld: Path, clips, times) -> None:
-    """The train split's annotation CSV for ``clips``: their text and CSV times."""
-    with (meld / "train_sent_emo.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
-                    "Utterance_ID", "Season", "Episode", "StartTime", "EndTime"])
-        for i, ((_, text), (start, end)) in enumerate(zip(clips, times, strict=True)):
-            w.writerow([i + 1, text, "A", "neutral", "neutral", i, 0, 1, 1,
-                        _timestamp(start), _timestamp(end)])
 
 
 def prepare(args, meld: Path, audio_short_s: float, tight: bool = False):
@@ -295,17 +231,6 @@ def bench_transcription(clips, times, hf: Path, repeats: int) -> dict:
     return {"naive_s": statistics.median(t_naive), "wer_naive": wer_naive,
             "wer_ours": wer_ours, "speed": speed, "model": naive_model, "moved": moved,
             "naive_txt": naive_txt}
-
-
-def audit_share(work: Path) -> tuple[int, int, collections.Counter]:
-    """(rows the audit lists, rows in all, how often each reason) of a `preprocess` run."""
-    import pyarrow.parquet as pq
-
-    with (work / "results" / "manifest" / "audit.tsv").open() as f:
-        listed = list(csv.DictReader(f, delimiter="\t"))
-    why = collections.Counter(w for r in listed for w in r["why"].split(","))
-    total = pq.read_metadata(work / "results" / "manifest" / "train.parquet").num_rows
-    return len(listed), total, why
 
 
 def bench_dag(work: Path, meld: Path, hf: Path, clips, args, frames: dict, asr: dict) -> dict:

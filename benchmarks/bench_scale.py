@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_preprocess import job_times, run_workflow, write_csv
 from meld_like import SHARED_CSV, make_meld_like_clips
+from workflow_run import job_times, run_workflow, write_csv
 
 STEPS = ("ingest", "transcribe", "frames", "align", "manifest", "summary")
 

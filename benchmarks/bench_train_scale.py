@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from bench_preprocess import run_workflow, write_csv
 from meld_like import SHARED_CSV, make_meld_like_clips
+from workflow_run import run_workflow, write_csv
 
 
 def frame_pool(tmp: Path) -> Path:
