@@ -1,0 +1,253 @@
+"""Helpers of the SLURM tests: the local cluster's daemons, sacct and squeue, Snakemake
+with the SLURM profile, and the faults the tests inject."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from conftest import (
+    BIN,
+    REPO,
+    env_with_venv,
+    make_workdir,
+)
+
+RUN = Path("results/train/default/seed-0")  # the default config's one training run
+
+
+def daemons(action: str, daemon: str) -> None:
+    """Stop, kill or start one daemon of the local cluster, known by the pid file up.sh's
+    daemons write: never a daemon of a SLURM that up.sh did not start."""
+    subprocess.run(["bash", str(REPO / "cluster" / "local-slurm" / "daemons.sh"), action,
+                    daemon], check=True)
+
+
+def sacct(*args):
+    out = subprocess.run(["sacct", "-X", "-P", "-n", *args], capture_output=True, text=True,
+                         check=True).stdout
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+def slurm_workdir(root, hf_home, **overrides):
+    """A working folder for `--profile cluster/slurm` (the profile names no config file:
+    the workflow's own config/config.yaml is read, as in the project folder)."""
+    return make_workdir(root, hf_home, **overrides)
+
+
+def start_snakemake(work, log_path, *args, env=None):
+    """Snakemake with the SLURM profile in the background, its output in ``log_path``."""
+    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores",
+             "2", "--profile", str(REPO / "cluster" / "slurm"), *args],
+            cwd=work, env=env or env_with_venv(), stdout=log, stderr=subprocess.STDOUT)
+
+
+def signal_training_once(work, proc, timeout=900):
+    """Once training has checkpointed, send its job the signal SLURM sends on preemption
+    or near the time limit (USR2 to every task); returns the job id."""
+    job_file = work / RUN / "job.json"
+    ckpt = work / RUN / "checkpoint" / "state.pt"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if job_file.is_file() and ckpt.is_file():
+            job_id = json.loads(job_file.read_text())["job_id"]
+            subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+            start_requeued_now(job_id)
+            return job_id
+        time.sleep(0.5)
+    return None
+
+
+# The first ffmpeg call in a run outlives its job's 1-minute limit; later calls are the
+# real ffmpeg. (mkdir is atomic: exactly one job gets the slow call.)
+SLOW_FIRST_FFMPEG = """#!/bin/sh
+if mkdir "{marker}" 2>/dev/null; then sleep 150; fi
+exec {ffmpeg} "$@"
+"""
+
+
+def squeue_ids() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    return out.split()
+
+
+def wait_until(condition, limit_s: float, what: str) -> None:
+    """Wait for ``condition``, not for a fixed time."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def squeue_running(prefix):
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%k"], capture_output=True,
+                         text=True).stdout
+    return [line.split("|")[0] for line in out.splitlines()
+            if line.split("|")[1] == "RUNNING" and line.split("|")[2].startswith(prefix)]
+
+
+def status_once_resubmitted(work, cancelled, proc, timeout=240):
+    """`meldflow status --json`, polled while the workflow runs, until the cancelled job
+    is linked to its resubmission; the run must still be going then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([sys.executable, "-m", "meldflow.cli", "status", "--dir",
+                              str(work), "--json"], capture_output=True, text=True,
+                             check=True).stdout
+        live = json.loads(out)
+        row = next((j for j in live["jobs"] if j["job_id"] == cancelled), None)
+        if row and " → job " in row["explanation"]:
+            assert proc.poll() is None, "the run ended before status was checked"
+            return live
+        time.sleep(1)
+    raise AssertionError(f"status never linked job {cancelled} to its resubmission:\n{out}")
+
+
+def start_requeued_now(job_id, timeout=60):
+    """SLURM holds a requeued job back (BeginTime about 2 minutes ahead); as an admin
+    would, let it start at once."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"],
+                             capture_output=True, text=True).stdout.strip()
+        if out.startswith("PENDING"):
+            subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"],
+                           capture_output=True)
+            return
+        time.sleep(0.3)
+
+
+def settled_history(job_id, timeout=60):
+    """The states of every run of a job (sacct -D), once accounting has its end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        history = [line[1] for line in sacct("-D", "-j", job_id, "-o", "JobID,State")]
+        if history and history[-1] not in ("RUNNING", "PENDING", "REQUEUED") \
+                or time.monotonic() > deadline:
+            return history
+        time.sleep(1)
+
+
+# ffmpeg stand-in for fault tests. The first call (of a whole run) holds 2.6 GB, past a
+# first try's 2 GB: the kernel kills it and SLURM ends its job OUT_OF_MEMORY. The first
+# call in any other job sleeps, so that its job can be caught running. Every later call is
+# the real ffmpeg. (mkdir is atomic: one job gets each fault.)
+FAULTY_FFMPEG = """#!/bin/sh
+if mkdir "{marker}-oom" 2>/dev/null; then
+  echo "$SLURM_JOB_ID" > "{marker}-oom/job"
+  {python} -c "import time; x = b'1' * (2600 * 2**20); time.sleep(30)"
+  exit 1
+fi
+if [ "$SLURM_JOB_ID" != "$(cat "{marker}-oom/job" 2>/dev/null)" ] \\
+   && mkdir "{marker}-slow" 2>/dev/null; then
+  echo "$SLURM_JOB_ID" > "{marker}-slow/job"
+  sleep {sleep}
+fi
+exec {ffmpeg} "$@"
+"""
+
+
+def faulty_ffmpeg(tmp_path, oom=True, sleep=300):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    if not oom:
+        (tmp_path / "fault-oom").mkdir()
+    (fake / "ffmpeg").write_text(FAULTY_FFMPEG.format(
+        marker=tmp_path / "fault", python=sys.executable, ffmpeg=shutil.which("ffmpeg"),
+        sleep=sleep))
+    (fake / "ffmpeg").chmod(0o755)
+    env = env_with_venv()
+    env["PATH"] = f"{fake}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def fail_node(node, job):
+    """What a node's power loss does: its slurmd and every process of the job it runs die
+    at once, and SLURM marks it down (its jobs end NODE_FAIL)."""
+    daemons("kill", f"slurmd-{node}")
+    for proc in Path("/proc").iterdir():
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"SLURM_JOB_ID={job}".encode() in env or cmd.startswith(f"slurmstepd: [{job}.".encode()):
+            try:
+                os.kill(int(proc.name), 9)
+            except (ProcessLookupError, ValueError):
+                pass
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=down",
+                    "reason=meldflow-test"], check=True)
+
+
+def wait_node_up(node, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True,
+                               text=True).stdout.strip()
+        if state in ("idle", "mixed", "allocated"):
+            return
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"],
+                       capture_output=True)
+        time.sleep(0.5)
+    raise AssertionError(f"node {node} did not come back")
+
+
+def tries_of(start):
+    """{comment: [(job id, state, ReqMem, NodeList, Start, End)]} of the shard jobs; a job
+    whose step the kernel killed for memory counts as OUT_OF_MEMORY (the job itself may
+    only say FAILED)."""
+    out = subprocess.run(["sacct", "-P", "-n", "-S", start, "-o",
+                          "JobIDRaw,Comment%200,State%40,ReqMem,NodeList%40,Start,End"],
+                         capture_output=True, text=True, check=True).stdout
+    jobs, oom = {}, set()
+    for rec in (line.split("|") for line in out.splitlines() if line):
+        if "." in rec[0]:
+            if rec[2].startswith("OUT_OF_MEMORY"):
+                oom.add(rec[0].split(".")[0])
+        elif rec[1].startswith("rule_"):
+            jobs[rec[0]] = rec
+    tries = {}
+    for job, rec in jobs.items():
+        state = "OUT_OF_MEMORY" if job in oom else rec[2].split()[0]
+        tries.setdefault(rec[1], []).append((int(job), state, *rec[3:]))
+    return {c: sorted(v) for c, v in tries.items()}
+
+
+def assert_same_shards(work, preprocessed, split="train"):
+    for local in sorted((preprocessed / "results" / "aligned" / split).glob("*.parquet")):
+        remote = work / "results" / "aligned" / split / local.name
+        assert pq.read_table(remote).equals(pq.read_table(local)), remote
+
+
+def monitor_mb(text):
+    from meldflow.slurm.accounting import to_mb
+
+    return to_mb(text)
+
+
+def daemon_up(name, check_cmd):
+    """Start a SLURM daemon of the local cluster again if it is not running, and wait
+    until it answers."""
+    daemons("start", name)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if subprocess.run(check_cmd, capture_output=True).returncode == 0:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{name} did not come back")
+
+
+def readme_command(fragment: str) -> list[str]:
+    """The README's command line that contains ``fragment``, split as the shell would."""
+    import shlex
+
+    lines = [line.split("#")[0] for line in (REPO / "README.md").read_text().splitlines()
+             if fragment in line]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0])
