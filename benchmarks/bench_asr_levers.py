@@ -85,9 +85,9 @@ def main() -> None:
     args = ap.parse_args()
     from faster_whisper import WhisperModel
 
-    from meldflow.models.stage import stage_whisper
+    from meldflow.model_cache.stage import stage_whisper
+    from meldflow.model_cache.whisper import model_dir
     from meldflow.preprocess.wer import words_moved
-    from meldflow.preprocess.whisper_model import model_dir
 
     os.environ["TQDM_DISABLE"] = "1"
     hf = Path(tempfile.mkdtemp(prefix="meldflow-levers-")) / "hf"

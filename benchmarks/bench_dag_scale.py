@@ -23,12 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from meldflow.annotations import CLIP_DIRS
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "meld"
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 SAMPLE_CLIP = REPO / "src" / "meldflow" / "data" / "sample" / "train_splits" / "dia0_utt0.mp4"
-CLIP_DIRS = {"train": "train_splits", "dev": "dev_splits_complete",
-             "test": "output_repeated_splits_test"}
 TEST_ROWS, TEST_DIALOGUES = 2610, 280
 
 

@@ -52,8 +52,8 @@ def build(args, levers: bool = True):
     from transformers import Florence2ForConditionalGeneration
 
     from meldflow.labels import EMOTIONS
+    from meldflow.training.classifier import EmotionClassifier
     from meldflow.training.loop import classification_loss
-    from meldflow.training.model import EmotionClassifier
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -27,9 +27,8 @@ SAMPLE = Path(__file__).resolve().parents[1] / "src" / "meldflow" / "data" / "sa
 def prepare(out: Path) -> None:
     import numpy as np
 
-    from meldflow.annotations import find_csv, read_annotations
+    from meldflow.annotations import clip_dir, find_csv, read_annotations
     from meldflow.preprocess.audio import decode_audio
-    from meldflow.preprocess.ingest import clip_dir
 
     arrays, texts, names = [], [], []
     for split in ("train", "dev", "test"):

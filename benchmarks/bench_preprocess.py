@@ -290,7 +290,7 @@ VARIANTS = {"full": "audio as long as the video, speech ending 0.9 s before both
 
 def run_variant(args, tmp: Path, name: str, breakdown: bool) -> dict:
     """(a)-(c), and (d) if ``breakdown``, on one variant of the clips; the summary row."""
-    from meldflow.models.stage import stage_whisper
+    from meldflow.model_cache.stage import stage_whisper
 
     audio_short_s = args.audio_short if name == "short" else 0.0
     print(f"\n=== variant {name}: {VARIANTS[name]} ===")

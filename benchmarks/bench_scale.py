@@ -109,7 +109,7 @@ def main() -> None:
     if args.build_only:
         return
     os.environ["TQDM_DISABLE"] = "1"
-    from meldflow.models.stage import stage_whisper
+    from meldflow.model_cache.stage import stage_whisper
 
     tmp = Path(tempfile.mkdtemp(prefix="meldflow-scale-"))
     try:

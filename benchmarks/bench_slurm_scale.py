@@ -70,7 +70,7 @@ def rule_seconds(work: Path) -> dict[tuple[str, str], float]:
 
 def slurm_jobs(work: Path) -> list[dict]:
     """Per completed SLURM job: queue wait, SLURM elapsed time and the rule's own time."""
-    from meldflow.slurm.status import latest_run_id
+    from meldflow.slurm.status_report import latest_run_id
 
     run_id = latest_run_id(work)
     out = subprocess.run(["sacct", "-X", "-P", "-n", "--name", run_id, "-o",
@@ -105,7 +105,7 @@ def main() -> None:
                                 "train_sent_emo.csv"))
     shard_size = max(1, rows // args.shards)
     hf_home = root / "hf_home"
-    from meldflow.models.stage import stage_whisper
+    from meldflow.model_cache.stage import stage_whisper
 
     stage_whisper(hf_home, "tiny.en", source="package")
     modes = {"local executor": [],

@@ -25,9 +25,9 @@ def setup(args):
     if not shards:
         raise SystemExit(f"no shards under {args.aligned}/train: run `make demo` first")
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from meldflow.models.stage import stage_florence
+    from meldflow.model_cache.stage import stage_florence
     from meldflow.training.loop import Recipe
-    from meldflow.training.options import TrainConfig
+    from meldflow.training.train_options import TrainConfig
 
     hf = Path(tempfile.mkdtemp(prefix="meldflow-bench-hf-"))
     entry = stage_florence(hf)

@@ -33,7 +33,7 @@ from workflow_run import run_workflow, write_csv
 
 def frame_pool(tmp: Path) -> Path:
     """One aligned shard of the 88 cached MELD-like clips, made by the workflow."""
-    from meldflow.models.stage import stage_whisper
+    from meldflow.model_cache.stage import stage_whisper
 
     folder, rows = make_meld_like_clips(SHARED_CSV, 88)
     meld = tmp / "meld"
@@ -78,7 +78,7 @@ def run_one(spec: str) -> None:
     """(In a fresh process, so that its resource usage is this run's alone) one training
     run through ``launch``; prints seconds, steps and the peak RSS of the busiest rank."""
     from meldflow.training.launch import launch
-    from meldflow.training.options import LaunchConfig, TrainConfig
+    from meldflow.training.train_options import LaunchConfig, TrainConfig
 
     spec = json.loads(spec)
     cfg, how = TrainConfig(**spec["cfg"]), LaunchConfig(**spec["how"])
@@ -115,7 +115,7 @@ def main() -> None:
         print(f"{len(shards)} shards, 9,989 rows, {size:.0f} MB; reader and step:", flush=True)
         os.system(f"{sys.executable} {Path(__file__).with_name('bench_train.py')} --aligned "
                   f"{tmp / 'aligned'} --steps 20 --workers")
-        from meldflow.models.stage import stage_florence
+        from meldflow.model_cache.stage import stage_florence
 
         stage_florence(tmp / "hf")
         kw = dict(hf_home=str(tmp / "hf"), train=shards, modalities="text+vision",

@@ -59,7 +59,7 @@ PY
     cp "$STASH"/config.json "$STASH"/tokenizer.json "$STASH"/vocabulary.txt /tmp/whisper/
     [ "$(sha256sum /tmp/whisper/model.bin | cut -d' ' -f1)" = "$(cat "$STASH"/model.bin.sha256)" ] \
         || { echo "model.bin pieces do not reassemble"; exit 1; }
-    python3 -c "from meldflow.models.cache import place_in_cache as p; \
+    python3 -c "from meldflow.model_cache.snapshots import place_in_cache as p; \
 p('/tmp/whisper', '/tmp/hf', 'Systran/faster-whisper-tiny.en')"
     mkdir -p /tmp/hf_florence && cp -r "$STASH"/florence_hub /tmp/hf_florence/hub
 
@@ -98,7 +98,7 @@ p('/tmp/whisper', '/tmp/hf', 'Systran/faster-whisper-tiny.en')"
 import glob, json, logging, os
 logging.basicConfig(level=logging.INFO)
 os.environ["HF_HUB_OFFLINE"] = "1"
-from meldflow.training.options import TrainConfig
+from meldflow.training.train_options import TrainConfig
 from meldflow.training.loop import train
 s = "/tmp/stash/aligned"
 cfg = TrainConfig(out="/tmp/run", hf_home="/tmp/hf_florence",

@@ -14,7 +14,7 @@ import tempfile
 import wave
 from pathlib import Path
 
-from meldflow.preprocess.sample import LINES, VOICES
+from meldflow.sample_data import LINES, VOICES
 
 
 def trim_silence(wav: Path) -> float:

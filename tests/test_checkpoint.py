@@ -13,7 +13,7 @@ import pytest
 from conftest import max_diff, tensorboard_events, train_config, weights, without_key_biases
 
 from meldflow import MeldflowError
-from meldflow.training.options import LaunchConfig
+from meldflow.training.train_options import LaunchConfig
 
 KW = dict(epochs=3, checkpoint_every=5)  # 27 steps, checkpoints at 5, 9, 10, 15, 18, ...
 

@@ -20,9 +20,9 @@ def test_frames_are_k_jpegs_spread_over_the_clip():
         img = Image.open(io.BytesIO(jpg))
         assert img.format == "JPEG" and max(img.size) == 128
         assert img.size == (128, 72)  # aspect ratio kept
-    assert res.times == sorted(res.times)
+    assert res.frame_times == sorted(res.frame_times)
     frame_step = 1 / 15
-    for got, want in zip(res.times, target_times(res.duration, 5), strict=True):
+    for got, want in zip(res.frame_times, target_times(res.clip_duration_s, 5), strict=True):
         assert want - 1e-3 <= got <= want + frame_step + 1e-3
     # background colour follows the label: the sample's first train row is 'sadness' (blue)
     r, g, b = Image.open(io.BytesIO(res.frames[0])).convert("RGB").resize((1, 1)).getpixel((0, 0))
@@ -42,8 +42,8 @@ def test_long_clip_is_capped(tmp_path):
     res = extract_frames(clip, frames_per_utterance=4, frame_size=64,
                          max_clip_seconds=8)
     assert res.status == "ok" and "clip_capped" in res.flags
-    assert res.duration == pytest.approx(40, abs=0.5)
-    assert max(res.times) < 8 and len(res.frames) == 4
+    assert res.clip_duration_s == pytest.approx(40, abs=0.5)
+    assert max(res.frame_times) < 8 and len(res.frames) == 4
 
 
 def test_short_clip_repeats_frames(tmp_path):

@@ -1,17 +1,20 @@
 """A run's identity: what it covers, and a changed setting that starts a fresh run."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import (
     TRAIN_CSV,
     env_with_venv,
     train_config,
 )
 
-from meldflow.training.options import LaunchConfig
+from meldflow import MeldflowError
+from meldflow.training.train_options import LaunchConfig
 
 _cfg = train_config
 
@@ -103,3 +106,34 @@ def test_a_damaged_run_record_is_archived_not_a_blocked_rerun(florence_home, tmp
     archived = list((tmp_path / "train-archive").iterdir())
     assert len(archived) == 1 and (archived[0] / "run.json").read_text() == text[: len(text) // 2]
     assert json.loads((out / "run.json").read_text())["digest"] == first["run"]["identity"]
+
+
+def test_the_model_is_hashed_once_per_job_and_a_restaged_one_is_caught(florence_home, tmp_path,
+                                                                     monkeypatch):
+    """The snapshot was hashed file by file at launch, on rank 0 and on every other rank;
+    now the verified snapshot travels with the job, and only its links are checked."""
+    from meldflow.model_cache import snapshots
+    from meldflow.training.identity import florence_snapshot, run_snapshot
+    from meldflow.training.launch import launch
+
+    hashed = []
+    real = snapshots.verify_snapshot
+    monkeypatch.setattr(snapshots, "verify_snapshot", lambda snap: hashed.append(snap)
+                        or real(snap))
+    cfg = _cfg(florence_home, tmp_path / "run", max_steps=1, dev_csv=None)
+    launch(cfg, LaunchConfig(executor="debug"))
+    assert len(hashed) == 1
+    identity = json.loads((tmp_path / "run" / "run.json").read_text())
+    snap = run_snapshot(identity, florence_home)
+    assert snap == florence_snapshot(cfg)[0]
+    # A file re-linked to another blob after launch (the model re-staged) is an error.
+    home = tmp_path / "home"
+    shutil.copytree(florence_home, home, symlinks=True)
+    snap = run_snapshot(identity, home)
+    config = snap / "config.json"
+    other = config.resolve().with_name("0" * 64)
+    other.write_bytes(config.resolve().read_bytes())
+    config.unlink()
+    config.symlink_to(other)
+    with pytest.raises(MeldflowError, match="changed after the job was launched"):
+        run_snapshot(identity, home)

@@ -147,7 +147,7 @@ def test_predict_transcribes_with_the_runs_whisper_model(florence_home, hf_home,
     shutil.copytree(out / "best", other)
     prep["whisper"]["model_files"]["model.bin"] = "0" * 64
     (other / "preprocessing.json").write_text(json.dumps(prep))
-    from meldflow.training.model import CHECKSUMS_FILE, _file_hashes
+    from meldflow.training.classifier import CHECKSUMS_FILE, _file_hashes
 
     (other / CHECKSUMS_FILE).write_text(json.dumps(_file_hashes(other)))  # a whole folder
     with pytest.raises(MeldflowError, match="not the one that made this model's training"):
@@ -201,7 +201,7 @@ def _tight_dev_set(root):
 def test_predict_says_what_is_wrong(tmp_path):
     import dataclasses
 
-    from meldflow.training.options import TrainConfig
+    from meldflow.training.train_options import TrainConfig
 
     model = tmp_path / "best"
     model.mkdir()

@@ -113,7 +113,7 @@ def test_the_workflow_stops_before_any_job_on_a_misconfigured_profile(slurm_clus
 
 def test_the_shipped_profile_passes_on_the_local_cluster(slurm_cluster, tmp_path, hf_home):
     """The profile's EDIT lines name the local cluster's partition and account."""
-    from meldflow.models.stage import stage_florence
+    from meldflow.model_cache.stage import stage_florence
 
     stage_florence(hf_home)
     work = make_workdir(tmp_path / "work", hf_home)

@@ -15,7 +15,7 @@ from conftest import (
 
 from meldflow import MeldflowError
 from meldflow.options import default_of, option_fields
-from meldflow.training.options import LaunchConfig, TrainConfig, read_options_file
+from meldflow.training.train_options import LaunchConfig, TrainConfig, read_options_file
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 
@@ -40,7 +40,7 @@ def test_config_train_block_holds_the_defaults():
 
 def test_every_option_has_a_flag_and_files_and_flags_combine(tmp_path):
     from meldflow.cli import build_parser
-    from meldflow.training.options import configs_from_args
+    from meldflow.training.train_options import configs_from_args
 
     help_text = subprocess.run([str(BIN / "meldflow"), "train", "--help"], capture_output=True,
                                text=True, check=True).stdout
@@ -78,7 +78,7 @@ def test_every_option_has_a_flag_and_files_and_flags_combine(tmp_path):
 def test_experiments_are_checked_like_the_train_block(override, message):
     """An experiment's overrides ran (epochs 0: an untrained model's figures, exit 0) or
     failed after preprocessing; now one check refuses them, with the train: block's words."""
-    from meldflow.training.options import experiment_runs
+    from meldflow.training.train_options import experiment_runs
 
     train = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"]
     with pytest.raises(MeldflowError) as bad_experiment:
@@ -111,7 +111,7 @@ def test_the_command_line_is_checked_the_same_way(tmp_path):
 
 def test_schema_file_is_what_the_definitions_generate():
     """workflow/schemas/config.schema.yaml is `meldflow schema`: every key, type, range,
-    default and help comes from meldflow.settings and meldflow.training.options."""
+    default and help comes from meldflow.settings and meldflow.training.train_options."""
     from meldflow.config import config_schema
 
     assert SCHEMA == config_schema()
@@ -178,7 +178,7 @@ def test_a_bad_setting_is_refused_where_it_enters(tmp_path):
 def test_training_follows_the_workflows_executor_unless_a_config_says_otherwise():
     """`auto` (the default) is a SLURM job under the SLURM executor and local processes
     otherwise; an explicit local is kept (and named, for the warning at the start)."""
-    from meldflow.training.options import experiment_runs, off_cluster_runs, resolve_executor
+    from meldflow.training.train_options import experiment_runs, off_cluster_runs, resolve_executor
 
     assert default_of(next(f for f in option_fields(LaunchConfig)
                            if f.name == "executor")) == "auto"
@@ -209,7 +209,7 @@ def test_values_no_code_can_use_are_refused_where_they_enter(config, message):
     """NaN passes every range check (each comparison is false), and jsonschema counts 8.0
     as an integer that argparse then refused in every job: both are refused at once."""
     from meldflow.settings import Settings
-    from meldflow.training.options import experiment_runs
+    from meldflow.training.train_options import experiment_runs
 
     with pytest.raises(MeldflowError, match=re.escape(message)):
         Settings.from_config({k: v for k, v in config.items() if k not in ("train",
@@ -304,3 +304,18 @@ def test_a_key_given_twice_in_a_config_file_is_named(tmp_path, hf_home):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "mine.yaml:4: 'frame_size' is given twice in one map (also on line 3)" in out, out
+
+
+def test_the_training_settings_are_the_workflows_own():
+    """TrainConfig's model and cache fields are exactly the settings `train` reads, with
+    their defaults (one definition: meldflow.settings)."""
+    import dataclasses
+
+    from meldflow.settings import setting_default, step_fields
+    from meldflow.training.train_options import TrainConfig
+
+    taken = {f.metadata["setting"]: f for f in dataclasses.fields(TrainConfig)
+             if "setting" in f.metadata}
+    assert set(taken) == {f.name for f in step_fields("train")}
+    for name, f in taken.items():
+        assert f.name == name and f.default == setting_default(name)

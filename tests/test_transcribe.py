@@ -19,8 +19,8 @@ from conftest import (
 )
 
 from meldflow import MeldflowError
+from meldflow.model_cache.whisper import model_dir
 from meldflow.preprocess.wer import normalise_for_wer, word_error_rate, words_moved
-from meldflow.preprocess.whisper_model import model_dir
 
 
 def test_wer_normalisation():
@@ -64,7 +64,7 @@ def test_real_whisper_on_sample_clips(hf_home):
 def test_auto_device_falls_back_to_cpu_with_one_warning(hf_home, caplog):
     import ctranslate2
 
-    from meldflow.preprocess.whisper_model import choose_device
+    from meldflow.model_cache.whisper import choose_device
 
     if ctranslate2.get_cuda_device_count() > 0:
         pytest.skip("a CUDA device is visible: auto picks it")

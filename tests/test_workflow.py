@@ -25,13 +25,14 @@ from conftest import (
 )
 from PIL import Image
 
-from meldflow.models.cache import cached_snapshot
-from meldflow.models.stage import stage_whisper
+from meldflow.model_cache.snapshots import cached_snapshot
+from meldflow.model_cache.stage import stage_whisper, whisper_repo_id
 from meldflow.options import option_fields
-from meldflow.training.options import TrainConfig, read_options_file
+from meldflow.training.train_options import TrainConfig, read_options_file
 
 pytestmark = pytest.mark.integration
 
+WHISPER_REPO = whisper_repo_id("tiny.en")
 REQUIRED = ["split", "dialogue_id", "utterance_id", "speaker", "utterance", "emotion",
             "sentiment", "transcript", "words", "wer", "frames", "frame_times", "frame_words",
             "status", "reason"]
@@ -115,7 +116,7 @@ def test_rerun_executes_nothing(preprocessed):
 def test_damaged_cache_is_repaired_by_the_stage_rule(tmp_path, hf_home):
     broken = tmp_path / "hf"
     shutil.copytree(hf_home, broken, symlinks=True)
-    model = (cached_snapshot(broken, "Systran/faster-whisper-tiny.en") / "model.bin").resolve()
+    model = (cached_snapshot(broken, WHISPER_REPO, "main") / "model.bin").resolve()
     model.write_bytes(model.read_bytes()[:1000])
     work = make_workdir(tmp_path / "work", broken, splits=["dev"], shard_size=100)
     run_snakemake(work, "preprocess")
@@ -145,7 +146,7 @@ def test_rerun_after_failure_redoes_only_what_is_missing(tmp_path, hf_home):
     work = make_workdir(tmp_path / "work", broken, splits=["dev", "test"], shard_size=10)
     run_snakemake(work, "results/stage/whisper.json")
     # Damaged after staging (a bad disk, a half-finished copy): every transcribe job fails.
-    model = (cached_snapshot(broken, "Systran/faster-whisper-tiny.en") / "model.bin").resolve()
+    model = (cached_snapshot(broken, WHISPER_REPO, "main") / "model.bin").resolve()
     model.write_bytes(model.read_bytes()[:1000])
     proc = run_snakemake(work, "preprocess", "--keep-going", check=False)
     assert proc.returncode != 0
@@ -382,7 +383,7 @@ def test_rerun_picks_up_a_repaired_clip(tmp_path, hf_home):
 
 
 def test_aligned_shards_name_what_made_them(preprocessed, hf_home):
-    from meldflow.preprocess.whisper_model import model_dir
+    from meldflow.model_cache.whisper import model_dir
     from meldflow.storage import read_metadata
 
     shard = sorted((preprocessed / "results" / "aligned" / "dev").glob("*.parquet"))[0]

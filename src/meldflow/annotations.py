@@ -1,5 +1,5 @@
-"""MELD's annotation CSVs: the one module that reads them (ingest, training from CSVs, the
-WER's normalisation and the tiny model's tokenizer all use it).
+"""MELD.Raw's layout and its annotation CSVs: the one module that reads them (ingest,
+training from CSVs, the WER's normalisation and the tiny model's tokenizer all use it).
 
 Every row is validated and normalised; a malformed row is an error naming the file and
 line. Text is decoded line by line, never guessed for a whole file from one byte.
@@ -225,6 +225,25 @@ def _annotation(row: dict, line: int, where: str, dyadic: bool) -> Annotation:
             ann.reasons.append(f"EndTime {row['EndTime'].strip()} is not after StartTime "
                                f"{row['StartTime'].strip()}")
     return ann
+
+
+# Folder of clips per split inside an extracted MELD.Raw.
+CLIP_DIRS = {
+    "train": "train_splits",
+    "dev": "dev_splits_complete",
+    "test": "output_repeated_splits_test",
+}
+# The test folder holds `final_videos_testdia{D}_utt{U}.mp4` copies of some clips.
+DUPLICATE_PREFIX = "final_videos_test"
+CLIP_RE = re.compile(r"^(?:final_videos_test)?dia(\d+)_utt(\d+)\.mp4$")
+
+
+def clip_dir(meld_dir: str | Path, split: str) -> Path:
+    """The clip folder of ``split`` in a MELD.Raw folder."""
+    if split not in CLIP_DIRS:
+        raise MeldflowError(f"unknown split {split!r}; expected one of {', '.join(CLIP_DIRS)}")
+    return Path(meld_dir) / CLIP_DIRS[split]
+
 
 
 def find_csv(meld_dir: str | Path, split: str) -> Path:

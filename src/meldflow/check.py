@@ -35,7 +35,7 @@ def merged_config(configfiles: list[str]) -> dict:
 
 def training_asks(runs: dict, workflow_executor: str = "slurm") -> list:
     """What each distinct training launch of the runs asks of the cluster."""
-    from meldflow.training.options import launch_config, resolve_executor
+    from meldflow.training.train_options import launch_config, resolve_executor
 
     asks, seen = [], set()
     for (name, seed), options in runs.items():
@@ -54,8 +54,8 @@ def model_problems(settings, stageable_ok: bool = False) -> list[str]:
     ``stageable_ok`` (the workflow's start: its stage rules run on this host), a model
     this host can still stage is no problem: the tiny ones offline, any from a Hub that
     answers."""
-    from meldflow.models.stage import PACKAGED_WHISPER, hub_reachable, whisper_repo_id
-    from meldflow.preprocess.whisper_model import model_dir
+    from meldflow.model_cache.stage import PACKAGED_WHISPER, hub_reachable, whisper_repo_id
+    from meldflow.model_cache.whisper import model_dir
     from meldflow.settings import TINY_FLORENCE
     from meldflow.training.identity import florence_snapshot
 
@@ -76,7 +76,7 @@ def model_problems(settings, stageable_ok: bool = False) -> list[str]:
 def data_problems(settings, runs: dict) -> list[str]:
     """meld_dir: every split's annotation CSV and clip folder."""
     from meldflow.preprocess.layout import check_clip_folder
-    from meldflow.training.options import needs_clips
+    from meldflow.training.train_options import needs_clips
 
     needed = "train" not in settings.splits or any(map(needs_clips, runs.values()))
     lines = []
@@ -94,7 +94,7 @@ def run_check(profile: str, configfiles: list[str]) -> tuple[list[str], list[str
     from meldflow.config import typed_config
     from meldflow.settings import Settings
     from meldflow.slurm.preflight import asks_from_profile, check_cluster
-    from meldflow.training.options import experiment_runs
+    from meldflow.training.train_options import experiment_runs
 
     config = typed_config(merged_config(configfiles))
     settings = Settings.from_config(config)

@@ -50,9 +50,9 @@ def cmd_frames(a: argparse.Namespace, s: Settings) -> None:
 
 
 def cmd_transcribe(a: argparse.Namespace, s: Settings) -> None:
-    # Hugging Face reads these at import time: set them before anything imports it.
-    os.environ["HF_HOME"] = str(Path(s.hf_home).resolve())
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    from meldflow.model_cache.snapshots import use_offline_cache
+
+    use_offline_cache(s.hf_home)  # before faster-whisper is imported
     from meldflow.preprocess.transcribe import run_transcribe
 
     t = run_transcribe(_shard_rows(a.rows, a.shard), a.out, s, a.threads)
@@ -87,7 +87,7 @@ def cmd_summary(a: argparse.Namespace, s: Settings) -> None:
 
 
 def cmd_stage(a: argparse.Namespace, s: Settings) -> None:
-    from meldflow.models.stage import LOCK_NAME, stage_florence, stage_whisper
+    from meldflow.model_cache.stage import LOCK_NAME, stage_florence, stage_whisper
 
     models = {m.strip() for m in a.models.split(",") if m.strip()}
     unknown = models - {"whisper", "florence"}
@@ -111,7 +111,7 @@ def cmd_stage(a: argparse.Namespace, s: Settings) -> None:
 
 def cmd_train(a: argparse.Namespace, s: Settings) -> None:
     from meldflow.training.launch import launch
-    from meldflow.training.options import configs_from_args
+    from meldflow.training.train_options import configs_from_args
 
     cfg, how = configs_from_args(a)
     metrics = launch(cfg, how)
@@ -132,7 +132,7 @@ def cmd_evaluate(a: argparse.Namespace, s: Settings) -> None:
 
 
 def cmd_status(a: argparse.Namespace, s: Settings) -> None:
-    from meldflow.slurm.status import status
+    from meldflow.slurm.status_report import status
 
     try:
         status(a.dir, a.run, a.json, a.watch, a.lines)
@@ -155,7 +155,7 @@ def cmd_predict(a: argparse.Namespace, s: Settings) -> None:
 
 
 def cmd_make_sample(a: argparse.Namespace, s: Settings) -> None:
-    from meldflow.preprocess.sample import make_sample
+    from meldflow.sample_data import make_sample
 
     make_sample(a.out, seed=a.seed, size=tuple(a.size))
     log.info("sample written to %s", a.out)
@@ -166,7 +166,7 @@ def cmd_schema(a: argparse.Namespace, s: Settings) -> None:
 
     from meldflow.config import config_schema
     from meldflow.options import option_fields, options_table
-    from meldflow.training.options import LaunchConfig, TrainConfig
+    from meldflow.training.train_options import LaunchConfig, TrainConfig
 
     if not a.table:
         print(yaml.safe_dump(config_schema(), sort_keys=False), end="")
@@ -244,7 +244,7 @@ def _stage_args(p: argparse.ArgumentParser) -> None:
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     from meldflow.options import option_fields
-    from meldflow.training.options import LaunchConfig, TrainConfig
+    from meldflow.training.train_options import LaunchConfig, TrainConfig
 
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, plots)")
     p.add_argument("--options", help="YAML file of options, data and launch settings (what "

@@ -1,7 +1,7 @@
 """The whole workflow config: its schema (the preprocessing settings, the ``train:`` block,
 ``experiments:`` and ``seeds:``), the one typing of its values, and the check of its file.
 
-It sits above ``meldflow.settings`` and ``meldflow.training.options``, which define the
+It sits above ``meldflow.settings`` and ``meldflow.training.train_options``, which define the
 settings it puts together; ``workflow/schemas/config.schema.yaml`` is exactly what
 ``config_schema()`` gives (`meldflow schema`; a test keeps it so).
 """
@@ -13,18 +13,18 @@ from pathlib import Path
 from meldflow import MeldflowError
 from meldflow.options import from_text, option_fields
 from meldflow.settings import Settings, settings_schema
-from meldflow.training.options import EXPERIMENT_NAME, train_block_schema
+from meldflow.training.train_options import EXPERIMENT_NAME, train_block_schema
 
 
 def config_schema() -> dict:
     """The whole config's JSON schema: Settings, the ``train:`` block
-    (meldflow.training.options), ``experiments:`` and ``seeds:``."""
+    (meldflow.training.train_options), ``experiments:`` and ``seeds:``."""
     props = settings_schema()["properties"]
     for f in option_fields(Settings):
         props[f.name]["description"] = f.metadata["help"]
     props["splits"] |= {"minItems": 1, "uniqueItems": True}
     props["train"] = train_block_schema() | {"description": "training options: see "
-                                    "meldflow.training.options (`meldflow train --help`)"}
+                                    "meldflow.training.train_options (`meldflow train --help`)"}
     props["experiments"] = {
         "type": "object", "default": {"default": {}},
         "description": "named sets of overrides of train:, each trained once per seed "
@@ -38,7 +38,7 @@ def config_schema() -> dict:
         "items": {"type": ["integer", "string"], "minimum": 0, "pattern": "^[0-9]+$"}}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "description": "meldflow workflow configuration: generated from "
-                           "meldflow.settings and meldflow.training.options (`meldflow "
+                           "meldflow.settings and meldflow.training.train_options (`meldflow "
                            "schema`); tests/test_settings.py keeps this file equal to it",
             "type": "object", "properties": props, "additionalProperties": False}
 

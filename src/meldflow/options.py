@@ -3,7 +3,7 @@ default, help, checks), and from that one definition come its JSON schema, its c
 flag, its row in docs/configuration.md, and the one check and conversion of a value where
 it enters.
 
-``meldflow.settings`` (preprocessing) and ``meldflow.training.options`` (training) define
+``meldflow.settings`` (preprocessing) and ``meldflow.training.train_options`` (training) define
 their settings with it; ``meldflow.config`` puts their schemas together.
 
 Why not transformers' ``HfArgumentParser``: importing it imports torch (3.5-5 s measured

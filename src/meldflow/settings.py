@@ -1,7 +1,7 @@
 """The preprocessing settings, each defined once: name, type, default, help and checks.
 
 ``Settings`` holds the top-level keys of ``config/config.yaml`` (the ``train:`` block is
-``meldflow.training.options``; the whole config's schema is ``meldflow.config``). From
+``meldflow.training.train_options``; the whole config's schema is ``meldflow.config``). From
 these definitions (``meldflow.options``) come the flags of each ``meldflow`` subcommand
 (``--frames-per-utterance`` for ``frames_per_utterance``: one name along the whole path),
 their part of the config schema, the flags each Snakemake rule passes (``step_flags``),

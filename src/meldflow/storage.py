@@ -71,6 +71,18 @@ def temporary_beside(path: Path) -> Path:
     return Path(tmp)
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path`` to write to; renamed onto ``path`` on success."""
+    path = Path(path)
+    tmp = temporary_beside(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_table(
     table: pa.Table,
     path: str | os.PathLike,
@@ -84,37 +96,17 @@ def write_table(
         merged = dict(table.schema.metadata or {})
         merged.update({k.encode(): json.dumps(v).encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(merged)
-    tmp = temporary_beside(path)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
 def write_text(text: str, path: str | os.PathLike) -> Path:
     """Write a small text file atomically."""
     path = Path(path)
-    tmp = temporary_beside(path)
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path`` to write to; renamed onto ``path`` on success."""
-    path = Path(path)
-    tmp = temporary_beside(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def table_metadata(table: pa.Table) -> dict[str, Any]:

@@ -7,11 +7,11 @@ from snakemake.utils import validate
 
 from meldflow import MeldflowError
 from meldflow.config import check_config_file, typed_config
-from meldflow.settings import Settings, flags, step_flags
+from meldflow.settings import Settings, flags, step_fields, step_flags
 from meldflow.slurm.plugin import patch_slurm_plugin
 from meldflow.annotations import find_csv
 from meldflow.preprocess.layout import check_clip_folder
-from meldflow.training.options import (EXPERIMENT_NAME, experiment_runs, launch_config,
+from meldflow.training.train_options import (EXPERIMENT_NAME, experiment_runs, launch_config,
                                        needs_clips, off_cluster_runs, resolve_executor)
 
 # Before any work, with the checks `meldflow` applies to its own flags: the settings, and
@@ -151,8 +151,7 @@ def train_options(wildcards):
     block with the experiment's overrides and the seed, the model, and the shards one by
     one (never whatever an earlier shard_size left on disk)."""
     options = dict(RUNS[(wildcards.experiment, int(wildcards.seed))])
-    options |= {name: getattr(SETTINGS, name)
-                for name in ("hf_home", "florence_repo", "florence_revision")}
+    options |= {f.name: getattr(SETTINGS, f.name) for f in step_fields("train")}
     options |= {split: aligned_of(split) for split in SPLITS}
     return options | clipless_csvs(wildcards)
 

@@ -41,7 +41,7 @@ rule train_options:
     log:
         "results/logs/train_options/{experiment}/seed-{seed}.log",
     run:
-        from meldflow.training.options import write_options_file
+        from meldflow.training.train_options import write_options_file
 
         write_options_file(params.options, output[0], log[0])
 

@@ -11,23 +11,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from meldflow import MeldflowError
-from meldflow.preprocess.frames import FRAMES_SCHEMA
-from meldflow.preprocess.ingest import INGEST_SCHEMA
-from meldflow.preprocess.status import worst
-from meldflow.preprocess.transcribe import TRANSCRIPT_SCHEMA
+from meldflow.row_status import worst
+from meldflow.shard_schema import ALIGNED_SCHEMA, FROM_INGEST, NO_CLIP_REASON
 from meldflow.storage import table_metadata, write_table
 
 ROW_GROUP_BYTES = 32 * 1024 * 1024  # tens of MB: big reads on Lustre/GPFS, modest memory
-
-_FROM_INGEST = ("split", "dialogue_id", "utterance_id", "shard", "speaker", "utterance",
-                "emotion", "sentiment", "season", "episode", "start_s", "end_s", "status",
-                "reason", "flags")
-ALIGNED_SCHEMA = pa.schema(
-    [INGEST_SCHEMA.field(name) for name in _FROM_INGEST]
-    + [TRANSCRIPT_SCHEMA.field(name) for name in ("transcript", "words", "wer")]
-    + [FRAMES_SCHEMA.field(name) for name in ("clip_duration_s", "frames", "frame_times")]
-    + [pa.field("frame_words", pa.list_(pa.string()))]
-)
 
 
 def word_at(words: list[dict], t: float) -> str | None:
@@ -51,7 +39,7 @@ def _by_key(table: pa.Table, what: str) -> dict[tuple[int, int], dict]:
 def _join_reasons(*parts: str) -> str:
     seen: list[str] = []
     for p in parts:
-        if p and p not in seen and p not in ("no clip to decode", "no clip to transcribe"):
+        if p and p not in seen and p != NO_CLIP_REASON:
             seen.append(p)
     return "; ".join(seen)
 
@@ -73,7 +61,7 @@ def align_shard(rows: pa.Table, transcripts: pa.Table, frames: pa.Table) -> pa.T
         status = worst([rec["status"], f["frame_status"], a["asr_status"]])
         flags = sorted(set(rec["flags"] or []) | set(f["frame_flags"] or [])
                        | set(a["asr_flags"] or []))
-        row = {k: rec[k] for k in _FROM_INGEST if k not in ("status", "reason", "flags")}
+        row = {k: rec[k] for k in FROM_INGEST}
         row.update(
             status=status,
             reason=_join_reasons(rec["reason"], f["frame_reason"], a["asr_reason"]),

@@ -1,7 +1,7 @@
 """The MELD audit: the rows a researcher should look at before trusting them.
 
 Owns ``results/manifest/audit.tsv``: every row with a status other than ok, any flag
-(each means damage, see ``meldflow.preprocess.status.FLAGS``), or a transcript far from
+(each means damage, see ``meldflow.row_status.FLAGS``), or a transcript far from
 the gold text.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from meldflow.preprocess.status import FLAGS
+from meldflow.row_status import FLAGS
 from meldflow.storage import write_text
 
 # Whisper disagreeing with most of the gold line: a mis-cut clip, another speaker's line,

@@ -15,33 +15,20 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from meldflow.preprocess.probe import ClipError, clip_info, duration_flag, last_line
-from meldflow.preprocess.status import NO_CLIP
 from meldflow.settings import Settings, recorded_settings
+from meldflow.shard_schema import FRAMES_SCHEMA, StepResult, step_table, without_clip
 from meldflow.storage import write_table
-
-FRAMES_SCHEMA = pa.schema([
-    ("split", pa.string()),
-    ("dialogue_id", pa.int32()),
-    ("utterance_id", pa.int32()),
-    ("frame_status", pa.string()),
-    ("frame_reason", pa.string()),
-    ("frame_flags", pa.list_(pa.string())),
-    ("clip_duration_s", pa.float64()),
-    ("frames", pa.list_(pa.binary())),
-    ("frame_times", pa.list_(pa.float32())),
-])
 
 _PTS_RE = re.compile(rb"Parsed_showinfo.*?\bn:\s*\d+.*?pts_time:\s*(-?[\d.]+)")
 
 
 @dataclass
-class FrameResult:
-    status: str = "ok"
-    reason: str = ""
-    flags: list[str] = field(default_factory=list)
-    duration: float | None = None
+class FrameResult(StepResult):
+    """A clip's frames (columns of FRAMES_SCHEMA)."""
+
+    clip_duration_s: float | None = None
     frames: list[bytes] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
+    frame_times: list[float] = field(default_factory=list)
 
 
 def target_times(duration: float, k: int) -> list[float]:
@@ -93,8 +80,8 @@ def extract_frames(path: str | Path, frames_per_utterance: int, frame_size: int,
         return FrameResult(status=exc.status, reason=str(exc))
     if not info.has_video:
         return FrameResult(status="no_video_stream", reason="clip has no video stream",
-                           duration=info.duration)
-    res.duration = info.duration
+                           clip_duration_s=info.duration)
+    res.clip_duration_s = info.duration
     span = info.duration
     if span > max_clip_seconds:
         span = max_clip_seconds
@@ -116,12 +103,12 @@ def extract_frames(path: str | Path, frames_per_utterance: int, frame_size: int,
     try:
         out, err = stream.run(capture_stdout=True, capture_stderr=True)
     except ffmpeg.Error as exc:
-        return FrameResult(status="unreadable_video", duration=info.duration,
+        return FrameResult(status="unreadable_video", clip_duration_s=info.duration,
                            reason=f"ffmpeg failed: {last_line(exc.stderr)}")
     images = split_jpegs(out)
     pts = [float(m) for m in _PTS_RE.findall(err)]
     if not images:
-        return FrameResult(status="unreadable_video", duration=info.duration,
+        return FrameResult(status="unreadable_video", clip_duration_s=info.duration,
                            reason=f"no frame decoded: {last_line(err)}")
     errors = decode_errors(err)
     if errors:
@@ -133,7 +120,7 @@ def extract_frames(path: str | Path, frames_per_utterance: int, frame_size: int,
     for t in targets:
         j = min(range(len(pts)), key=lambda i: abs(pts[i] - t))
         res.frames.append(images[j])
-        res.times.append(round(pts[j], 4))
+        res.frame_times.append(round(pts[j], 4))
     return res
 
 
@@ -144,11 +131,12 @@ def frames_for_rows(rows: pa.Table, settings: Settings, workers: int = 1) -> pa.
     framing = frame_settings(settings)
 
     def one(rec: dict) -> FrameResult:
-        if rec["status"] in NO_CLIP or not rec["clip_path"]:
-            return FrameResult(status=rec["status"], reason="no clip to decode")
+        skipped = without_clip(rec, FrameResult)
+        if skipped:
+            return skipped
         # With several clips in flight, one decoding thread each avoids oversubscription.
         res = extract_frames(rec["clip_path"], **framing, threads=1 if workers > 1 else 0)
-        off = duration_flag(res.duration, rec["start_s"], rec["end_s"])
+        off = duration_flag(res.clip_duration_s, rec["start_s"], rec["end_s"])
         if off:
             res.flags.append("duration_mismatch")
             res.reason = "; ".join(filter(None, [res.reason, off]))
@@ -157,18 +145,7 @@ def frames_for_rows(rows: pa.Table, settings: Settings, workers: int = 1) -> pa.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(tqdm(pool.map(one, recs), total=len(recs), desc="frames",
                             unit="clip", mininterval=2.0))
-    cols = {
-        "split": [r["split"] for r in recs],
-        "dialogue_id": [r["dialogue_id"] for r in recs],
-        "utterance_id": [r["utterance_id"] for r in recs],
-        "frame_status": [r.status for r in results],
-        "frame_reason": [r.reason for r in results],
-        "frame_flags": [r.flags for r in results],
-        "clip_duration_s": [r.duration for r in results],
-        "frames": [r.frames for r in results],
-        "frame_times": [r.times for r in results],
-    }
-    return pa.table(cols, schema=FRAMES_SCHEMA)
+    return step_table(recs, results, FRAMES_SCHEMA, "frame_")
 
 
 FRAME_SETTINGS = recorded_settings("frames")

@@ -15,33 +15,25 @@ import hashlib
 import json
 import logging
 import os
-import re
 from pathlib import Path
 
 import pyarrow as pa
 
 from meldflow import MeldflowError
-from meldflow.annotations import Annotation, find_csv, read_annotations
+from meldflow.annotations import (
+    CLIP_DIRS,
+    CLIP_RE,
+    DUPLICATE_PREFIX,
+    Annotation,
+    clip_dir,
+    find_csv,
+    read_annotations,
+)
 from meldflow.preprocess.probe import ClipError, check_clip_file
+from meldflow.shard_schema import INGEST_SCHEMA
 from meldflow.storage import write_table, write_text
 
 log = logging.getLogger(__name__)
-
-
-# Folder of clips per split inside an extracted MELD.Raw.
-CLIP_DIRS = {
-    "train": "train_splits",
-    "dev": "dev_splits_complete",
-    "test": "output_repeated_splits_test",
-}
-# The test folder holds `final_videos_testdia{D}_utt{U}.mp4` copies of some clips.
-DUPLICATE_PREFIX = "final_videos_test"
-CLIP_RE = re.compile(r"^(?:final_videos_test)?dia(\d+)_utt(\d+)\.mp4$")
-
-def clip_dir(meld_dir: str | Path, split: str) -> Path:
-    if split not in CLIP_DIRS:
-        raise MeldflowError(f"unknown split {split!r}; expected one of {', '.join(CLIP_DIRS)}")
-    return Path(meld_dir) / CLIP_DIRS[split]
 
 
 def _stat_key(path: Path) -> list:
@@ -97,28 +89,6 @@ def plan_shards(annotations: list[Annotation], shard_size: int) -> list[int]:
         shard_of[dia] = shard
         filled += sizes[dia]
     return [shard_of[a.dialogue_id] for a in annotations]
-
-
-INGEST_SCHEMA = pa.schema([
-    ("split", pa.string()),
-    ("csv_line", pa.int32()),
-    ("sr_no", pa.int32()),
-    ("dialogue_id", pa.int32()),
-    ("utterance_id", pa.int32()),
-    ("speaker", pa.string()),
-    ("utterance", pa.string()),
-    ("emotion", pa.string()),
-    ("sentiment", pa.string()),
-    ("season", pa.int32()),
-    ("episode", pa.int32()),
-    ("start_s", pa.float64()),
-    ("end_s", pa.float64()),
-    ("clip_path", pa.string()),
-    ("shard", pa.int32()),
-    ("status", pa.string()),
-    ("reason", pa.string()),
-    ("flags", pa.list_(pa.string())),
-])
 
 
 def ingest_split(meld_dir: str | Path, split: str, shard_size: int) -> tuple[pa.Table, list[dict]]:

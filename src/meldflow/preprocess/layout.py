@@ -7,8 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from meldflow import MeldflowError
-from meldflow.annotations import find_csv, read_annotations
-from meldflow.preprocess.ingest import CLIP_DIRS, DUPLICATE_PREFIX, clip_dir
+from meldflow.annotations import CLIP_DIRS, DUPLICATE_PREFIX, clip_dir, find_csv, read_annotations
 
 # A split with fewer of its rows' clips on disk than this share is a wrong folder or an
 # unfinished download, not damage (MELD itself misses 1 clip of 1,109 in dev).

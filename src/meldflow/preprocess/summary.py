@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from meldflow.preprocess.audit import AUDIT_MAX_WER, audit_rows, write_audit
-from meldflow.preprocess.status import STATUSES
+from meldflow.row_status import STATUSES
 from meldflow.storage import atomic_path, write_text
 
 

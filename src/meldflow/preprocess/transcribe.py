@@ -20,13 +20,13 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from meldflow import MeldflowError
+from meldflow.model_cache.whisper import choose_device, model_dir
 from meldflow.preprocess.audio import SAMPLE_RATE, Audio, decode_audio
 from meldflow.preprocess.probe import ClipError
 from meldflow.preprocess.shared_window import MARGIN_FRAMES, SharedWindow
-from meldflow.preprocess.status import NO_CLIP
 from meldflow.preprocess.wer import word_error_rate
-from meldflow.preprocess.whisper_model import choose_device, model_dir
 from meldflow.settings import WINDOW_SECONDS, Settings, recorded_settings
+from meldflow.shard_schema import TRANSCRIPT_SCHEMA, StepResult, step_table, without_clip
 from meldflow.storage import write_table
 
 log = logging.getLogger(__name__)
@@ -34,30 +34,10 @@ log = logging.getLogger(__name__)
 logging.getLogger("faster_whisper").setLevel(logging.WARNING)
 
 
-WORD_TYPE = pa.struct([
-    ("word", pa.string()), ("start", pa.float32()), ("end", pa.float32()),
-    ("probability", pa.float32()),
-])
-
-
-TRANSCRIPT_SCHEMA = pa.schema([
-    ("split", pa.string()),
-    ("dialogue_id", pa.int32()),
-    ("utterance_id", pa.int32()),
-    ("asr_status", pa.string()),
-    ("asr_reason", pa.string()),
-    ("asr_flags", pa.list_(pa.string())),
-    ("transcript", pa.string()),
-    ("words", pa.list_(WORD_TYPE)),
-    ("wer", pa.float64()),
-])
-
-
 @dataclass
-class AsrResult:
-    status: str = "ok"
-    reason: str = ""
-    flags: list[str] = field(default_factory=list)
+class AsrResult(StepResult):
+    """A clip's transcript (columns of TRANSCRIPT_SCHEMA)."""
+
     transcript: str | None = None
     words: list[dict] = field(default_factory=list)
     wer: float | None = None
@@ -213,8 +193,9 @@ MIN_CLIPS_FOR_EMPTY_CHECK = 3
 
 def fetch_audio(rec: dict, max_clip_seconds: float) -> AsrResult | Audio:
     """A row's decoded audio, or the result that says why there is none to transcribe."""
-    if rec["status"] in NO_CLIP or not rec["clip_path"]:
-        return AsrResult(status=rec["status"], reason="no clip to transcribe")
+    skipped = without_clip(rec, AsrResult)
+    if skipped:
+        return skipped
     try:
         return decode_audio(rec["clip_path"], max_clip_seconds, rec.get("start_s"),
                             rec.get("end_s"))
@@ -303,17 +284,7 @@ def transcribe_rows(rows: pa.Table, transcriber: Transcriber) -> pa.Table:
         packs.drain()
     bar.close()
     check_not_deaf(results, transcriber)
-    return pa.table({
-        "split": [r["split"] for r in recs],
-        "dialogue_id": [r["dialogue_id"] for r in recs],
-        "utterance_id": [r["utterance_id"] for r in recs],
-        "asr_status": [r.status for r in results],
-        "asr_reason": [r.reason for r in results],
-        "asr_flags": [r.flags for r in results],
-        "transcript": [r.transcript for r in results],
-        "words": [r.words for r in results],
-        "wer": [r.wer for r in results],
-    }, schema=TRANSCRIPT_SCHEMA)
+    return step_table(recs, results, TRANSCRIPT_SCHEMA, "asr_")
 
 
 def check_not_deaf(results: list[AsrResult], transcriber: Transcriber) -> None:

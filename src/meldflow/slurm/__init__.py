@@ -1,1 +1,2 @@
-"""SLURM: job states, the executor plugin's fixes, accounting, `meldflow status`, orphans."""
+"""SLURM: job states, the executor plugin's fixes, accounting, `meldflow status`
+(``status_report``), orphaned jobs."""

@@ -1,10 +1,10 @@
 """Florence-2 fine-tuning for emotion and sentiment, one module per responsibility.
 
-- ``options``: every training option, defined once (flags, config, options file)
+- ``train_options``: every training option, defined once (flags, config, options file)
 - ``identity``: the verified model snapshot, a run's identity, how its inputs were made
 - ``dataset``: the shards (or CSVs) as row groups; each epoch's plan over data streams
 - ``batches``: rows into model inputs, micro-batches per rank, loader workers
-- ``model``: the classifier (Florence-2's encoder under two heads), loading and saving
+- ``classifier``: the classifier (Florence-2's encoder under two heads), loading and saving
 - ``distributed``: process group set-up (gloo on the CPU, NCCL on GPUs)
 - ``loop``: one rank's run, read top to bottom: ``train()`` and its ``Recipe``
 - ``checkpoint``: checkpoints written with their SHA-256, verified before a resume

@@ -296,7 +296,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> str:
 
     if not run_dirs:
         raise MeldflowError("no training runs given")
-    from meldflow.training.model import verify_model_dir
+    from meldflow.training.classifier import verify_model_dir
 
     for run in run_dirs:  # the models handed on are what training wrote
         if (Path(run) / "best").is_dir():

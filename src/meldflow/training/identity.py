@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from meldflow import MeldflowError
-from meldflow.models.cache import verified_snapshot
-from meldflow.models.stage import FLORENCE_FILES
+from meldflow.model_cache.snapshots import snapshot_verified_before, verified_snapshot
+from meldflow.model_cache.stage import FLORENCE_FILES
 from meldflow.provenance import run_identity
 
 
@@ -24,6 +24,13 @@ def florence_snapshot(cfg) -> tuple[Path, dict[str, str]]:
             f"{repo_id}` first (on a node that reaches the Hub, for a real checkpoint)")
     return verified_snapshot(hf_home, repo_id, cfg.florence_revision, FLORENCE_FILES,
                              "Florence-2 model", hint)
+
+
+def run_snapshot(identity: dict, hf_home: str | Path) -> Path:
+    """The model folder ``identity`` was computed from, verified then: a job's ranks find it
+    by the recorded hashes instead of hashing the snapshot again."""
+    model = identity["parts"]["model"]
+    return snapshot_verified_before(hf_home, model["repo"], model["revision"], model["files"])
 
 
 def identity_of(cfg, world: int) -> dict:

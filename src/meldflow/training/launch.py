@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 
 from meldflow import MeldflowError
+from meldflow.model_cache.snapshots import use_offline_cache
 from meldflow.provenance import claim_run_dir, read_run
 from meldflow.slurm.states import TERMINAL
 from meldflow.training.checkpoint import CHECKPOINT_DIR, check_writable
 from meldflow.training.identity import identity_of
-from meldflow.training.options import LaunchConfig, TrainConfig, resolve_executor
+from meldflow.training.train_options import LaunchConfig, TrainConfig, resolve_executor
 
 log = logging.getLogger("meldflow.training")
 
@@ -43,8 +44,7 @@ class TrainJob:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         except RuntimeError:
             pass
-        os.environ["HF_HOME"] = str(Path(self.cfg.hf_home).resolve())
-        os.environ["HF_HUB_OFFLINE"] = "1"
+        use_offline_cache(self.cfg.hf_home)
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from meldflow.training.loop import train  # torch: only where training runs

@@ -30,6 +30,7 @@ from meldflow.training.batches import (
     resolve_workers,
     to_device,
 )
+from meldflow.training.classifier import EmotionClassifier, load_florence
 from meldflow.training.dataset import Source, plan_epoch
 from meldflow.training.distributed import (
     barrier,
@@ -38,11 +39,10 @@ from meldflow.training.distributed import (
     init_distributed,
     sum_over_ranks,
 )
-from meldflow.training.identity import florence_snapshot, identity_of
-from meldflow.training.model import EmotionClassifier, load_florence
-from meldflow.training.options import TrainConfig
+from meldflow.training.identity import identity_of, run_snapshot
 from meldflow.training.progress import Progress
-from meldflow.training.scoring import evaluate_split, write_results
+from meldflow.training.scoring import score_split, write_results
+from meldflow.training.train_options import TrainConfig
 
 log = logging.getLogger("meldflow.training")
 
@@ -75,18 +75,15 @@ class Recipe:
         self.cfg, self.out = cfg, Path(cfg.out)
         self.rank, self.world, local = init_distributed()
         self.device = device_of(local)
-        # Rank 0 verifies and reads the cache first so that a broken cache fails once, clearly.
         self.checkpoints = self.out / checkpoint.CHECKPOINT_DIR
         resume = None
-        if self.rank == 0:
+        if self.rank == 0:  # the model was verified once, where the identity was computed
             claim_run_dir(self.out, identity or identity_of(cfg, self.world))
-            self.snapshot = florence_snapshot(cfg)[0]
             resume = self.find_checkpoint()
         # Every rank resumes from the checkpoint rank 0 verified.
         self.resume_from = broadcast_from_rank0(resume)
         self.identity = read_run(self.out)
-        if self.rank != 0:
-            self.snapshot = florence_snapshot(cfg)[0]
+        self.snapshot = run_snapshot(self.identity, cfg.hf_home)
         self.finished = (self.out / "metrics.json").is_file()
         self.state = {"epoch": 0, "step_in_epoch": 0, "step": 0, "history": [], "best_f1": -1.0}
 
@@ -217,7 +214,7 @@ class Recipe:
         st["epoch"] += 1
         st["step_in_epoch"] = 0
         if self.dev_src is not None and self.rank == 0:
-            m = evaluate_split(self.model, self.processor, self.cfg, self.dev_src, self.device)
+            m = score_split(self.model, self.processor, self.cfg, self.dev_src, self.device)
             e = m["emotion"]
             st["history"].append({"epoch": st["epoch"], "dev_weighted_f1": e["weighted_f1"],
                                   "dev_macro_f1": e["macro_f1"], "dev_accuracy": e["accuracy"]})

@@ -15,18 +15,19 @@ from pathlib import Path
 
 from meldflow import MeldflowError
 from meldflow.labels import EMOTIONS, SENTIMENTS
+from meldflow.model_cache.snapshots import use_offline_cache
 from meldflow.preprocess.probe import ClipError, check_clip_file
 from meldflow.settings import Settings
-from meldflow.training.model import (
+from meldflow.training.classifier import (
     OPTIONS_FILE,
     PREPROCESSING_FILE,
     load_trained,
     verify_model_dir,
 )
-from meldflow.training.options import TrainConfig
 from meldflow.training.scoring import predict_rows
+from meldflow.training.train_options import TrainConfig
 
-log = logging.getLogger("meldflow.predict")
+log = logging.getLogger("meldflow.training")
 
 
 class _NoContext:
@@ -90,8 +91,7 @@ def transcribe_clips(clips: list[str], whisper: dict, hf_home: str | Path | None
     if not home:
         raise MeldflowError(f"this model reads Whisper transcripts ({whisper['whisper_model']})"
                             f": give --hf-home, the cache `meldflow stage` put that model in")
-    os.environ["HF_HOME"] = str(Path(home).resolve())  # before faster-whisper is imported
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    use_offline_cache(home)  # before faster-whisper is imported
     import pyarrow as pa
 
     from meldflow.preprocess.transcribe import WHISPER_SETTINGS, Transcriber, transcribe_rows

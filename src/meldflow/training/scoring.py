@@ -1,6 +1,6 @@
 """The trained classifier on dev and test: class probabilities, metrics, predictions, plots.
 
-Training calls ``evaluate_split`` on dev at every epoch end (to keep the best epoch) and
+Training calls ``score_split`` on dev at every epoch end (to keep the best epoch) and
 ``write_results`` once at the end, on the machine that trained, with the model loaded.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 from meldflow.labels import EMOTIONS, SENTIMENTS
 from meldflow.provenance import RUN_FILE, environment, read_run
 from meldflow.training.batches import Encoder, to_device
+from meldflow.training.classifier import load_trained
 from meldflow.training.dataset import Source
-from meldflow.training.model import load_trained
 
 
 def predict_rows(model, processor, cfg, source: Source, rows: list[dict],
@@ -39,7 +39,7 @@ def _argmax(p: list[float]) -> int:
     return max(range(len(p)), key=p.__getitem__)
 
 
-def evaluate_split(model, processor, cfg, source: Source, device,
+def score_split(model, processor, cfg, source: Source, device,
                    predictions: Path | None = None) -> dict:
     """Metrics for emotion and sentiment on one split; optionally writes predictions."""
     import pyarrow as pa
@@ -88,7 +88,7 @@ def write_results(cfg, out: Path, device, state: dict, identity: dict, world: in
         if not (paths or csv):
             continue
         src = Source(paths or None, csv, cfg.modalities)
-        m = evaluate_split(model, processor, cfg, src, device, out / f"predictions_{split}.parquet")
+        m = score_split(model, processor, cfg, src, device, out / f"predictions_{split}.parquet")
         m["majority_baseline"] = majority_baseline(train_labels, src.labels(), EMOTIONS)
         metrics[split] = m
         png = plot_confusion(m["emotion"], out / f"confusion_{split}.png",

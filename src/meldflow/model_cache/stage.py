@@ -1,7 +1,7 @@
 """Put models into an offline Hugging Face cache, so compute nodes never download.
 
 Owns ``{hf_home}/meldflow-stage.lock.json``: what was staged, from where, at which revision,
-and the hash of every file (the cache layout and verification: ``meldflow.models.cache``).
+and the hash of every file (the cache layout and verification: ``meldflow.model_cache.snapshots``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,14 @@ import time
 from pathlib import Path
 
 from meldflow import MeldflowError
-from meldflow.models.cache import cached_snapshot, hub_cache, place_in_cache, verify_snapshot
-from meldflow.models.tiny_florence import build_tiny_florence, sample_texts
+from meldflow.model_cache.snapshots import (
+    LOCAL_REF,
+    cached_snapshot,
+    hub_cache,
+    place_in_cache,
+    verify_snapshot,
+)
+from meldflow.model_cache.tiny_florence import build_tiny_florence, sample_texts
 from meldflow.settings import SAMPLE_DIR, TINY_FLORENCE, setting_default
 from meldflow.storage import write_text
 
@@ -30,6 +36,8 @@ PACKAGED_WHISPER = "Systran/faster-whisper-tiny.en"
 
 # Without tokenizer.json faster-whisper quietly tries the network, so it is required too.
 WHISPER_FILES = ("model.bin", "config.json", "tokenizer.json")
+# Whisper models are not pinned by a setting: the Hub's main branch, as staged.
+WHISPER_REVISION = "main"
 
 
 def whisper_repo_id(name: str) -> str:
@@ -191,7 +199,7 @@ def stage_whisper(hf_home: str | Path, whisper_model: str, source: str = "auto")
     """
     hf_home, name = Path(hf_home), whisper_model
     repo_id = whisper_repo_id(name)
-    snap = cached_snapshot(hf_home, repo_id)
+    snap = cached_snapshot(hf_home, repo_id, WHISPER_REVISION)
     complete, _ = _checked(snap, WHISPER_FILES)
     if source == "auto" and complete:
         entry = {"repo_id": repo_id, "revision": snap.name, "source": "cache",
@@ -202,7 +210,7 @@ def stage_whisper(hf_home: str | Path, whisper_model: str, source: str = "auto")
     if source == "hub":
         # A damaged cached copy is fetched again rather than trusted; an interrupted
         # download resumes.
-        path = download(repo_id, "main", hf_home, force=_damaged(snap))
+        path = download(repo_id, WHISPER_REVISION, hf_home, force=_damaged(snap))
         entry = {"repo_id": repo_id, "revision": path.name, "source": "hub", "path": str(path)}
     elif source == "package":
         if repo_id != PACKAGED_WHISPER:
@@ -232,7 +240,7 @@ FLORENCE_FILES = ("config.json", "model.safetensors", "preprocessor_config.json"
                   "tokenizer.json", "tokenizer_config.json")
 
 
-def stage_florence(hf_home: str | Path, florence_repo: str = TINY_FLORENCE,
+def stage_florence(hf_home: str | Path, florence_repo: str = setting_default("florence_repo"),
                    florence_revision: str = setting_default("florence_revision"),
                    meld_dir: str | Path | None = None) -> dict:
     """Make a native-transformers Florence-2 checkpoint loadable offline from ``hf_home``.
@@ -245,7 +253,7 @@ def stage_florence(hf_home: str | Path, florence_repo: str = TINY_FLORENCE,
     tiny = repo_id == TINY_FLORENCE
     key = "florence:tiny" if tiny else f"florence:{repo_id}"
     if tiny:
-        snap = cached_snapshot(hf_home, repo_id)
+        snap = cached_snapshot(hf_home, repo_id, LOCAL_REF)
         if _checked(snap, FLORENCE_FILES)[0]:
             entry = {"repo_id": repo_id, "revision": snap.name, "source": "cache",
                      "path": str(snap)}

@@ -16,11 +16,17 @@ from pathlib import Path
 
 from meldflow import MeldflowError
 from meldflow.options import check, default_of, option, option_fields, option_schema
-from meldflow.preprocess.status import FLAGS
-from meldflow.settings import Settings, setting_default
+from meldflow.row_status import FLAGS
+from meldflow.settings import setting_default
 
 # Earlier names of fields, read in old options files and model folders.
 RENAMED = {"model_repo": "florence_repo", "revision": "florence_revision"}
+
+
+def setting_field(name: str, **metadata):
+    """A TrainConfig field that is one of the workflow's settings (those whose ``steps``
+    include ``train``): its default and meaning are that definition's."""
+    return field(default=setting_default(name), metadata={"setting": name, **metadata})
 
 
 @dataclass
@@ -29,7 +35,6 @@ class TrainConfig:
 
     # Paths are not part of a run's identity (what they hold is: run.json's data checksums).
     out: str = field(metadata={"identity": False})
-    hf_home: str = field(metadata={"identity": False})
     train: list[str] = field(default_factory=list, metadata={"identity": False})  # shards
     dev: list[str] = field(default_factory=list, metadata={"identity": False})
     test: list[str] = field(default_factory=list, metadata={"identity": False})
@@ -37,9 +42,10 @@ class TrainConfig:
     train_csv: str | None = field(default=None, metadata={"identity": False})
     dev_csv: str | None = field(default=None, metadata={"identity": False})
     test_csv: str | None = field(default=None, metadata={"identity": False})
-    # the model comes from the workflow's settings (one definition each)
-    florence_repo: str = setting_default("florence_repo")
-    florence_revision: str = setting_default("florence_revision")
+    # the model and its cache: the workflow's settings (meldflow.settings) read by `train`
+    hf_home: str = setting_field("hf_home", identity=False)
+    florence_repo: str = setting_field("florence_repo")
+    florence_revision: str = setting_field("florence_revision")
     # --- options (config `train:` block, `meldflow train --<name>`) ---
     modalities: str = option("text+vision", "what the model reads",
                              choices=["text", "vision", "text+vision"])
@@ -263,8 +269,8 @@ def configs_from_args(a) -> tuple[TrainConfig, LaunchConfig]:
             train_kw[split] = sorted(str(p) for p in
                                      (Path(a.aligned_dir) / split).glob("shard-*.parquet"))
     train_kw |= given(a, step_fields("train")) | given(a, option_fields(TrainConfig))
-    train_kw["hf_home"] = str(Path(train_kw.get("hf_home") or Settings().hf_home).resolve())
     cfg = TrainConfig(out=a.out, **train_kw)
+    cfg.hf_home = str(Path(cfg.hf_home).resolve())
     for p in cfg.train + cfg.dev + cfg.test:  # a damaged shard fails here, named, early
         if not Path(p).is_file():
             raise MeldflowError(f"aligned shard not found: {p}; run the preprocess target")

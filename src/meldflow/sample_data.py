@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from meldflow import MeldflowError
-from meldflow.preprocess.ingest import CLIP_DIRS
+from meldflow.annotations import CLIP_DIRS
 
 COLOURS = {  # emotion -> base RGB of the background
     "neutral": (128, 128, 128), "joy": (230, 200, 40), "surprise": (240, 120, 30),

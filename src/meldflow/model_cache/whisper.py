@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from meldflow import MeldflowError
-from meldflow.models.cache import verified_snapshot
-from meldflow.models.stage import WHISPER_FILES, whisper_repo_id
+from meldflow.model_cache.snapshots import verified_snapshot
+from meldflow.model_cache.stage import WHISPER_FILES, WHISPER_REVISION, whisper_repo_id
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ def model_dir(name: str, hf_home: str | Path) -> tuple[Path, dict[str, str]]:
     damaged: a damaged model.bin otherwise loads and transcribes every clip as silence.
     """
     hint = f"run `meldflow stage --hf-home {hf_home} --whisper-model {name}` first"
-    return verified_snapshot(hf_home, whisper_repo_id(name), "main", WHISPER_FILES,
+    return verified_snapshot(hf_home, whisper_repo_id(name), WHISPER_REVISION, WHISPER_FILES,
                              "Whisper model", hint)
 
 

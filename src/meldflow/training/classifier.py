@@ -116,7 +116,6 @@ class EmotionClassifier(torch.nn.Module):
 
 def load_florence(snap: Path):
     """Model and processor from a verified snapshot folder, never the network."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
     from transformers import AutoProcessor, Florence2ForConditionalGeneration
 
     # The snapshot folder itself, not the repo id: a folder never touches the network,

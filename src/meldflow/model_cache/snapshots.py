@@ -21,6 +21,17 @@ def hub_cache(hf_home: str | Path) -> Path:
     return Path(hf_home) / "hub"
 
 
+# The branch a model built or copied here (not downloaded) is filed under, as the Hub's own.
+LOCAL_REF = "main"
+
+
+def use_offline_cache(hf_home: str | Path) -> None:
+    """Point Hugging Face at the cache ``hf_home`` and forbid it the network. Hugging Face
+    reads both at import: call this before anything imports transformers or faster-whisper."""
+    os.environ["HF_HOME"] = str(Path(hf_home).resolve())
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+
 def _git_blob_sha1(path: Path) -> str:
     digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
     with open(path, "rb") as f:
@@ -74,11 +85,28 @@ def verified_snapshot(hf_home: str | Path, repo_id: str, revision: str, required
     return snap, files
 
 
+def snapshot_verified_before(hf_home: str | Path, repo_id: str, revision: str,
+                             files: dict[str, str]) -> Path:
+    """The snapshot that ``verified_snapshot`` found with these ``files`` earlier in the
+    job's life (at launch), found again without hashing a byte: each file must still link
+    to the blob of the hash recorded, so a re-staged or re-linked model is caught."""
+    snap = cached_snapshot(hf_home, repo_id, revision)
+    if snap is None:
+        raise MeldflowError(f"model {repo_id} snapshot {revision[:12]} left the cache "
+                            f"{hf_home} after the job was launched; stage it and rerun")
+    for rel, digest in files.items():
+        target = (snap / rel).resolve()
+        if not target.is_file() or (":" not in digest and target.name != digest):
+            raise MeldflowError(f"model {repo_id} in {snap} changed after the job was "
+                                f"launched ({rel}); stage it again and rerun")
+    return snap
+
+
 def _repo_folder(hf_home: str | Path, repo_id: str) -> Path:
     return hub_cache(hf_home) / ("models--" + repo_id.replace("/", "--"))
 
 
-def cached_snapshot(hf_home: str | Path, repo_id: str, revision: str = "main") -> Path | None:
+def cached_snapshot(hf_home: str | Path, repo_id: str, revision: str) -> Path | None:
     """The snapshot folder of ``repo_id`` in the cache, or ``None``; never touches the network."""
     folder = _repo_folder(hf_home, repo_id)
     ref = folder / "refs" / revision
@@ -128,5 +156,5 @@ def place_in_cache(src_dir: str | Path, hf_home: str | Path, repo_id: str) -> tu
     else:
         os.replace(tmp_snap, snap)
     (folder / "refs").mkdir(exist_ok=True)
-    write_text(commit, folder / "refs" / "main")
+    write_text(commit, folder / "refs" / LOCAL_REF)
     return snap, commit

@@ -1,1 +1,0 @@
-"""Models in the offline Hugging Face cache: staging, verification, the tiny Florence-2."""
