@@ -1,21 +1,12 @@
+"""The tests' fixtures: the staged caches, the workflow runs they share, the cluster."""
+
 import os
-import random
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "src" / "meldflow" / "data" / "sample"
-SHARED_MELD = REPO.parent / "shared" / "meld"
-BIN = Path(sys.executable).parent
-IN_CI = os.environ.get("CI", "").lower() == "true"
-TRAIN_CSV = str(SAMPLE / "train_sent_emo.csv")
-DEV_CSV = str(SAMPLE / "dev_sent_emo.csv")
-
+from helpers import IN_CI, REPO, SHARED_MELD, make_workdir, run_snakemake
 
 # Tests that use these fixtures run the workflow: they are integration tests, whatever
 # their module says (one rule, so that `make test-fast` never starts a workflow).
@@ -28,23 +19,6 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.integration)
         if "slurm_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slurm)
-
-
-def need_tool(name: str) -> str:
-    """Path of a tool the setup installs: a failure in CI, a skip elsewhere."""
-    path = shutil.which(name) or (str(BIN / name) if (BIN / name).exists() else None)
-    if path is None:
-        msg = f"{name} not found; `make setup` installs it"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
-
-
-def env_with_venv() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -62,37 +36,6 @@ def hf_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("hf_home")
     stage_whisper(home, "tiny.en", source="package")
     return home
-
-
-def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    need_tool("ffmpeg")
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--cores", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env_with_venv(), cwd=workdir)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def make_workdir(root: Path, hf_home: Path, **overrides) -> Path:
-    """A working folder whose config points at the bundled sample and ``hf_home``."""
-    import yaml
-
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config.update({"meld_dir": str(SAMPLE), "hf_home": str(hf_home)} | overrides)
-    (root / "config").mkdir(parents=True, exist_ok=True)
-    (root / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    return root
-
-
-def copy_preprocessed(preprocessed: Path, dest: Path) -> Path:
-    """A copy of the `preprocessed` folder without its training results, mtimes kept, so
-    that Snakemake there redoes nothing of the preprocessing."""
-    skip = {preprocessed / "results" / "train", preprocessed / "results" / "evaluate",
-            preprocessed / ".snakemake" / "locks"}
-    shutil.copytree(preprocessed, dest, symlinks=True,
-                    ignore=lambda d, names: [n for n in names if Path(d) / n in skip])
-    return dest
 
 
 @pytest.fixture(scope="session")
@@ -121,180 +64,6 @@ def florence_home(tmp_path_factory) -> Path:
     entry = stage_florence(home)
     assert entry["repo_id"] == TINY_FLORENCE
     return home
-
-
-def whisper_settings(hf_home: Path, **kw):
-    """Settings that transcribe on the CPU with the tiny.en staged in ``hf_home``."""
-    from meldflow.settings import Settings
-
-    return Settings(hf_home=str(hf_home), whisper_device="cpu", **kw)
-
-
-def train_config(florence_home: Path, out: Path, **kw):
-    """A small text-only training on the sample's CSVs (one process, one epoch)."""
-    from meldflow.training.train_options import TrainConfig
-
-    base = dict(out=str(out), hf_home=str(florence_home), train_csv=TRAIN_CSV, dev_csv=DEV_CSV,
-                modalities="text", epochs=1, streams=1, lr=1e-3, checkpoint_every=3)
-    return TrainConfig(**(base | kw))
-
-
-def weights(model_dir: Path) -> dict:
-    """Every tensor of a saved run (Florence-2 and heads), as float32 CPU tensors."""
-    from safetensors.torch import load_file
-
-    out = {}
-    for name in ("model.safetensors", "heads.safetensors"):
-        out |= {f"{name}:{k}": v.float() for k, v in load_file(str(model_dir / name)).items()}
-    return out
-
-
-def max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
-
-
-def without_key_biases(w: dict) -> dict:
-    """All tensors but the attention key projections' biases. Their gradient is zero in
-    exact arithmetic (softmax ignores a constant added to every score), and AdamW scales
-    its rounding noise up to lr-sized steps, so they drift apart with any change in
-    summation order (process count, a resumed process) without changing any output."""
-    return {k: v for k, v in w.items() if not k.endswith("k_proj.bias")}
-
-
-def tensorboard_events(run: Path):
-    """The run's TensorBoard events, as TensorBoard itself reads them."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0,
-                                                                     "images": 0})
-    events.Reload()
-    return events
-
-
-def corrupt_middle(src: Path, dst: Path, n: int = 3000) -> Path:
-    data = bytearray(src.read_bytes())
-    rng = random.Random(1)
-    mid = len(data) // 2
-    data[mid:mid + n] = bytes(rng.randrange(256) for _ in range(n))
-    dst.write_bytes(bytes(data))
-    return dst
-
-
-def speech_clip(path: Path, text: str, video_seconds: float | None = None,
-                 video_extra_s: float = 0.0) -> Path:
-    """espeak-ng speech on a plain video; with ``video_seconds`` (or ``video_extra_s`` more
-    than the speech) the video runs on after the audio has ended (the audio track is
-    shorter than the container)."""
-    wav = path.with_suffix(".wav")
-    subprocess.run([need_tool("espeak-ng"), "-v", "en-us", "-s", "150", "-w", str(wav), text],
-                   check=True)
-    cmd = [need_tool("ffmpeg"), "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i",
-           "color=c=0x3050a0:s=160x90:r=15", "-i", str(wav), "-map", "0:v", "-map", "1:a",
-           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "1"]
-    import wave
-
-    with wave.open(str(wav)) as w:
-        seconds = w.getnframes() / w.getframerate()
-    video = video_seconds or seconds + video_extra_s
-    subprocess.run(cmd + ["-t", f"{video:.3f}", str(path)], check=True)
-    wav.unlink()
-    return path
-
-
-def tight_clip(path: Path, text: str | None, seconds: float = 3.0) -> Path:
-    """A clip cut from an episode: espeak-ng speech (190 words a minute) with its silence
-    trimmed, so the speech starts at the clip's first sample and runs to its last; audio
-    and video end together. ``text=None``: ``seconds`` of silence."""
-    import wave
-
-    import numpy as np
-
-    wav = path.with_suffix(".wav")
-    if text is None:
-        rate, pcm = 22050, np.zeros(int(seconds * 22050), np.int16)
-    else:
-        subprocess.run([need_tool("espeak-ng"), "-v", "en-us", "-s", "190", "-w", str(wav),
-                        text], check=True)
-        with wave.open(str(wav)) as w:
-            rate, pcm = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), np.int16)
-        loud = np.nonzero(np.abs(pcm) > 0.01 * 32768)[0]
-        pcm = pcm[loud[0]:loud[-1] + 1]
-    with wave.open(str(wav), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    subprocess.run([need_tool("ffmpeg"), "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi",
-                    "-i", "color=c=0x3050a0:s=160x90:r=25", "-i", str(wav), "-map", "0:v",
-                    "-map", "1:a", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
-                    "-ac", "1", "-t", f"{len(pcm) / rate:.3f}", str(path)], check=True)
-    wav.unlink()
-    return path
-
-
-def clip_rows(clips: list[Path], texts: list[str], csv_seconds: list[float] | None = None):
-    """An ingest table of ``clips``; ``csv_seconds``: each row's EndTime - StartTime."""
-    n = len(clips)
-    ends = [10.0 + s for s in csv_seconds] if csv_seconds else [None] * n
-    return pa.table({"split": ["test"] * n, "dialogue_id": list(range(n)),
-                     "utterance_id": [0] * n, "clip_path": [str(c) for c in clips],
-                     "status": ["ok"] * n, "utterance": texts,
-                     "start_s": [10.0 if csv_seconds else None] * n, "end_s": ends},
-                    schema=pa.schema([("split", pa.string()), ("dialogue_id", pa.int32()),
-                                      ("utterance_id", pa.int32()), ("clip_path", pa.string()),
-                                      ("status", pa.string()), ("utterance", pa.string()),
-                                      ("start_s", pa.float64()), ("end_s", pa.float64())]))
-
-
-def damage_middle(blob: Path) -> None:
-    data = bytearray(blob.read_bytes())
-    rng = random.Random(0)
-    mid = len(data) // 2
-    data[mid:mid + 4096] = bytes(rng.randrange(256) for _ in range(4096))
-    blob.write_bytes(bytes(data))  # same size: a size check cannot see it
-
-
-def shard_fingerprint(aligned: Path, meld_dir: Path = SAMPLE) -> dict:
-    """Per split, the SHA-256 of every column of the aligned shards (rows in order; the
-    clips' folder in `reason` written as <meld_dir>), and the ffmpeg that made the frames."""
-    import hashlib
-    import json
-
-    import pyarrow.parquet as pq
-
-    from meldflow.storage import read_metadata
-
-    out: dict = {}
-    for split_dir in sorted(p for p in aligned.iterdir() if p.is_dir()):
-        shards = sorted(split_dir.glob("shard-*.parquet"))
-        table = pa.concat_tables(pq.read_table(p) for p in shards)
-        columns = {}
-        for name in table.column_names:
-            values = table.column(name).to_pylist()
-            if name == "reason":
-                values = [v.replace(str(meld_dir), "<meld_dir>") if v else v for v in values]
-            text = json.dumps(values, default=lambda b: b.hex() if isinstance(b, bytes) else b)
-            columns[name] = hashlib.sha256(text.encode()).hexdigest()
-        out[split_dir.name] = {"shards": [p.name for p in shards], "columns": columns,
-                               "ffmpeg": read_metadata(shards[0])["meldflow_frames"]["ffmpeg"],
-                               "whisper_kernels": whisper_kernels()}
-    return out
-
-
-def whisper_kernels() -> str:
-    """What Whisper's CPU results depend on besides the model: the CTranslate2 version and
-    the vector instructions its int8 kernels pick (on an AVX-512 VNNI CPU a few of the
-    sample's transcripts differ from an AVX2 CPU's)."""
-    import ctranslate2
-
-    flags = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    isa = [f for f in ("avx512f", "avx512_vnni", "avx512bw", "avx_vnni", "avx2") if f in flags]
-    return f"ctranslate2 {ctranslate2.__version__}, {' '.join(isa) or 'no avx'}"
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from conftest import BIN, env_with_venv
+from helpers import BIN, env_with_venv
 
 
 def test_help_lists_every_step():

@@ -2,7 +2,7 @@
 import re
 
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 ABLATION = yaml.safe_load((REPO / "config" / "ablation.yaml").read_text())
 DOCS = [REPO / "README.md", REPO / "config" / "ablation.yaml",

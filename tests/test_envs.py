@@ -4,7 +4,7 @@ import re
 import tomllib
 
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 
 def pins(lines):

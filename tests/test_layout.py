@@ -1,18 +1,25 @@
-"""The code's shape: small modules and functions, folders that mirror the workflow."""
+"""The code's shape: small modules and functions, folders that mirror the workflow and the
+package, and floors that imports only go down."""
 
 import ast
 import re
 
-from conftest import REPO
+from helpers import REPO
 
 SRC = REPO / "src" / "meldflow"
 
 
-def test_no_module_over_400_lines_and_no_function_over_80():
+def python_modules() -> list:
+    """Every Python module of the project: the package, its tests and benchmarks."""
+    return sorted(p for folder in ("src", "tests", "benchmarks")
+                  for p in (REPO / folder).rglob("*.py"))
+
+
+def test_every_module_under_400_lines_and_no_function_over_80():
     too_big = []
-    for path in sorted(SRC.rglob("*.py")) + sorted((REPO / "benchmarks").glob("*.py")):
+    for path in python_modules():
         text = path.read_text()
-        if path.is_relative_to(SRC) and len(text.splitlines()) > 400:
+        if len(text.splitlines()) >= 400:
             too_big.append(f"{path.relative_to(REPO)}: {len(text.splitlines())} lines")
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -20,6 +27,28 @@ def test_no_module_over_400_lines_and_no_function_over_80():
                 if length > 80:
                     too_big.append(f"{path.relative_to(REPO)}: {node.name}, {length} lines")
     assert not too_big, too_big
+
+
+def test_no_two_modules_of_the_package_share_a_name():
+    """A module's name alone finds it (no options.py beside training/options.py)."""
+    names = [p.name for p in SRC.rglob("*.py") if p.name != "__init__.py"]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
+
+
+def test_tests_mirror_the_package_and_share_helpers_not_conftest():
+    """One test folder per subpackage (plus the workflow's); the top level holds the tests
+    of the top-level modules. Helpers live in helpers.py, fixtures in conftest.py."""
+    tests = REPO / "tests"
+    subpackages = {p.parent.name for p in SRC.glob("*/__init__.py")}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name not in
+               ("data", "__pycache__")}
+    assert folders == subpackages | {"workflow"}
+    for folder in folders:
+        assert list((tests / folder).glob("test_*.py")), folder
+    importing_conftest = [str(p.relative_to(tests)) for p in tests.rglob("*.py")
+                          if re.search(r"^\s*(from conftest |import conftest)",
+                                       p.read_text(), re.M)]
+    assert importing_conftest == []
 
 
 def test_each_rule_runs_the_command_of_its_name_from_the_module_of_its_step():

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import (
+from helpers import (
     BIN,
     REPO,
     SAMPLE,
@@ -39,8 +39,7 @@ def test_config_train_block_holds_the_defaults():
 
 
 def test_every_option_has_a_flag_and_files_and_flags_combine(tmp_path):
-    from meldflow.cli import build_parser
-    from meldflow.training.train_options import configs_from_args
+    from meldflow.cli import build_parser, train_configs_of
 
     help_text = subprocess.run([str(BIN / "meldflow"), "train", "--help"], capture_output=True,
                                text=True, check=True).stdout
@@ -55,7 +54,7 @@ def test_every_option_has_a_flag_and_files_and_flags_combine(tmp_path):
     args = build_parser().parse_args(["train", "--out", str(tmp_path / "run"), "--options",
                                       str(options), "--lr", "0.5", "--no-augment",
                                       "--seed", "3"])
-    cfg, how = configs_from_args(args)
+    cfg, how = train_configs_of(args)
     assert (cfg.lr, cfg.augment, cfg.seed, cfg.modalities) == (0.5, False, 3, "text")
     assert cfg.epochs == default_of(next(f for f in option_fields(TrainConfig)
                                          if f.name == "epochs"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import BIN, SAMPLE, env_with_venv, need_tool
+from helpers import BIN, SAMPLE, env_with_venv, need_tool
 
 from meldflow.model_cache.snapshots import cached_snapshot
 from meldflow.model_cache.stage import LOCK_NAME, stage_whisper

@@ -109,19 +109,28 @@ def cmd_stage(a: argparse.Namespace, s: Settings) -> None:
         write_text((Path(s.hf_home) / LOCK_NAME).read_text(), a.lock_out)
 
 
-def cmd_train(a: argparse.Namespace, s: Settings) -> None:
-    from meldflow.training.launch import launch
-    from meldflow.training.train_options import configs_from_args
+def train_configs_of(a: argparse.Namespace):
+    """`meldflow train`'s command line (_train_args) as (TrainConfig, LaunchConfig)."""
+    from meldflow.options import given, option_fields
+    from meldflow.settings import step_fields
+    from meldflow.training.train_options import LaunchConfig, TrainConfig, train_configs
 
-    cfg, how = configs_from_args(a)
-    metrics = launch(cfg, how)
+    splits = ("train", "dev", "test")
+    return train_configs(
+        a.out, a.options, a.aligned_dir, {x: getattr(a, f"{x}_shards") for x in splits},
+        {f"{x}_csv": getattr(a, f"{x}_csv") for x in splits},
+        given(a, step_fields("train")) | given(a, option_fields(TrainConfig)),
+        given(a, option_fields(LaunchConfig)))
+
+
+def cmd_train(a: argparse.Namespace, s: Settings) -> None:
+    from meldflow.training.evaluate import headline
+    from meldflow.training.launch import launch
+
+    metrics = launch(*train_configs_of(a))
     for split in ("dev", "test"):
         if split in metrics:
-            m = metrics[split]
-            print(f"{split}: emotion weighted F1 {m['emotion']['weighted_f1']:.3f} "
-                  f"(majority {m['majority_baseline']['weighted_f1']:.3f}), "
-                  f"accuracy {m['emotion']['accuracy']:.3f}, "
-                  f"sentiment weighted F1 {m['sentiment']['weighted_f1']:.3f}")
+            print(headline(split, metrics[split]))
     print(f"metrics, predictions and plots in {a.out}")
 
 
@@ -134,10 +143,7 @@ def cmd_evaluate(a: argparse.Namespace, s: Settings) -> None:
 def cmd_status(a: argparse.Namespace, s: Settings) -> None:
     from meldflow.slurm.status_report import status
 
-    try:
-        status(a.dir, a.run, a.json, a.watch, a.lines)
-    except KeyboardInterrupt:
-        pass
+    status(a.dir, a.run, a.json, a.watch, a.lines)
 
 
 def cmd_predict(a: argparse.Namespace, s: Settings) -> None:
@@ -164,20 +170,12 @@ def cmd_make_sample(a: argparse.Namespace, s: Settings) -> None:
 def cmd_schema(a: argparse.Namespace, s: Settings) -> None:
     import yaml
 
-    from meldflow.config import config_schema
-    from meldflow.options import option_fields, options_table
-    from meldflow.training.train_options import LaunchConfig, TrainConfig
+    from meldflow.config import config_schema, config_tables
 
-    if not a.table:
+    if a.table:
+        print(config_tables(), end="")
+    else:
         print(yaml.safe_dump(config_schema(), sort_keys=False), end="")
-        return
-    launch = option_fields(LaunchConfig)
-    print("## Settings\n\n" + options_table(option_fields(Settings)))
-    print("## Training (`train:`)\n\n" + options_table(option_fields(TrainConfig)))
-    print("## Where training runs (`train:`)\n\n"
-          + options_table([f for f in launch if f.metadata.get("group") != "slurm"]))
-    print("## SLURM (`train: slurm:`)\n\n"
-          + options_table([f for f in launch if f.metadata.get("group") == "slurm"]), end="")
 
 
 # --- each subcommand's own arguments (its settings flags are generated) -------------------

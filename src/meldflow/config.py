@@ -11,9 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from meldflow import MeldflowError
-from meldflow.options import from_text, option_fields
+from meldflow.options import from_text, option_fields, options_table
 from meldflow.settings import Settings, settings_schema
-from meldflow.training.train_options import EXPERIMENT_NAME, train_block_schema
+from meldflow.training.train_options import (
+    EXPERIMENT_NAME,
+    LaunchConfig,
+    TrainConfig,
+    train_block_schema,
+)
 
 
 def config_schema() -> dict:
@@ -79,3 +84,15 @@ def check_config_file(path: str | Path) -> None:
         yaml.load(Path(path).read_text(), Loader=Strict)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         raise MeldflowError(f"{path}: not valid YAML ({exc})") from None
+
+
+def config_tables() -> str:
+    """Every setting and option as Markdown tables (`meldflow schema --table`): the
+    reference in docs/configuration.md."""
+    launch = option_fields(LaunchConfig)
+    return ("## Settings\n\n" + options_table(option_fields(Settings)) + "\n"
+            + "## Training (`train:`)\n\n" + options_table(option_fields(TrainConfig)) + "\n"
+            + "## Where training runs (`train:`)\n\n"
+            + options_table([f for f in launch if f.metadata.get("group") != "slurm"]) + "\n"
+            + "## SLURM (`train: slurm:`)\n\n"
+            + options_table([f for f in launch if f.metadata.get("group") == "slurm"]))

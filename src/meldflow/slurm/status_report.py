@@ -284,4 +284,7 @@ def status(workdir: str | Path = ".", run_id: str | None = None, as_json: bool =
         done = not note and all(r.state in TERMINAL for r in rows)
         if not watch or done:
             return 0
-        time.sleep(watch)
+        try:
+            time.sleep(watch)
+        except KeyboardInterrupt:  # the usual way to stop watching
+            return 0

@@ -325,3 +325,12 @@ def runs_outside(train_dir: str | Path, runs: set[tuple[str, int]]) -> list[str]
         if run.is_dir() and seed.isdigit() and (run.parent.name, int(seed)) not in runs:
             found.append(str(run))
     return found
+
+
+def headline(split: str, m: dict) -> str:
+    """A split's results in one line (what `meldflow train` prints), beside the majority
+    baseline."""
+    return (f"{split}: emotion weighted F1 {m['emotion']['weighted_f1']:.3f} "
+            f"(majority {m['majority_baseline']['weighted_f1']:.3f}), "
+            f"accuracy {m['emotion']['accuracy']:.3f}, "
+            f"sentiment weighted F1 {m['sentiment']['weighted_f1']:.3f}")

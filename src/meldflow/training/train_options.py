@@ -250,33 +250,30 @@ def write_options_file(options: dict, path: str | Path, log: str | Path | None =
         write_text(f"wrote {path}: {len(options)} keys\n", log)
 
 
-def configs_from_args(a) -> tuple[TrainConfig, LaunchConfig]:
-    """`meldflow train`'s (TrainConfig, LaunchConfig) from its parsed command line: the
-    definitions' defaults < the --options file < flags; shards are checked readable here,
+def train_configs(out: str, options_file: str | None, aligned_dir: str | None,
+                  shards: dict[str, list[str] | None], csvs: dict[str, str | None],
+                  train_flags: dict, launch_flags: dict) -> tuple[TrainConfig, LaunchConfig]:
+    """`meldflow train`'s (TrainConfig, LaunchConfig): the definitions' defaults < the
+    options file < the flags given (``shards`` and ``csvs`` by split, None where not given;
+    ``aligned_dir`` stands for every split's shards). Shards are checked readable here,
     before anything is submitted."""
-    from meldflow.options import given
-    from meldflow.settings import step_fields
     from meldflow.training.dataset import open_parquet
 
-    train_kw, launch_kw = read_options_file(a.options) if a.options else ({}, {})
-    for name in ("train_csv", "dev_csv", "test_csv"):
-        if getattr(a, name) is not None:
-            train_kw[name] = getattr(a, name)
-    for split in ("train", "dev", "test"):
-        if getattr(a, f"{split}_shards") is not None:
-            train_kw[split] = list(getattr(a, f"{split}_shards"))
-        elif a.aligned_dir:
+    train_kw, launch_kw = read_options_file(options_file) if options_file else ({}, {})
+    train_kw |= {name: path for name, path in csvs.items() if path is not None}
+    for split, paths in shards.items():
+        if paths is not None:
+            train_kw[split] = list(paths)
+        elif aligned_dir:
             train_kw[split] = sorted(str(p) for p in
-                                     (Path(a.aligned_dir) / split).glob("shard-*.parquet"))
-    train_kw |= given(a, step_fields("train")) | given(a, option_fields(TrainConfig))
-    cfg = TrainConfig(out=a.out, **train_kw)
+                                     (Path(aligned_dir) / split).glob("shard-*.parquet"))
+    cfg = TrainConfig(out=out, **(train_kw | train_flags))
     cfg.hf_home = str(Path(cfg.hf_home).resolve())
     for p in cfg.train + cfg.dev + cfg.test:  # a damaged shard fails here, named, early
         if not Path(p).is_file():
             raise MeldflowError(f"aligned shard not found: {p}; run the preprocess target")
         open_parquet(p)
-    launch = LaunchConfig(**(launch_kw | given(a, option_fields(LaunchConfig))))
-    return cfg, launch
+    return cfg, LaunchConfig(**(launch_kw | launch_flags))
 
 
 def train_block_schema() -> dict:

@@ -5,7 +5,7 @@ import logging
 import subprocess
 import sys
 
-from conftest import env_with_venv
+from helpers import env_with_venv
 
 from meldflow.slurm.accounting import to_mb, to_seconds
 from meldflow.slurm.plugin import patch_slurm_plugin

@@ -8,7 +8,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import (
+from helpers import (
     BIN,
     REPO,
     copy_preprocessed,

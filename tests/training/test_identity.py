@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     TRAIN_CSV,
     env_with_venv,
     train_config,

@@ -5,7 +5,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
+    REPO,
     SAMPLE,
     TRAIN_CSV,
     max_diff,
@@ -193,7 +194,7 @@ def test_grad_accumulation_and_checkpointing_change_nothing(florence_home, tmp_p
     assert max_diff(runs["plain"], runs["ckpt"]) < 1e-5
 
 
-REFERENCE = Path(__file__).parent / "data" / "single_run_reference.json"
+REFERENCE = REPO / "tests" / "data" / "single_run_reference.json"
 
 
 def _fingerprint(out) -> dict:

@@ -6,7 +6,7 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE, TRAIN_CSV, env_with_venv, whisper_settings
+from helpers import SAMPLE, TRAIN_CSV, env_with_venv, whisper_settings
 
 from meldflow import MeldflowError
 
@@ -41,7 +41,7 @@ def shards_4x128(hf_home, tmp_path_factory):
 
 
 def _train(florence_home, shards, out, **kw):
-    from conftest import train_config
+    from helpers import train_config
 
     from meldflow.training.loop import train
 
@@ -157,7 +157,7 @@ def test_predict_transcribes_with_the_runs_whisper_model(florence_home, hf_home,
 @pytest.mark.integration
 def test_shards_of_different_settings_are_refused(florence_home, shards_4x128, preprocessed,
                                                   tmp_path):
-    from conftest import train_config
+    from helpers import train_config
 
     from meldflow.training.loop import train
 
@@ -180,7 +180,7 @@ def _tight_dev_set(root):
     """A MELD.Raw-like dev split of clips cut as MELD's are: speech to both edges."""
     import csv
 
-    from conftest import tight_clip
+    from helpers import tight_clip
 
     from meldflow.preprocess.probe import clip_info
 
@@ -235,7 +235,7 @@ def _flip_inside(path, tensor: str) -> None:
 def test_a_damaged_model_folder_is_refused_naming_the_file(florence_home, tmp_path):
     """Bits flipped inside a weight of best/ gave other probabilities with exit 0 (0.2551 →
     0.2526); best/ is now verified like a checkpoint, by predict and by evaluate."""
-    from conftest import train_config
+    from helpers import train_config
 
     from meldflow.training.evaluate import compare_runs
     from meldflow.training.loop import train

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import max_diff, tensorboard_events, train_config, weights, without_key_biases
+from helpers import max_diff, tensorboard_events, train_config, weights, without_key_biases
 
 from meldflow import MeldflowError
 from meldflow.training.train_options import LaunchConfig

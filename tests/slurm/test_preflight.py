@@ -6,7 +6,7 @@ import time
 
 import pytest
 import yaml
-from conftest import BIN, REPO, env_with_venv, make_workdir
+from helpers import BIN, REPO, env_with_venv, make_workdir
 
 from meldflow.slurm.preflight import Ask, Partition, minutes_of, problems
 

@@ -5,7 +5,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import (
+from helpers import (
     max_diff,
     train_config,
     weights,

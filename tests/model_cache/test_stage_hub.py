@@ -1,11 +1,12 @@
-"""`meldflow stage` from a Hub: a Hub-compatible server on 127.0.0.1 (tests/hub_server.py)
-holding repositories with the real ones' file layout, reached through HF_ENDPOINT."""
+"""`meldflow stage` from a Hub: a Hub-compatible server on 127.0.0.1 (hub_server.py
+beside this file) holding repositories with the real ones' file layout, reached through
+HF_ENDPOINT."""
 import json
 import subprocess
 import sys
 
 import pytest
-from conftest import BIN, SAMPLE, env_with_venv
+from helpers import BIN, SAMPLE, env_with_venv
 from hub_server import Hub, florence_base_layout
 
 pytestmark = pytest.mark.integration  # a server, downloads and model loads: ~30 s

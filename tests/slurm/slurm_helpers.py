@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from conftest import (
+from helpers import (
     BIN,
     REPO,
     env_with_venv,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import (
+from helpers import (
     SAMPLE,
     need_tool,
     whisper_settings,

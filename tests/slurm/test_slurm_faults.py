@@ -10,7 +10,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import (
+from helpers import (
     BIN,
     REPO,
     env_with_venv,
@@ -35,6 +35,41 @@ from slurm_helpers import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]
+
+
+def assert_status_shows_the_tries(work, cancelled: str, cancelled_comment: str,
+                                  timed_out: str, live: dict) -> None:
+    """`meldflow status` tells the story sacct tells, after the run and while it ran
+    (``live``): each try of the cancelled and the timed-out job, with its log."""
+    out = subprocess.run([sys.executable, "-m", "meldflow.cli", "status", "--dir", str(work),
+                          "--json"], capture_output=True, text=True, check=True).stdout
+    jobs = json.loads(out)["jobs"]
+    tries = {}
+    for j in jobs:
+        tries.setdefault((j["rule"], j["wildcards"]), []).append(j)
+    rule_c, wc_c = cancelled_comment[5:].split("_wildcards_")
+    rule_t, wc_t = timed_out[5:].split("_wildcards_")
+    for rule, wc, first in ((rule_c, wc_c, "CANCELLED"), (rule_t, wc_t, "TIMEOUT")):
+        seq = tries[(rule, wc)]
+        assert [(j["attempt"], j["state"]) for j in seq] == [(1, first), (2, "COMPLETED")]
+        assert seq[0]["log"].endswith(f"{seq[0]['job_id']}.log") and seq[0]["log_tail"]
+    assert all(j["req_mem_mb"] and j["elapsed_s"] >= 0 for j in jobs)
+    done = [j for j in jobs if j["state"] == "COMPLETED" and j["rule"] in ("frames", "align")]
+    assert done and all(j["max_rss_mb"] and 0 < j["cpu_efficiency"] <= 1.5 for j in done)
+    table = subprocess.run([sys.executable, "-m", "meldflow.cli", "status", "--dir",
+                            str(work)], capture_output=True, text=True, check=True).stdout
+    assert "TIMEOUT" in table and "CANCELLED" in table and "cpu eff" in table
+    # While the jobs ran, status was already right (seen before the run ended): every
+    # running and pending job had its rule and wildcards, each job its own tries, and the
+    # cancelled try named its queued resubmission.
+    rules = {"ingest", "transcribe", "frames", "align", "manifest", "summary"}
+    assert all(j["rule"] in rules and j["wildcards"] for j in live["jobs"]
+               if j["rule"] != "summary"), live["jobs"]
+    first = next(j for j in live["jobs"] if j["job_id"] == cancelled)
+    assert first["attempt"] == 1 and first["rule"] == "transcribe"
+    assert " → job " in first["explanation"], first
+    assert sum(j["attempt"] > 1 for j in live["jobs"]) <= 2  # the resubmission (+ a timeout)
+    assert "transcribe" in live["progress"] and "running" in live["progress"]
 
 
 def test_cancelled_and_timed_out_shard_jobs_are_resubmitted(slurm_cluster, preprocessed,
@@ -92,36 +127,7 @@ def test_cancelled_and_timed_out_shard_jobs_are_resubmitted(slurm_cluster, prepr
         assert pq.read_table(remote).equals(pq.read_table(local)), remote
     assert pq.read_table(work / "results" / "manifest" / "train.parquet").equals(
         pq.read_table(preprocessed / "results" / "manifest" / "train.parquet"))
-    # `meldflow status` tells the same story from sacct.
-    out = subprocess.run([sys.executable, "-m", "meldflow.cli", "status", "--dir", str(work),
-                          "--json"], capture_output=True, text=True, check=True).stdout
-    jobs = json.loads(out)["jobs"]
-    tries = {}
-    for j in jobs:
-        tries.setdefault((j["rule"], j["wildcards"]), []).append(j)
-    rule_c, wc_c = cancelled_comment[5:].split("_wildcards_")
-    rule_t, wc_t = timed_out[0][5:].split("_wildcards_")
-    for rule, wc, first in ((rule_c, wc_c, "CANCELLED"), (rule_t, wc_t, "TIMEOUT")):
-        seq = tries[(rule, wc)]
-        assert [(j["attempt"], j["state"]) for j in seq] == [(1, first), (2, "COMPLETED")]
-        assert seq[0]["log"].endswith(f"{seq[0]['job_id']}.log") and seq[0]["log_tail"]
-    assert all(j["req_mem_mb"] and j["elapsed_s"] >= 0 for j in jobs)
-    done = [j for j in jobs if j["state"] == "COMPLETED" and j["rule"] in ("frames", "align")]
-    assert done and all(j["max_rss_mb"] and 0 < j["cpu_efficiency"] <= 1.5 for j in done)
-    table = subprocess.run([sys.executable, "-m", "meldflow.cli", "status", "--dir",
-                            str(work)], capture_output=True, text=True, check=True).stdout
-    assert "TIMEOUT" in table and "CANCELLED" in table and "cpu eff" in table
-    # While the jobs ran, status was already right (seen before the run ended): every
-    # running and pending job had its rule and wildcards, each job its own tries, and the
-    # cancelled try named its queued resubmission.
-    rules = {"ingest", "transcribe", "frames", "align", "manifest", "summary"}
-    assert all(j["rule"] in rules and j["wildcards"] for j in live["jobs"]
-               if j["rule"] != "summary"), live["jobs"]
-    first = next(j for j in live["jobs"] if j["job_id"] == cancelled)
-    assert first["attempt"] == 1 and first["rule"] == "transcribe"
-    assert " → job " in first["explanation"], first
-    assert sum(j["attempt"] > 1 for j in live["jobs"]) <= 2  # the resubmission (+ a timeout)
-    assert "transcribe" in live["progress"] and "running" in live["progress"]
+    assert_status_shows_the_tries(work, cancelled, cancelled_comment, timed_out[0], live)
 
 
 def test_out_of_memory_and_node_failure_are_redone(slurm_cluster, preprocessed, hf_home,

@@ -2,7 +2,7 @@ import io
 import subprocess
 
 import pytest
-from conftest import SAMPLE, need_tool
+from helpers import SAMPLE, need_tool
 from PIL import Image
 
 from meldflow.preprocess.frames import extract_frames, split_jpegs, target_times

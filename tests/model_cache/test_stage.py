@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import (
+from helpers import (
     SAMPLE,
     TRAIN_CSV,
     damage_middle,
@@ -83,7 +83,7 @@ def test_truncated_lock_file_is_rebuilt(hf_home, tmp_path):
     import subprocess
     import sys
 
-    from conftest import env_with_venv
+    from helpers import env_with_venv
 
     from meldflow.model_cache.stage import LOCK_NAME
 
@@ -186,7 +186,7 @@ def test_stage_outside_the_project_folder_builds_the_tiny_model(tmp_path):
     meld_dir (relative to the project); the bundled sample is used then."""
     import subprocess
 
-    from conftest import BIN, env_with_venv
+    from helpers import BIN, env_with_venv
 
     proc = subprocess.run([str(BIN / "meldflow"), "stage", "--hf-home", str(tmp_path / "hf"),
                            "--models", "florence"], capture_output=True, text=True,

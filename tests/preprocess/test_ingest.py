@@ -5,7 +5,7 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE
+from helpers import SAMPLE
 
 from meldflow import MeldflowError
 from meldflow.annotations import normalise_text, parse_time, read_annotations
