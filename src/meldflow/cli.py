@@ -80,8 +80,8 @@ def cmd_manifest(a: argparse.Namespace, s: Settings) -> None:
 def cmd_summary(a: argparse.Namespace, s: Settings) -> None:
     from meldflow.preprocess.summary import run_summary
 
-    text = run_summary(a.manifests, a.unused or [], a.out, a.plot, a.ingest_info, a.audit,
-                       s.audit_max_wer, a.txt)
+    text = run_summary(a.manifests, a.unused or [], a.out, s.audit_max_wer, a.plot,
+                       a.ingest_info, a.audit, a.txt)
     print("Rows per status (every annotation row is in results/manifest/{split}.parquet):")
     print(text, end="")
 

@@ -90,8 +90,10 @@ def config_tables() -> str:
     """Every setting and option as Markdown tables (`meldflow schema --table`): the
     reference in docs/configuration.md."""
     launch = option_fields(LaunchConfig)
-    return ("## Settings\n\n" + options_table(option_fields(Settings)) + "\n"
-            + "## Training (`train:`)\n\n" + options_table(option_fields(TrainConfig)) + "\n"
+    return ("## Settings\n\n" + options_table(option_fields(Settings), "",
+                                              ("steps", "recorded")) + "\n"
+            + "## Training (`train:`)\n\n"
+            + options_table(option_fields(TrainConfig), "", ("identity",)) + "\n"
             + "## Where training runs (`train:`)\n\n"
             + options_table([f for f in launch if f.metadata.get("group") != "slurm"]) + "\n"
             + "## SLURM (`train: slurm:`)\n\n"

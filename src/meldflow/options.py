@@ -178,13 +178,27 @@ def given(args: argparse.Namespace, fields: list[dataclasses.Field]) -> dict:
     return out
 
 
-def options_table(fields: list[dataclasses.Field], prefix: str = "") -> str:
-    """Options as a Markdown table (docs/configuration.md is made of these)."""
-    lines = ["| key | default | meaning |", "|---|---|---|"]
+def options_table(fields: list[dataclasses.Field], prefix: str = "",
+                  facts: tuple[str, ...] = ()) -> str:
+    """Options as a Markdown table (docs/configuration.md is made of these). ``facts``:
+    columns of what a definition says of itself: ``steps`` (the commands that take it),
+    ``recorded`` (the outputs whose metadata record it), ``identity`` (whether it counts
+    toward a training run's identity)."""
+    heads = {"steps": "read by", "recorded": "recorded in", "identity": "in run identity"}
+    lines = ["| key | default | " + "".join(f"{heads[c]} | " for c in facts) + "meaning |",
+             "|---|---|" + "---|" * len(facts) + "---|"]
     for f in fields:
         checks = [f"{k.replace('_', ' ')} {v}" for k, v in f.metadata.items() if k in _RANGES]
         if f.metadata.get("choices"):
             checks.append("one of " + ", ".join(map(str, f.metadata["choices"])))
         extra = f" ({'; '.join(checks)})" if checks else ""
-        lines.append(f"| `{prefix}{f.name}` | `{default_of(f)}` | {f.metadata['help']}{extra} |")
+        cells = "".join(f"{_fact(f, c)} | " for c in facts)
+        lines.append(f"| `{prefix}{f.name}` | `{default_of(f)}` | {cells}"
+                     f"{f.metadata['help']}{extra} |")
     return "\n".join(lines) + "\n"
+
+
+def _fact(f: dataclasses.Field, column: str) -> str:
+    if column == "identity":
+        return "yes" if f.metadata.get("identity", True) else "no"
+    return ", ".join(f.metadata.get(column, ())) or ("the workflow" if column == "steps" else "-")

@@ -125,7 +125,7 @@ def make_clip(out: Path, text: str, speaker: str, emotion: str, rng: random.Rand
     return duration
 
 
-def make_sample(out: str | Path, seed: int = 7, size: tuple[int, int] = (320, 180)) -> Path:
+def make_sample(out: str | Path, seed: int, size: tuple[int, int]) -> Path:
     """Write the whole sample (CSVs and clips) under ``out``, replacing what is there."""
     for tool in ("espeak-ng", "ffmpeg"):
         if shutil.which(tool) is None:

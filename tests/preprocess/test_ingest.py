@@ -196,7 +196,7 @@ def test_missing_clip_folder_is_warned_about(tmp_path):
     cols |= {"transcript": pa.nulls(t.num_rows, pa.string()),
              "wer": pa.nulls(t.num_rows, pa.float64())}
     pq.write_table(pa.table(cols), manifest)
-    text = run_summary([manifest], [tmp_path / "dev.unused.tsv"], tmp_path / "s.tsv",
+    text = run_summary([manifest], [tmp_path / "dev.unused.tsv"], tmp_path / "s.tsv", 0.75,
                        ingest_infos=[tmp_path / "dev.shards.json"], audit_out=tmp_path / "a.tsv")
     assert "WARNING" in text and "dev_splits_complete" in text
     assert "audit: 20 row(s)" in text

@@ -5,7 +5,7 @@ import logging
 import subprocess
 import sys
 
-from helpers import env_with_venv
+from helpers import REPO, env_with_venv
 
 from meldflow.slurm.accounting import to_mb, to_seconds
 from meldflow.slurm.plugin import patch_slurm_plugin
@@ -257,3 +257,11 @@ def test_a_refresh_makes_one_sacct_and_one_squeue_call(tmp_path):
                            str(tmp_path)], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert sorted(calls.read_text().split()) == ["sacct", "squeue"]
+
+
+def test_job_logs_are_looked_for_where_the_profile_puts_them(tmp_path):
+    """The log folder is the profile's `slurm-logdir` (one place), else the plugin's own."""
+    from meldflow.slurm.status_report import PLUGIN_LOGDIR, slurm_logdir
+
+    assert slurm_logdir(REPO) == REPO / "results" / "logs" / "slurm"
+    assert slurm_logdir(tmp_path) == tmp_path / PLUGIN_LOGDIR

@@ -14,16 +14,11 @@ import pyarrow.parquet as pq
 from meldflow.row_status import FLAGS
 from meldflow.storage import write_text
 
-# Whisper disagreeing with most of the gold line: a mis-cut clip, another speaker's line,
-# or noise (on real MELD whisper-small's median per-utterance WER is about 0.17).
-AUDIT_MAX_WER = 0.75
-
-
 AUDIT_COLUMNS = ["split", "dialogue_id", "utterance_id", "csv_line", "status", "why", "wer",
                  "utterance", "transcript", "reason"]
 
 
-def audit_rows(manifest_paths: list[str | Path], max_wer: float = AUDIT_MAX_WER) -> list[dict]:
+def audit_rows(manifest_paths: list[str | Path], max_wer: float) -> list[dict]:
     """Rows to look at before trusting them: a status other than ok, any flag, or a
     transcript whose WER against the gold utterance exceeds ``max_wer``."""
     out = []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from meldflow.preprocess.audit import AUDIT_MAX_WER, audit_rows, write_audit
+from meldflow.preprocess.audit import audit_rows, write_audit
 from meldflow.row_status import STATUSES
 from meldflow.storage import atomic_path, write_text
 
@@ -68,9 +68,9 @@ def plot_summary(manifest_paths: list[str | Path], out: str | Path) -> None:
 
 
 def run_summary(manifest_paths: list[str | Path], unused_paths: list[str | Path],
-                out_tsv: str | Path, out_png: str | Path | None = None,
+                out_tsv: str | Path, audit_max_wer: float, out_png: str | Path | None = None,
                 ingest_infos: list[str | Path] | None = None, audit_out: str | Path | None = None,
-                audit_max_wer: float = AUDIT_MAX_WER, txt_out: str | Path | None = None) -> str:
+                txt_out: str | Path | None = None) -> str:
     import json
 
     unused = {}

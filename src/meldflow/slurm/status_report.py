@@ -148,8 +148,23 @@ def explain(row: JobRow, after: JobRow | None) -> str:
     return f"{what}; resubmitted as {nxt}{link}"
 
 
-def collect(workdir: str | Path = ".", run_id: str | None = None, tail_lines: int = 5,
-            slurm_logdir: str = "results/logs/slurm"
+# Where the SLURM plugin writes a job's log when the profile does not say (its default).
+PLUGIN_LOGDIR = ".snakemake/slurm_logs"
+
+
+def slurm_logdir(workdir: Path) -> Path:
+    """The job log folder the project's profile (cluster/slurm/config.yaml) names."""
+    import yaml
+
+    profile = workdir / "cluster" / "slurm" / "config.yaml"
+    try:
+        named = (yaml.safe_load(profile.read_text()) or {}).get("slurm-logdir")
+    except (OSError, yaml.YAMLError):
+        named = None
+    return workdir / (named or PLUGIN_LOGDIR)
+
+
+def collect(workdir: str | Path, run_id: str | None, tail_lines: int
             ) -> tuple[str | None, list[JobRow], str]:
     """(run id, rows, note) for one workflow run and its training jobs: one sacct and one
     squeue call, joined (``live.join_queue``), so that running and pending jobs have their
@@ -197,7 +212,7 @@ def collect(workdir: str | Path = ".", run_id: str | None = None, tail_lines: in
                         pending_reasons(queue), tail_lines, labels)
         return run_id, rows, note
     records = join_queue(records, queue, run_id, train_ids)
-    return run_id, job_rows(records, workdir / slurm_logdir, pending_reasons(queue),
+    return run_id, job_rows(records, slurm_logdir(workdir), pending_reasons(queue),
                             tail_lines, labels), queue_note and f"live state unknown: {queue_note}"
 
 
@@ -266,8 +281,8 @@ def format_table(run_id: str | None, rows: list[JobRow], note: str = "",
     return "\n".join(out) + local
 
 
-def status(workdir: str | Path = ".", run_id: str | None = None, as_json: bool = False,
-           watch: float = 0, tail_lines: int = 5) -> int:
+def status(workdir: str | Path, run_id: str | None, as_json: bool, watch: float,
+           tail_lines: int) -> int:
     """Print the run's jobs (refreshing every ``watch`` s until all are done); exit code."""
     while True:
         rid, rows, note = collect(workdir, run_id, tail_lines)

@@ -196,7 +196,7 @@ def plan_epoch(units: list[Unit], streams: int, local_batch: int, seed: int, epo
     return per_stream
 
 
-def prompt(row: dict, source: Source, text_source: str = "gold", context_turns: int = 0) -> str:
+def prompt(row: dict, source: Source, text_source: str, context_turns: int) -> str:
     """The text the model reads: earlier turns of the dialogue, then the utterance."""
     text = row["utterance"] if text_source == "gold" else (row.get("transcript") or "")
     turns = []
