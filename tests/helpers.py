@@ -247,3 +247,22 @@ def csv_keys(split: str) -> list[tuple[int, int]]:
     """(dialogue, utterance) of every row of the sample's CSV of ``split``."""
     with (SAMPLE / f"{split}_sent_emo.csv").open(encoding="utf-8") as f:
         return sorted((int(r["Dialogue_ID"]), int(r["Utterance_ID"])) for r in csv.DictReader(f))
+
+
+MELD_HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
+          "Utterance_ID", "Season", "Episode", "StartTime", "EndTime"]
+
+
+def meld_csv(path, rows, header=MELD_HEADER, encoding="utf-8"):
+    """An annotation CSV in MELD's columns at ``path``."""
+    with path.open("w", newline="", encoding=encoding) as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def meld_row(dia, utt, text="Hi there.", emotion="neutral", sentiment="neutral",
+        start="00:00:01,000", end="00:00:02,500"):
+    """One row of a MELD annotation CSV."""
+    return [1, text, "Avery", emotion, sentiment, dia, utt, 1, 1, start, end]

@@ -1,3 +1,5 @@
+"""Align (meldflow.preprocess.align) and the manifest: one row per annotation row, its
+statuses combined, a stale step output refused, row groups sized by bytes."""
 import pyarrow as pa
 import pytest
 
@@ -94,16 +96,3 @@ def test_manifest_is_one_for_one(tmp_path):
     with pytest.raises(MeldflowError, match="one for one"):
         build_manifest(rows, [tmp_path / "a.parquet", tmp_path / "b.parquet",
                               tmp_path / "b.parquet"])
-
-
-def test_audit_lists_every_flagged_row_and_only_those(tmp_path):
-    """A row whose gold text has no letters ("!" in MELD's train CSV) gets no_gold_text
-    and WER NaN: it was not in the audit. Every flag is an audit reason."""
-    from meldflow.preprocess.audit import audit_rows
-    rows = [{"split": "train", "dialogue_id": i, "utterance_id": 0, "csv_line": i + 2,
-             "status": "ok", "flags": flags, "wer": wer, "utterance": "x", "transcript": "x",
-             "reason": ""} for i, (flags, wer) in enumerate([
-                 ([], 0.1), (["no_gold_text"], None), ([], 0.9), (["clip_capped"], 0.2)])]
-    write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
-    listed = {r["dialogue_id"]: r["why"] for r in audit_rows([tmp_path / "m.parquet"], 0.75)}
-    assert listed == {1: "no_gold_text", 2: "wer>0.75", 3: "clip_capped"}

@@ -1,3 +1,5 @@
+"""Frame extraction (meldflow.preprocess.frames) with real ffmpeg: K frames at their times,
+a long clip capped."""
 import io
 import subprocess
 

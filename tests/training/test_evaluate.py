@@ -1,3 +1,4 @@
+"""Metrics (meldflow.training.evaluate) equal to scikit-learn's, and the majority baseline."""
 import random
 
 import pytest

@@ -1,58 +1,13 @@
-"""`meldflow status` parsing and the SLURM plugin's state fix (no cluster needed)."""
+"""`meldflow status` (meldflow.slurm.status_report): sacct and squeue joined, tries explained
+(no cluster needed)."""
 
-import asyncio
-import logging
 import subprocess
 import sys
 
 from helpers import REPO, env_with_venv
 
 from meldflow.slurm.accounting import to_mb, to_seconds
-from meldflow.slurm.plugin import patch_slurm_plugin
-from meldflow.slurm.states import real_nodes, slurm_state
 from meldflow.slurm.status_report import job_rows
-
-
-def test_state_words():
-    assert slurm_state("CANCELLED by 0") == "CANCELLED"
-    assert slurm_state("COMPLETED") == "COMPLETED"
-    assert slurm_state("") == "UNKNOWN"
-
-
-def test_plugin_sees_bare_states_after_the_patch():
-    """The plugin's poll loop calls the module-level query_job_status: after the patch,
-    a job sacct reports as `CANCELLED by 0` reaches it as CANCELLED (a failure state)."""
-    import snakemake_executor_plugin_slurm as plugin
-
-    assert patch_slurm_plugin()
-    assert patch_slurm_plugin()  # idempotent: wrapped once
-    poll = plugin.Executor.check_active_jobs
-    query = poll.__globals__["query_job_status"]
-    assert getattr(query, "meldflow_normalised", False)
-    cmd = f"{sys.executable} -c \"print('41|CANCELLED by 0'); print('42|COMPLETED')\""
-    states, _ = asyncio.run(query(cmd, logging.getLogger("test")))
-    assert states == {"41": "CANCELLED", "42": "COMPLETED"}
-
-
-def test_a_failed_status_query_keeps_every_job_active():
-    """sacct failing (slurmdbd down) made the plugin forget its active jobs; now the query
-    answers "nothing known", and the plugin yields every job as still running."""
-    import snakemake_executor_plugin_slurm as plugin
-
-    patch_slurm_plugin()
-    query = plugin.Executor.check_active_jobs.__globals__["query_job_status"]
-    failing = f"{sys.executable} -c \"import sys; sys.exit('slurmdbd: connection refused')\""
-    assert asyncio.run(query(failing, logging.getLogger("test"))) == ({}, 0.0)
-
-
-def test_a_node_named_none_assigned_is_not_excluded():
-    """After a NODE_FAIL the plugin put sacct's `None assigned` into --exclude, and every
-    later sbatch failed; only real node names reach the submit command now."""
-    import snakemake_executor_plugin_slurm as plugin
-
-    patch_slurm_plugin()
-    assert getattr(plugin.get_submit_command, "meldflow_wrapped", False)
-    assert real_nodes({"None assigned", "n2", "gpu[1-3]", "None", ""}) == {"n2", "gpu[1-3]"}
 
 
 def test_units_of_sacct_fields():
@@ -121,42 +76,6 @@ def test_failed_tries_are_explained_and_gpus_shown():
     table = format_table("run", rows)
     assert "gpus" in table.splitlines()[1] and "node n2 failed" in table
 
-
-
-def test_only_a_folder_once_run_on_slurm_is_checked_for_orphaned_jobs(tmp_path, monkeypatch):
-    """Every run starts by looking for SLURM jobs a killed earlier run left behind. A
-    folder never run on SLURM has none, and asking cost a local run 10 to 60 s wherever
-    squeue is installed but no controller answers (a laptop with the local cluster down)."""
-    from meldflow.slurm.orphans import cancel_orphaned_jobs
-
-    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
-    bin_dir.mkdir()
-    (bin_dir / "squeue").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
-    (bin_dir / "squeue").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    work = tmp_path / "work"
-    logs = work / ".snakemake" / "log"
-    logs.mkdir(parents=True)
-    (logs / "2026-11-30T010000.000000.snakemake.log").write_text("Building DAG of jobs...\n")
-    assert cancel_orphaned_jobs(work) == [] and not calls.exists()
-    (logs / "2026-11-30T020000.000000.snakemake.log").write_text("SLURM run ID: 1a2b\n")
-    assert cancel_orphaned_jobs(work) == [] and calls.read_text().count("--me") == 1
-
-
-def test_another_plugin_version_stops_the_workflow_with_a_message(monkeypatch):
-    """The plugin fixes were written for one version: a newer one is refused, loudly,
-    rather than patched blindly (its functions may have changed, or the defects gone)."""
-    import pytest
-    import snakemake_executor_plugin_slurm as plugin
-
-    from meldflow import MeldflowError
-    from meldflow.slurm import plugin as fixes
-
-    fixes.check_plugin(plugin)  # the pinned version passes
-    monkeypatch.setattr(fixes.metadata, "version", lambda name: "2.9.0")
-    with pytest.raises(MeldflowError, match=r"snakemake-executor-plugin-slurm 2\.8\.0 .*"
-                                            r"installed is 2\.9\.0.*PATCHED_FOR"):
-        fixes.check_plugin(plugin)
 
 
 def test_status_names_training_runs_that_ran_off_the_cluster(tmp_path):
