@@ -26,9 +26,7 @@ def model_dir(name: str, hf_home: str | Path) -> tuple[Path, dict[str, str]]:
 
 
 _PROBE = """
-import sys, numpy as np, ctranslate2
-if ctranslate2.get_cuda_device_count() == 0:
-    sys.exit(3)
+import sys, numpy as np
 from faster_whisper import WhisperModel
 m = WhisperModel(sys.argv[1], device="cuda", compute_type="float16")
 list(m.transcribe(np.zeros(16000, dtype=np.float32))[0])
@@ -36,10 +34,12 @@ list(m.transcribe(np.zeros(16000, dtype=np.float32))[0])
 
 
 def choose_device(device: str, model_path: Path) -> tuple[str, str]:
-    """(device, compute_type). ``auto`` tries CUDA in a child process first.
+    """(device, compute_type). ``auto`` tries CUDA in a child process first, where a
+    CUDA device is visible.
 
     A missing cuDNN aborts the process natively at the first transcribe, beyond the reach
-    of try/except, so the GPU path is proven in a subprocess before this process uses it.
+    of try/except, so the GPU path is proven in a subprocess before this process uses it;
+    with no device visible (a CPU node) there is nothing to prove and no process to start.
     """
     if device == "cpu":
         return "cpu", "int8"
@@ -47,6 +47,11 @@ def choose_device(device: str, model_path: Path) -> tuple[str, str]:
         return "cuda", "float16"
     if device != "auto":
         raise MeldflowError(f"unknown device {device!r}: use auto, cpu or cuda")
+    import ctranslate2
+
+    if ctranslate2.get_cuda_device_count() == 0:  # counting is safe here; using CUDA is not
+        log.warning("Whisper runs on the CPU (int8): no CUDA device visible")
+        return "cpu", "int8"
     try:
         proc = subprocess.run([sys.executable, "-c", _PROBE, str(model_path)],
                               capture_output=True, text=True, timeout=300)
@@ -55,6 +60,5 @@ def choose_device(device: str, model_path: Path) -> tuple[str, str]:
         rc, detail = -1, "probe timed out"
     if rc == 0:
         return "cuda", "float16"
-    why = "no CUDA device visible" if rc == 3 else f"CUDA probe failed ({detail or rc})"
-    log.warning("Whisper runs on the CPU (int8): %s", why)
+    log.warning("Whisper runs on the CPU (int8): CUDA probe failed (%s)", detail or rc)
     return "cpu", "int8"
