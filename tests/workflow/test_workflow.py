@@ -1,4 +1,5 @@
 """The `preprocess` target on the bundled sample: real Snakemake, ffmpeg and Whisper."""
+import base64
 import csv
 import io
 import json
@@ -100,6 +101,29 @@ def test_rerun_executes_nothing(preprocessed):
     text = proc.stdout + proc.stderr
     assert "Nothing to be done" in text
     assert {p: p.stat().st_mtime_ns for p in outputs} == before
+
+
+def test_shards_made_by_an_older_method_are_redone(preprocessed, tmp_path):
+    """A transcript made by an older meldflow (its rule had no method version) is redone
+    when the way transcripts are made has changed; nothing else is. Before, such shards
+    were kept until `make clean`."""
+    from meldflow.shard_schema import METHOD_VERSIONS
+
+    work = copy_preprocessed(preprocessed, tmp_path / "work")
+    target = "results/transcripts/dev/shard-0000.parquet"
+    record = work / ".snakemake" / "metadata" / base64.urlsafe_b64encode(
+        target.encode()).decode()
+    meta = json.loads(record.read_text())
+    method = repr(METHOD_VERSIONS["transcribe"])  # how Snakemake records a param
+    assert method in meta["params"]
+    meta["params"].remove(method)
+    record.write_text(json.dumps(meta))
+    proc = run_snakemake(work, "-n", "preprocess")
+    out = proc.stdout + proc.stderr
+    jobs = re.findall(r"^rule (\w+):\n(?:.*\n)*?    output: (\S+)", out, re.M)
+    assert ("transcribe", target) in jobs, out
+    assert not any(rule in ("transcribe", "frames") and path != target for rule, path in jobs)
+    assert "Params have changed" in out
 
 
 def test_whole_workflow_trains_evaluates_and_reports(trained):

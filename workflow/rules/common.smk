@@ -8,6 +8,7 @@ from snakemake.utils import validate
 from meldflow import MeldflowError
 from meldflow.config import check_config_file, typed_config
 from meldflow.settings import Settings, flags, step_fields, step_flags
+from meldflow.shard_schema import METHOD_VERSIONS
 from meldflow.slurm.plugin import patch_slurm_plugin
 from meldflow.annotations import find_csv
 from meldflow.preprocess.layout import check_clip_folder

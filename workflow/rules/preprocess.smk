@@ -50,6 +50,7 @@ rule transcribe:
     params:
         rows=shard_digest,
         settings=step_flags(config, "transcribe"),
+        method=METHOD_VERSIONS["transcribe"],
     threads: 2
     log:
         "results/logs/transcribe/{split}/shard-{shard}.log",
@@ -70,6 +71,7 @@ rule frames:
     params:
         rows=shard_digest,
         settings=step_flags(config, "frames"),
+        method=METHOD_VERSIONS["frames"],
     threads: 2
     log:
         "results/logs/frames/{split}/shard-{shard}.log",

@@ -16,7 +16,13 @@ from tqdm import tqdm
 
 from meldflow.preprocess.probe import ClipError, clip_info, duration_flag, last_line
 from meldflow.settings import Settings, recorded_settings
-from meldflow.shard_schema import FRAMES_SCHEMA, StepResult, step_table, without_clip
+from meldflow.shard_schema import (
+    FRAMES_SCHEMA,
+    METHOD_VERSIONS,
+    StepResult,
+    step_table,
+    without_clip,
+)
 from meldflow.storage import write_table
 
 _PTS_RE = re.compile(rb"Parsed_showinfo.*?\bn:\s*\d+.*?pts_time:\s*(-?[\d.]+)")
@@ -161,7 +167,8 @@ def run_frames(rows: pa.Table, out: str | Path, settings: Settings,
                workers: int = 1) -> pa.Table:
     table = frames_for_rows(rows, settings, workers)
     write_table(table, out, row_group_size=64, metadata={"meldflow_frames": {
-        **frame_settings(settings), "ffmpeg": ffmpeg_version()}})
+        **frame_settings(settings), "method": METHOD_VERSIONS["frames"],
+        "ffmpeg": ffmpeg_version()}})
     return table
 
 

@@ -26,7 +26,13 @@ from meldflow.preprocess.probe import ClipError
 from meldflow.preprocess.shared_window import MARGIN_FRAMES, SharedWindow
 from meldflow.preprocess.wer import word_error_rate
 from meldflow.settings import WINDOW_SECONDS, Settings, recorded_settings
-from meldflow.shard_schema import TRANSCRIPT_SCHEMA, StepResult, step_table, without_clip
+from meldflow.shard_schema import (
+    METHOD_VERSIONS,
+    TRANSCRIPT_SCHEMA,
+    StepResult,
+    step_table,
+    without_clip,
+)
 from meldflow.storage import write_table
 
 log = logging.getLogger(__name__)
@@ -320,6 +326,7 @@ def run_transcribe(rows: pa.Table, out: str | Path, settings: Settings,
         "device": transcriber.device, "compute_type": transcriber.compute_type,
         "batch_size": transcriber.batch_size,  # as used: 0 (packed windows) on the CPU
         "gap_seconds": Transcriber.GAP_SECONDS,
+        "method": METHOD_VERSIONS["transcribe"],
         "decoding": "each clip alone from a shared window's encoding",
         "margin_frames": list(MARGIN_FRAMES), "alone": ALONE_OPTIONS}})
     return table
