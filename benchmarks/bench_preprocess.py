@@ -123,10 +123,13 @@ def naive_frames(clips, tmp: Path, k: int):
 
 
 def our_frames(clips, k: int):
-    from meldflow.preprocess.frames import extract_frames
+    """Each clip's frames with the workflow's settings, but ``k`` frames a clip."""
+    from meldflow.preprocess.frames import extract_frames, frame_settings
+    from meldflow.settings import Settings
 
+    framing = frame_settings(Settings()) | {"frames_per_utterance": k}
     for c, _ in clips:
-        res = extract_frames(c, frames_per_utterance=k, frame_size=256, max_clip_seconds=30.0)
+        res = extract_frames(c, **framing)
         assert res.status == "ok" and len(res.frames) == k, res.reason
 
 

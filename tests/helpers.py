@@ -81,7 +81,7 @@ def train_config(florence_home: Path, out: Path, **kw):
     from meldflow.training.train_options import TrainConfig
 
     base = dict(out=str(out), hf_home=str(florence_home), train_csv=TRAIN_CSV, dev_csv=DEV_CSV,
-                modalities="text", epochs=1, streams=1, lr=1e-3, checkpoint_every=3)
+                modalities="text", epochs=1, streams=1, checkpoint_every=3)
     return TrainConfig(**(base | kw))
 
 
