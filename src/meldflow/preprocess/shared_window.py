@@ -24,9 +24,9 @@ from meldflow.settings import WINDOW_SECONDS
 
 FRAMES_PER_SECOND = 50  # Whisper's encoder frames and timestamp tokens are 20 ms apart
 WINDOW_FRAMES = WINDOW_SECONDS * FRAMES_PER_SECOND
-# Encoder frames of the gap kept on each side of a clip: 0.1 s. Measured on 90 clips
-# whose speech runs to both edges: WER 0.160 with none, 0.132 with 5, 0.158 with 10,
-# 0.187 with 20 (more of the gap brings more of the neighbours' context).
+# Encoder frames of the gap kept on each side of a clip: 0.1 s. Measured on 300 clips
+# whose speech runs to both edges (benchmarks/bench_window_layout.py): WER 0.199 with
+# none, 0.186 with 5; wider margins and gaps trade the clips with silence against them.
 MARGIN_FRAMES = (5, 5)  # before the clip, after it
 # faster-whisper's own rules for a decode it does not trust (its defaults): text that
 # compresses this well is a loop; a mean log-probability below this is a guess.
