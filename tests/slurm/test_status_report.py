@@ -178,9 +178,17 @@ def test_a_refresh_makes_one_sacct_and_one_squeue_call(tmp_path):
     assert sorted(calls.read_text().split()) == ["sacct", "squeue"]
 
 
-def test_job_logs_are_looked_for_where_the_profile_puts_them(tmp_path):
-    """The log folder is the profile's `slurm-logdir` (one place), else the plugin's own."""
+def test_job_logs_are_looked_for_where_the_profile_puts_them(tmp_path, monkeypatch):
+    """The log folder is the project profile's `slurm-logdir` (one place): the working
+    folder's profile, else the project's own (a run from another folder, as the SLURM
+    tests do); with neither, the plugin's default."""
+    from meldflow.slurm import status_report
     from meldflow.slurm.status_report import PLUGIN_LOGDIR, slurm_logdir
 
     assert slurm_logdir(REPO) == REPO / "results" / "logs" / "slurm"
-    assert slurm_logdir(tmp_path) == tmp_path / PLUGIN_LOGDIR
+    assert slurm_logdir(tmp_path) == tmp_path / "results" / "logs" / "slurm"
+    (tmp_path / "cluster" / "slurm").mkdir(parents=True)
+    (tmp_path / "cluster" / "slurm" / "config.yaml").write_text("slurm-logdir: logs/jobs\n")
+    assert slurm_logdir(tmp_path) == tmp_path / "logs" / "jobs"
+    monkeypatch.setattr(status_report, "PROFILES", (status_report.PROFILES[0],))
+    assert slurm_logdir(tmp_path / "cluster") == tmp_path / "cluster" / PLUGIN_LOGDIR

@@ -148,20 +148,26 @@ def explain(row: JobRow, after: JobRow | None) -> str:
     return f"{what}; resubmitted as {nxt}{link}"
 
 
-# Where the SLURM plugin writes a job's log when the profile does not say (its default).
+# Where the SLURM plugin writes a job's log when no profile says (its default).
 PLUGIN_LOGDIR = ".snakemake/slurm_logs"
+# The project's profile: in the working folder, else beside the package (a run from
+# another folder with `--profile <project>/cluster/slurm`).
+PROFILES = (Path("cluster") / "slurm" / "config.yaml",
+            Path(__file__).resolve().parents[3] / "cluster" / "slurm" / "config.yaml")
 
 
 def slurm_logdir(workdir: Path) -> Path:
-    """The job log folder the project's profile (cluster/slurm/config.yaml) names."""
+    """The job log folder the project's SLURM profile names (its `slurm-logdir`)."""
     import yaml
 
-    profile = workdir / "cluster" / "slurm" / "config.yaml"
-    try:
-        named = (yaml.safe_load(profile.read_text()) or {}).get("slurm-logdir")
-    except (OSError, yaml.YAMLError):
-        named = None
-    return workdir / (named or PLUGIN_LOGDIR)
+    for profile in PROFILES:
+        try:
+            named = (yaml.safe_load((workdir / profile).read_text()) or {}).get("slurm-logdir")
+        except (OSError, yaml.YAMLError):
+            continue
+        if named:
+            return workdir / named
+    return workdir / PLUGIN_LOGDIR
 
 
 def collect(workdir: str | Path, run_id: str | None, tail_lines: int
