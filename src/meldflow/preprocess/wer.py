@@ -27,20 +27,30 @@ def word_error_rate(reference: str, hypothesis: str) -> float | None:
     return float(jiwer.wer(ref, hyp))
 
 
-def words_moved(reference: list[str], hypothesis: list[str | None]) -> list[tuple[str, int, int]]:
+def words_moved(reference: list[str], hypothesis: list[str | None],
+                spoken: list[str] | None = None) -> list[tuple[str, int, int]]:
     """Words attributed to the wrong clip: (word, its clip in ``reference``, the clip that got
     it in ``hypothesis``), for consecutive clips' texts (a shard, in order).
 
     The clips' words are joined into one sequence each side and matched (difflib's longest
-    matching blocks, in order); a matched word whose clip differs has crossed a boundary.
-    A word heard wrongly is an error for WER, not a move.
+    matching blocks, in order); a matched word whose clip differs has crossed a boundary,
+    unless the clip that got it was heard saying it: the ``spoken`` (gold) text of that clip
+    has the word at least as often as the hypothesis does (default: ``reference``). Without
+    that, a reference that misheard two neighbours (one clip per call, say) lets the matcher
+    pair a word with its namesake in the next clip. A word heard wrongly is an error for
+    WER, not a move.
     """
     import difflib
+    from collections import Counter
 
-    ref = [(w, i) for i, t in enumerate(reference) for w in normalise_for_wer(t or "").split()]
-    hyp = [(w, i) for i, t in enumerate(hypothesis) for w in normalise_for_wer(t or "").split()]
+    def clip_words(texts: list[str | None]) -> list[tuple[str, int]]:
+        return [(w, i) for i, t in enumerate(texts) for w in normalise_for_wer(t or "").split()]
+
+    ref, hyp = clip_words(reference), clip_words(hypothesis)
+    said = [Counter(normalise_for_wer(t or "").split()) for t in spoken or reference]
+    heard = [Counter(normalise_for_wer(t or "").split()) for t in hypothesis]
     matcher = difflib.SequenceMatcher(a=[w for w, _ in ref], b=[w for w, _ in hyp],
                                       autojunk=False)
-    return [(ref[a + k][0], ref[a + k][1], hyp[b + k][1])
-            for a, b, n in matcher.get_matching_blocks() for k in range(n)
-            if ref[a + k][1] != hyp[b + k][1]]
+    return [(w, i, j) for a, b, n in matcher.get_matching_blocks() for k in range(n)
+            for (w, i), (_, j) in [(ref[a + k], hyp[b + k])]
+            if i != j and not (j < len(said) and heard[j][w] <= said[j][w])]
