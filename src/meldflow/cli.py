@@ -23,15 +23,6 @@ from meldflow.settings import SAMPLE, Settings, settings_from_args, step_fields
 log = logging.getLogger("meldflow")
 
 
-def _shard_rows(path: str, shard: int):
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path, filters=[("shard", "=", shard)])
-    if table.num_rows == 0:
-        raise MeldflowError(f"{path} has no rows in shard {shard}")
-    return table
-
-
 def cmd_ingest(a: argparse.Namespace, s: Settings) -> None:
     from meldflow.preprocess.ingest import run_ingest
 
@@ -43,8 +34,9 @@ def cmd_ingest(a: argparse.Namespace, s: Settings) -> None:
 
 def cmd_frames(a: argparse.Namespace, s: Settings) -> None:
     from meldflow.preprocess.frames import run_frames
+    from meldflow.preprocess.ingest import shard_rows
 
-    t = run_frames(_shard_rows(a.rows, a.shard), a.out, s, a.workers)
+    t = run_frames(shard_rows(a.rows, a.shard), a.out, s, a.workers)
     log.info("frames: %d rows, %d ok -> %s", t.num_rows,
              t.column("frame_status").to_pylist().count("ok"), a.out)
 
@@ -53,9 +45,10 @@ def cmd_transcribe(a: argparse.Namespace, s: Settings) -> None:
     from meldflow.model_cache.snapshots import use_offline_cache
 
     use_offline_cache(s.hf_home)  # before faster-whisper is imported
+    from meldflow.preprocess.ingest import shard_rows
     from meldflow.preprocess.transcribe import run_transcribe
 
-    t = run_transcribe(_shard_rows(a.rows, a.shard), a.out, s, a.threads)
+    t = run_transcribe(shard_rows(a.rows, a.shard), a.out, s, a.threads)
     log.info("transcribe: %d rows, %d ok -> %s", t.num_rows,
              t.column("asr_status").to_pylist().count("ok"), a.out)
 
@@ -64,8 +57,9 @@ def cmd_align(a: argparse.Namespace, s: Settings) -> None:
     import pyarrow.parquet as pq
 
     from meldflow.preprocess.align import run_align
+    from meldflow.preprocess.ingest import shard_rows
 
-    t = run_align(_shard_rows(a.rows, a.shard), pq.read_table(a.transcripts),
+    t = run_align(shard_rows(a.rows, a.shard), pq.read_table(a.transcripts),
                   pq.read_table(a.frames), a.out)
     log.info("align: %d rows -> %s", t.num_rows, a.out)
 

@@ -175,3 +175,16 @@ def run_ingest(meld_dir: str | Path, split: str, shard_size: int, out: str | Pat
     write_text("\n".join(lines) + "\n", unused_out or out.with_suffix(".unused.tsv"))
     write_text(json.dumps(info, indent=2) + "\n", info_out or out.with_suffix(".shards.json"))
     return info
+
+
+def shard_rows(path: str | Path, shard: int) -> pa.Table:
+    """The rows of one shard of an ingest table. Read whole and filtered here: a filter given
+    to ``read_table`` imports pyarrow.dataset, 0.4 s of every shard job's start."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(path).read()
+    table = table.filter(pc.equal(table["shard"], shard))
+    if table.num_rows == 0:
+        raise MeldflowError(f"{path} has no rows in shard {shard}")
+    return table
