@@ -21,7 +21,10 @@ sample's lines, speech length + 0.5 s). Then, per variant, ratios, never lone ti
       time (from the DAG's own benchmark files, with peak memory) against the naive
       loops of (a) and (b), the wall clock against their sum, and the audit's length;
   (d) where the naive loop's transcription time goes (first variant only);
-and a summary of the variants side by side.
+a summary of the variants side by side, with the WER of tight against full and its 95%
+paired bootstrap interval; and (e) that gap on --wer-clips (300) utterances of the same
+draw, whose prefix the timed clips are, for meldflow and the naive loop
+(benchmarks/wer_gap.py): a shard of 88 clips cannot resolve a difference of 0.01.
 
 Run: .venv/bin/python benchmarks/bench_preprocess.py [--clips 88] [--repeats 2]
 """
@@ -38,6 +41,7 @@ import time
 from pathlib import Path
 
 from meld_like import SHARED_CSV, make_clips, make_meld_like_clips
+from wer_gap import gap_line, larger_draw, naive_transcripts, shard_rows
 from workflow_run import SNAKEMAKE, audit_share, dag_transcripts, job_times, run_workflow, write_csv
 
 
@@ -95,7 +99,7 @@ def moved_words(clips, alone: list[str], ours: list[str]) -> tuple[int, int, str
 
     gold = [g for _, g in clips]
     vs_gold = words_moved(gold, ours)
-    return (len(words_moved(alone, ours)), len(vs_gold),
+    return (len(words_moved(alone, ours, spoken=gold)), len(vs_gold),
             ", ".join(f"{w!r} clip {a}->{b}" for w, a, b in vs_gold[:5]))
 
 
@@ -189,7 +193,6 @@ def audio_shortfall(clips, times) -> None:
 
 def bench_transcription(clips, times, hf: Path, repeats: int) -> dict:
     """(b): the naive loop against meldflow's transcription, median of ``repeats``."""
-    import pyarrow as pa
     from faster_whisper import WhisperModel
 
     from meldflow.preprocess.transcribe import Transcriber, model_dir, transcribe_rows
@@ -198,23 +201,12 @@ def bench_transcription(clips, times, hf: Path, repeats: int) -> dict:
     naive_model = WhisperModel(str(model_dir("tiny.en", hf)[0]), device="cpu",
                                compute_type="int8")
     ours = Transcriber(Settings(hf_home=str(hf), whisper_device="cpu"), cpu_threads=2)
-    n = len(clips)
-    rows = pa.table({"split": ["train"] * n, "dialogue_id": list(range(n)),
-                     "utterance_id": [0] * n, "clip_path": [str(c) for c, _ in clips],
-                     "status": ["ok"] * n, "utterance": [t for _, t in clips],
-                     "start_s": [s for s, _ in times], "end_s": [e for _, e in times]})
-
-    def naive_asr():
-        out = []
-        for c, _ in clips:
-            segs, _ = naive_model.transcribe(str(c), beam_size=5, word_timestamps=True)
-            out.append(" ".join(s.text.strip() for s in segs))
-        return out
+    rows = shard_rows(clips, times)
 
     t_naive, t_ours, naive_txt, our_txt = [], [], None, None
     for _ in range(repeats):
         s = time.perf_counter()
-        naive_txt = naive_asr()
+        naive_txt = naive_transcripts(naive_model, clips)
         t_naive.append(time.perf_counter() - s)
         s = time.perf_counter()
         our_txt = transcribe_rows(rows, ours).column("transcript").to_pylist()
@@ -233,7 +225,8 @@ def bench_transcription(clips, times, hf: Path, repeats: int) -> dict:
     audio_shortfall(clips, times)
     return {"naive_s": statistics.median(t_naive), "wer_naive": wer_naive,
             "wer_ours": wer_ours, "speed": speed, "model": naive_model, "moved": moved,
-            "naive_txt": naive_txt}
+            "naive_txt": naive_txt, "our_txt": our_txt, "gold": [g for _, g in clips],
+            "ours": ours}
 
 
 def bench_dag(work: Path, meld: Path, hf: Path, clips, args, frames: dict, asr: dict) -> dict:
@@ -328,9 +321,12 @@ def summary(rows: list[dict]) -> None:
         print(f"    {r['variant']:8s} {asr['moved'][0]:11d} {asr['moved'][1]:10d} "
               f"{asr['wer_ours']:6.3f} {asr['wer_naive']:9.3f} {asr['speed']:7.2f}x "
               f"{dag['transcription']:11.2f}x {dag['end_to_end']:9.2f}x")
-    wer = {r["variant"]: r["asr"]["wer_ours"] for r in rows}
-    if {"full", "tight"} <= wer.keys():
-        print(f"    WER tight - full: {wer['tight'] - wer['full']:+.3f} (target <= 0.01)")
+    asr = {r["variant"]: r["asr"] for r in rows}
+    if {"full", "tight"} <= asr.keys():
+        print(f"WER of tight against full on these {len(asr['full']['gold'])} clips (95% "
+              "paired bootstrap interval; (e) measures it on more):")
+        for who, key in (("ours", "our_txt"), ("naive", "naive_txt")):
+            print(gap_line(who, asr["full"]["gold"], asr["full"][key], asr["tight"][key]))
 
 
 def main() -> None:
@@ -350,6 +346,9 @@ def main() -> None:
                          "synthetic clips when it is absent")
     ap.add_argument("--no-breakdown", action="store_true",
                     help="skip (d), where the naive loop's time goes (four more passes)")
+    ap.add_argument("--wer-clips", type=int, default=300,
+                    help="(e): utterances on which tight's WER is compared with full's "
+                         "(default 300, built once and cached; 0 skips it)")
     ap.add_argument("--keep-aligned", type=Path, metavar="DIR",
                     help="copy the DAG's aligned shards (first variant) to DIR (for "
                          "bench_train.py --aligned DIR: the reader on MELD-like frames)")
@@ -361,8 +360,12 @@ def main() -> None:
         if set(names) - VARIANTS.keys():
             ap.error(f"--variants: unknown {sorted(set(names) - VARIANTS.keys())}; "
                      f"choose from {', '.join(VARIANTS)}")
-        summary([run_variant(args, tmp, name, breakdown=i == 0 and not args.no_breakdown)
-                 for i, name in enumerate(names)])
+        rows = [run_variant(args, tmp, name, breakdown=i == 0 and not args.no_breakdown)
+                for i, name in enumerate(names)]
+        summary(rows)
+        if {"full", "tight"} <= set(names) and args.wer_clips and args.meld_csv.is_file():
+            larger_draw(args.meld_csv, max(args.wer_clips, args.clips), rows[0]["asr"]["ours"],
+                        rows[0]["asr"]["model"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
