@@ -5,7 +5,8 @@ meld_like.py) as audio only: ``full`` (the speech, then silence to the CSV's len
 ``tight`` (cut to the speech, first to last sample). Each layout is the margin of gap kept
 on each side of a clip (encoder frames, 20 ms each), the gap between clips, and silence
 added around each clip; every clip goes through meldflow's shared windows (tiny.en, beam 5,
-CPU) and the corpus WER of each variant is printed. The first layout is the default.
+CPU) and the corpus WER of each variant is printed, with the gap's 95% paired bootstrap
+interval over the utterances. The first layout is the default.
 
 Run: .venv/bin/python benchmarks/bench_window_layout.py [--clips 300] [--seed 11]
          [--layouts 5:5:1.0:0,0:0:1.0:0,...]   (margin before:after:gap s:pad s)
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from meld_like import SHARED_CSV, _speech, plan_utterances, trim_silence
+from wer_gap import clip_errors, paired_gap
 
 SAMPLE_RATE = 16000
 
@@ -66,32 +68,29 @@ def main() -> None:
     ap.add_argument("--layouts", default="5:5:1.0:0,3:8:1.0:0,5:5:1.5:0,8:8:1.5:0,"
                     "5:5:2.0:0,0:0:1.0:0,5:5:1.0:0.3")
     args = ap.parse_args()
-    import jiwer
-
     from meldflow.model_cache.stage import stage_whisper
     from meldflow.preprocess import shared_window
     from meldflow.preprocess.transcribe import Transcriber
-    from meldflow.preprocess.wer import normalise_for_wer
     from meldflow.settings import Settings
 
     os.environ["TQDM_DISABLE"] = "1"
     hf = Path(tempfile.mkdtemp(prefix="meldflow-layout-")) / "hf"
     stage_whisper(hf, "tiny.en", source="package")
     full, tight, texts = utterances(args.clips, args.seed)
-    gold = [normalise_for_wer(x) for x in texts]
     t = Transcriber(Settings(hf_home=str(hf), whisper_device="cpu"), cpu_threads=2)
     print(f"{len(texts)} utterances (draw {args.seed}); tight clips' median "
           f"{np.median([len(a) for a in tight]) / SAMPLE_RATE:.2f} s; corpus WER")
     print(f"    {'margin before/after (frames)':30s} {'gap':>5s} {'pad':>5s} "
-          f"{'full':>6s} {'tight':>6s} {'tight-full':>10s}")
+          f"{'full':>6s} {'tight':>6s} {'tight-full':>10s}  95% paired bootstrap interval")
     for layout in args.layouts.split(","):
         before, after, gap, pad = layout.split(":")
         shared_window.MARGIN_FRAMES = (int(before), int(after))
-        wer = [jiwer.wer(gold, [normalise_for_wer(x or "") for x in
-                                transcripts(t, audios, float(gap), float(pad))])
-               for audios in (full, tight)]
+        heard = [transcripts(t, audios, float(gap), float(pad)) for audios in (full, tight)]
+        wer = [e.sum() / n.sum() for e, n in (clip_errors(texts, h) for h in heard)]
+        gap_wer, lo, hi = paired_gap(texts, *heard)
         print(f"    {before + ' / ' + after:30s} {float(gap):5.1f} {float(pad):5.1f} "
-              f"{wer[0]:6.3f} {wer[1]:6.3f} {wer[1] - wer[0]:+10.3f}", flush=True)
+              f"{wer[0]:6.3f} {wer[1]:6.3f} {gap_wer:+10.3f}  {lo:+.3f} to {hi:+.3f}",
+              flush=True)
 
 
 if __name__ == "__main__":
