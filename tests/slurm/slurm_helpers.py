@@ -136,14 +136,16 @@ def settled_history(job_id, timeout=60):
 # ffmpeg stand-in for fault tests. The first call (of a whole run) holds 2.6 GB, past a
 # first try's 2 GB: the kernel kills it and SLURM ends its job OUT_OF_MEMORY. The first
 # call in any other job sleeps, so that its job can be caught running. Every later call is
-# the real ffmpeg. (mkdir is atomic: one job gets each fault.)
+# the real ffmpeg. Each fault is claimed atomically, one job each: the memory fault by a
+# symlink that names its job as it is made (with a directory and a file written after it,
+# a second call of the same job, running beside the first, once read no job there, took
+# the slow fault too, and its node was failed before the kernel killed the first call).
 FAULTY_FFMPEG = """#!/bin/sh
-if mkdir "{marker}-oom" 2>/dev/null; then
-  echo "$SLURM_JOB_ID" > "{marker}-oom/job"
+if ln -sT "job-$SLURM_JOB_ID" "{marker}-oom" 2>/dev/null; then
   {python} -c "import time; x = b'1' * (2600 * 2**20); time.sleep(30)"
   exit 1
 fi
-if [ "$SLURM_JOB_ID" != "$(cat "{marker}-oom/job" 2>/dev/null)" ] \\
+if [ "job-$SLURM_JOB_ID" != "$(readlink "{marker}-oom")" ] \\
    && mkdir "{marker}-slow" 2>/dev/null; then
   echo "$SLURM_JOB_ID" > "{marker}-slow/job"
   sleep {sleep}
@@ -155,8 +157,8 @@ exec {ffmpeg} "$@"
 def faulty_ffmpeg(tmp_path, oom=True, sleep=300):
     fake = tmp_path / "bin"
     fake.mkdir()
-    if not oom:
-        (tmp_path / "fault-oom").mkdir()
+    if not oom:  # the memory fault is taken, by no job
+        (tmp_path / "fault-oom").symlink_to("job-none")
     (fake / "ffmpeg").write_text(FAULTY_FFMPEG.format(
         marker=tmp_path / "fault", python=sys.executable, ffmpeg=shutil.which("ffmpeg"),
         sleep=sleep))
