@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 from meld_like import SHARED_CSV, make_clips, make_meld_like_clips
-from wer_gap import gap_line, larger_draw, naive_transcripts, shard_rows
+from wer_gap import gap_line, ingest_table, larger_draw, naive_transcripts
 from workflow_run import SNAKEMAKE, audit_share, dag_transcripts, job_times, run_workflow, write_csv
 
 
@@ -201,7 +201,7 @@ def bench_transcription(clips, times, hf: Path, repeats: int) -> dict:
     naive_model = WhisperModel(str(model_dir("tiny.en", hf)[0]), device="cpu",
                                compute_type="int8")
     ours = Transcriber(Settings(hf_home=str(hf), whisper_device="cpu"), cpu_threads=2)
-    rows = shard_rows(clips, times)
+    rows = ingest_table(clips, times)
 
     t_naive, t_ours, naive_txt, our_txt = [], [], None, None
     for _ in range(repeats):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from meld_like import SHARED_CSV, _speech, plan_utterances, trim_silence
-from wer_gap import clip_errors, paired_gap
+from wer_gap import paired_gap
 
 SAMPLE_RATE = 16000
 
@@ -86,10 +86,9 @@ def main() -> None:
         before, after, gap, pad = layout.split(":")
         shared_window.MARGIN_FRAMES = (int(before), int(after))
         heard = [transcripts(t, audios, float(gap), float(pad)) for audios in (full, tight)]
-        wer = [e.sum() / n.sum() for e, n in (clip_errors(texts, h) for h in heard)]
-        gap_wer, lo, hi = paired_gap(texts, *heard)
+        wer_full, wer_tight, gap_wer, lo, hi = paired_gap(texts, *heard)
         print(f"    {before + ' / ' + after:30s} {float(gap):5.1f} {float(pad):5.1f} "
-              f"{wer[0]:6.3f} {wer[1]:6.3f} {gap_wer:+10.3f}  {lo:+.3f} to {hi:+.3f}",
+              f"{wer_full:6.3f} {wer_tight:6.3f} {gap_wer:+10.3f}  {lo:+.3f} to {hi:+.3f}",
               flush=True)
 
 

@@ -33,31 +33,29 @@ def clip_errors(gold: list[str], hypotheses: list[str | None]) -> tuple[np.ndarr
 
 
 def paired_gap(gold: list[str], full: list[str | None], tight: list[str | None],
-               resamples: int = 4000, seed: int = 0) -> tuple[float, float, float]:
-    """(corpus WER of ``tight`` minus ``full``, 2.5th and 97.5th percentile of that over
-    ``resamples`` paired bootstrap draws of the clips)."""
+               resamples: int = 4000, seed: int = 0) -> tuple[float, ...]:
+    """(corpus WER of ``full``, of ``tight``, their difference, and its 2.5th and 97.5th
+    percentile over ``resamples`` paired bootstrap draws of the clips)."""
     e_full, words = clip_errors(gold, full)
     e_tight, _ = clip_errors(gold, tight)
-    gap = (e_tight.sum() - e_full.sum()) / words.sum()
+    wer_full, wer_tight = e_full.sum() / words.sum(), e_tight.sum() / words.sum()
     draws = np.random.default_rng(seed).integers(0, len(gold), (resamples, len(gold)))
     boot = (e_tight[draws].sum(1) - e_full[draws].sum(1)) / words[draws].sum(1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    return float(gap), float(lo), float(hi)
+    return (float(wer_full), float(wer_tight), float(wer_tight - wer_full), float(lo),
+            float(hi))
 
 
 def gap_line(name: str, gold, full, tight, target: float | None = None) -> str:
     """One printed line: both WERs, the gap and its interval, and the target if any."""
-    e_full, words = clip_errors(gold, full)
-    e_tight, _ = clip_errors(gold, tight)
-    gap, lo, hi = paired_gap(gold, full, tight)
+    wer_full, wer_tight, gap, lo, hi = paired_gap(gold, full, tight)
     verdict = (f"  (target <= {target:g}: {'met' if gap <= target else 'NOT met'})"
                if target is not None else "")
-    return (f"    {name:6s} full {e_full.sum() / words.sum():.3f}  tight "
-            f"{e_tight.sum() / words.sum():.3f}  gap {gap:+.3f} "
+    return (f"    {name:6s} full {wer_full:.3f}  tight {wer_tight:.3f}  gap {gap:+.3f} "
             f"(95% interval {lo:+.3f} to {hi:+.3f}){verdict}")
 
 
-def shard_rows(clips, times):
+def ingest_table(clips, times):
     """An ingest table of ``clips`` ((path, gold text)) with the CSV's ``times``, one shard."""
     import pyarrow as pa
 
@@ -89,7 +87,7 @@ def larger_draw(csv, n: int, ours, naive_model) -> None:
     for variant in ("full", "tight"):
         folder, made = make_meld_like_clips(csv, n, tight=variant == "tight")
         clips = [(folder / r["clip"], r["text"]) for r in made]
-        rows = shard_rows(clips, [(r["start"], r["end"]) for r in made])
+        rows = ingest_table(clips, [(r["start"], r["end"]) for r in made])
         texts[variant] = (transcribe_rows(rows, ours).column("transcript").to_pylist(),
                           naive_transcripts(naive_model, clips))
     gold = [t for _, t in clips]
