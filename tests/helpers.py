@@ -266,3 +266,11 @@ def meld_row(dia, utt, text="Hi there.", emotion="neutral", sentiment="neutral",
         start="00:00:01,000", end="00:00:02,500"):
     """One row of a MELD annotation CSV."""
     return [1, text, "Avery", emotion, sentiment, dia, utt, 1, 1, start, end]
+
+
+def clip_samples(clip: str | Path, row: dict | None = None):
+    """The 16 kHz audio meldflow transcribes from ``clip`` (cut to ``row``'s CSV times)."""
+    from meldflow.preprocess.audio import decode_audio
+
+    row = row or {}
+    return decode_audio(str(clip), 30.0, row.get("start_s"), row.get("end_s")).samples

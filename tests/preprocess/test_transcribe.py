@@ -11,15 +11,16 @@ import pytest
 from helpers import (
     SAMPLE,
     clip_rows,
+    clip_samples,
     corrupt_middle,
     need_tool,
     speech_clip,
-    tight_clip,
     whisper_settings,
 )
 
 from meldflow import MeldflowError
 from meldflow.model_cache.whisper import model_dir
+from meldflow.preprocess.audio import SAMPLE_RATE
 from meldflow.preprocess.wer import normalise_for_wer, word_error_rate, words_moved
 
 
@@ -228,30 +229,6 @@ def test_audio_a_little_shorter_than_the_video_is_benign_and_packed(hf_home, tmp
         assert row["wer"] < 0.5, (row["transcript"], texts[i])
 
 
-def test_a_clip_a_pack_passes_over_is_heard_alone(hf_home, tmp_path):
-    """In a long window Whisper may skip a short line (MELD-like "What?!" first in a pack
-    came back empty, heard alone it is "What?"): such a clip is transcribed on its own."""
-    from meldflow.preprocess.shared_window import Decoded
-    from meldflow.preprocess.transcribe import Transcriber, transcribe_rows
-
-    texts = ["What?", "We should probably order lunch soon.", "Stop touching my stuff."]
-    clips = [speech_clip(tmp_path / f"{i}.mp4", t) for i, t in enumerate(texts)]
-    calls = []
-
-    class Skipping(Transcriber):  # what a shared window gave in the benchmark
-        def _alone(self, audio):
-            calls.append(len(audio))
-            return super()._alone(audio)
-
-    t = Skipping(whisper_settings(hf_home))
-    decode = t.window.decode
-    t.window.decode = lambda audios, gap_s: [Decoded(doubtful=True)] + decode(audios,
-                                                                            gap_s)[1:]
-    out = transcribe_rows(clip_rows(clips, texts), t).to_pylist()
-    assert len(calls) == 1  # clip 0, alone
-    assert out[0]["transcript"] and out[0]["wer"] < 0.5 and out[0]["asr_flags"] == []
-
-
 def test_batched_decoding_keeps_each_clips_words_in_its_clip(hf_home):
     """The GPU path (whisper_batch_size): every clip its own chunk, ``batch_size`` to a
     call, damaged clips included; each clip's words are timed inside it and match what the
@@ -281,15 +258,17 @@ def test_batched_decoding_keeps_each_clips_words_in_its_clip(hf_home):
         assert b["asr_status"] == p["asr_status"], r["clip_path"]
         if b["transcript"] is None:
             continue
-        alone = t.transcribe_batch([_samples(r)])[0][0]
+        alone = t.transcribe_batch([clip_samples(r["clip_path"], r)])[0][0]
         assert normalise_for_wer(b["transcript"]) == normalise_for_wer(alone), r["clip_path"]
         for w in b["words"]:
-            assert 0 <= w["start"] <= w["end"] <= _seconds(r) + 1e-3, (r["clip_path"], w)
+            seconds = len(clip_samples(r["clip_path"], r)) / SAMPLE_RATE
+            assert 0 <= w["start"] <= w["end"] <= seconds + 1e-3, (r["clip_path"], w)
     # a clip longer than one 30 s chunk (max_clip_seconds above 30) is heard to its end
     import numpy as np
 
-    line = _samples(rows.to_pylist()[0])
-    long = np.concatenate([line, np.zeros(29 * 16000 - len(line), np.float32), line])
+    row = rows.to_pylist()[0]
+    line = clip_samples(row["clip_path"], row)
+    long = np.concatenate([line, np.zeros(29 * SAMPLE_RATE - len(line), np.float32), line])
     words = t.transcribe_batch([long, line])[0][1]
     late = [w for w in words if w["start"] > 28]  # the second line, past the first 30 s
     assert len(late) >= len(words) // 2 - 2 and late[-1]["end"] > 30.0, words
@@ -301,46 +280,6 @@ def test_batched_decoding_keeps_each_clips_words_in_its_clip(hf_home):
     wer = {name: word_error_rate(gold, " ".join(x["transcript"] or "" for x in out))
            for name, out in (("batched", batched), ("one per call", alone))}
     assert wer["batched"] <= wer["one per call"] + 0.05, wer
-
-
-def _samples(row: dict):
-    from meldflow.preprocess.audio import decode_audio
-
-    return decode_audio(row["clip_path"], 30.0, row.get("start_s"), row.get("end_s")).samples
-
-
-def _seconds(row: dict) -> float:
-    from meldflow.preprocess.audio import SAMPLE_RATE
-
-    return len(_samples(row)) / SAMPLE_RATE
-
-
-def test_speech_to_a_clips_edge_stays_in_its_clip(hf_home, tmp_path):
-    """MELD's clips are cut from episodes: speech runs to a clip's last sample or starts at
-    its first. Packed, a last word was timed into the next clip and given to it (issue 24:
-    "No?" joined the next line here; on the reporter's CPU "Ross." joined a silent clip).
-    Each clip is now decoded on its own from the shared window, so no word can move."""
-    from meldflow.preprocess.transcribe import Transcriber, transcribe_rows
-
-    pairs = [("I can't believe you did that to me, Ross.", None),  # the issue's pair
-             ("I'm just saying, this woman, I mean she's fictitious. No?", "'Sup? 'Sup dude?"),
-             ("Phoebe!", "Aww, you guys are so cute!")]  # a 0.4 s line before a tight one
-    t = Transcriber(whisper_settings(hf_home, whisper_max_empty_fraction=1.0))
-    for k, (first, second) in enumerate(pairs):  # each pair a shard: one shared window
-        clips = [tight_clip(tmp_path / f"{k}a.mp4", first),
-                 tight_clip(tmp_path / f"{k}b.mp4", second)]
-        gold = [first, second or "Hmm."]
-        out = transcribe_rows(clip_rows(clips, gold), t).to_pylist()
-        heard = [r["transcript"] for r in out]
-        assert words_moved(gold, heard) == [], heard
-        assert normalise_for_wer(first).split()[-1] in normalise_for_wer(heard[0]), heard
-        for clip, row in zip(clips, out, strict=True):  # every word inside its clip's audio
-            seconds = len(_samples(row | {"clip_path": str(clip)})) / 16000
-            words = row["words"]
-            assert all(0 <= w["start"] <= w["end"] <= seconds + 1e-3 for w in words), (
-                seconds, words)
-            if clip.stem.endswith("a") or pairs[k][1]:  # speech from edge to edge: timed so
-                assert words[-1]["end"] - words[0]["start"] > seconds / 2, (seconds, words)
 
 
 def test_a_clip_with_several_audio_streams_is_heard_from_the_default_and_flagged(
@@ -368,30 +307,3 @@ def test_a_clip_with_several_audio_streams_is_heard_from_the_default_and_flagged
     assert "audio stream 2 of 2 (the default)" in out[0]["asr_reason"]
     assert "audio stream 1 of 2 (the default)" in out[1]["asr_reason"]
     assert [r["asr_flags"][:1] for r in out] == [["multiple_audio_streams"]] * 2
-
-
-def test_words_are_timed_in_their_clip_wherever_it_sits_in_the_window(hf_home, tmp_path):
-    """Eight clips fill one shared window (about 26 s): each clip's words are timed as the
-    clip alone times them, the last ones too (the alignment once covered only the
-    window's first 15 s, and later clips' words all came back at 0.0 s)."""
-    import statistics
-
-    from meldflow.preprocess.transcribe import Transcriber, transcribe_rows
-
-    texts = ["Nobody remembered my birthday.", "We should probably order lunch soon.",
-             "Stop touching my stuff.", "I cannot believe you did that.",
-             "Could you pass the salt, please?", "I think someone is following us.",
-             "She said she'd call back later.", "Don't you dare walk away from me."]
-    clips = [tight_clip(tmp_path / f"{i}.mp4", t) for i, t in enumerate(texts)]
-    t = Transcriber(whisper_settings(hf_home))
-    out = transcribe_rows(clip_rows(clips, texts), t).to_pylist()
-    seconds = [len(_samples({"clip_path": str(c)})) / 16000 for c in clips]
-    assert sum(seconds) + len(clips) - 1 <= t.pack_seconds  # one window
-    for row, clip, length in zip(out, clips, seconds, strict=True):
-        alone = t._alone(_samples({"clip_path": str(clip)}))[1]
-        pairs = [(w, a) for w, a in zip(row["words"], alone, strict=False)
-                 if w["word"] == a["word"]]
-        assert len(pairs) >= len(alone) - 2, (row["transcript"], alone)
-        gaps = [abs(w[k] - a[k]) for w, a in pairs for k in ("start", "end")]
-        assert statistics.median(gaps) < 0.1, (row["dialogue_id"], row["words"], alone)
-        assert row["words"][-1]["end"] > length / 2, (length, row["words"])
