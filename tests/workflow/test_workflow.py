@@ -288,6 +288,7 @@ def test_aligned_shards_name_what_made_them(preprocessed, hf_home):
     assert meta["meldflow_transcribe"]["model_files"] == model_dir("tiny.en", hf_home)[1]
     assert meta["meldflow_transcribe"]["whisper_beam_size"] == 5
     assert meta["meldflow_transcribe"]["margin_frames"] == [5, 5]  # how packed clips were decoded
+    assert meta["meldflow_transcribe"]["align_context_frames"] == 25  # and their words timed
     assert meta["meldflow_frames"]["frames_per_utterance"] == 8
     assert meta["meldflow_frames"]["ffmpeg"].startswith("ffmpeg version")
     info = json.loads((preprocessed / "results" / "ingest" / "dev.shards.json").read_text())

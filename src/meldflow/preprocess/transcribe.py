@@ -23,7 +23,7 @@ from meldflow import MeldflowError
 from meldflow.model_cache.whisper import choose_device, model_dir
 from meldflow.preprocess.audio import SAMPLE_RATE, Audio, decode_audio
 from meldflow.preprocess.probe import ClipError
-from meldflow.preprocess.shared_window import MARGIN_FRAMES, SharedWindow
+from meldflow.preprocess.shared_window import ALIGN_CONTEXT_FRAMES, MARGIN_FRAMES, SharedWindow
 from meldflow.preprocess.wer import word_error_rate
 from meldflow.settings import WINDOW_SECONDS, Settings, recorded_settings
 from meldflow.shard_schema import (
@@ -328,5 +328,6 @@ def run_transcribe(rows: pa.Table, out: str | Path, settings: Settings,
         "gap_seconds": Transcriber.GAP_SECONDS,
         "method": METHOD_VERSIONS["transcribe"],
         "decoding": "each clip alone from a shared window's encoding",
-        "margin_frames": list(MARGIN_FRAMES), "alone": ALONE_OPTIONS}})
+        "margin_frames": list(MARGIN_FRAMES), "align_context_frames": ALIGN_CONTEXT_FRAMES,
+        "alone": ALONE_OPTIONS}})
     return table
