@@ -5,9 +5,14 @@ that only Whisper is timed: the naive loop (one clip per call, beam 5, word time
 then meldflow's shared windows with one lever changed at a time:
   - decoders x threads: two one-thread decoders (``default``) or one two-thread decoder;
   - windows per call: the clips of one window decoded as a batch (the default) or of two;
-  - compute type: int8 (the default) or float32.
-Each row: clips/s over the naive loop's, corpus WER, words moved against the gold text.
-Timings are the median of --repeats passes, interleaved with the naive loop's.
+  - compute type: int8 (the default) or float32;
+  - word alignment on the frames around the clips (the default) or on the whole window.
+Each row: clips/s over the naive loop's, CPU seconds (the process's, which the host's
+steal leaves out) against the naive loop's, corpus WER, words moved against the gold text,
+and how far its word times are from each clip transcribed alone (faster-whisper's own
+single-clip alignment; median and 95th percentile over the words both give alike).
+Timings are the median of --repeats passes; each pass runs the naive loop and then every
+lever, so the levers can be read against each other as well.
 
 Run: .venv/bin/python benchmarks/bench_asr_levers.py [--clips 88] [--variants tight]
          [--levers default,float32,...]
@@ -36,7 +41,25 @@ def decoded(variant: str, n: int) -> tuple[list, list[str]]:
              for r in rows], [r["text"] for r in rows])
 
 
-def transcriber(hf: Path, workers: int, threads: int, compute_type: str, windows: int):
+def whole_window_alignment():
+    """A SharedWindow that aligns each clip's words over all 1,500 frames of the window, as
+    meldflow did before (the lever ``align on the whole window``)."""
+    import ctranslate2
+    import numpy as np
+
+    from meldflow.preprocess.shared_window import WINDOW_FRAMES, SharedWindow
+
+    class WholeWindow(SharedWindow):
+        def _align(self, tokens, masked, spans):
+            view = ctranslate2.StorageView.from_array(np.ascontiguousarray(masked))
+            return (self.model.find_alignment(self.tokenizer, tokens, view, 2 * WINDOW_FRAMES),
+                    [0] * len(spans))
+
+    return WholeWindow
+
+
+def transcriber(hf: Path, workers: int, threads: int, compute_type: str, windows: int,
+                whole_window: bool = False):
     """meldflow's Transcriber with its model loaded for one lever setting."""
     from faster_whisper import WhisperModel
 
@@ -48,14 +71,15 @@ def transcriber(hf: Path, workers: int, threads: int, compute_type: str, windows
     if threads != 1 or compute_type != "int8":
         t.model = WhisperModel(str(t.path), device="cpu", compute_type=compute_type,
                                cpu_threads=threads, num_workers=workers)
-        t.window = SharedWindow(t.model, t.beam_size)
+    window = whole_window_alignment() if whole_window else SharedWindow
+    t.window = window(t.model, t.beam_size)
     t.windows_per_call = windows
     return t
 
 
-def packed(t, audios: list) -> list[str]:
-    """Every clip through shared windows, ``t.workers`` calls at once, each call holding
-    ``t.windows_per_call`` windows' clips (a one-clip window is transcribed alone)."""
+def packed(t, audios: list) -> list[tuple[str, list[dict]]]:
+    """(text, words) of every clip through shared windows, ``t.workers`` calls at once, each
+    call holding ``t.windows_per_call`` windows' clips (a one-clip window is heard alone)."""
     groups, current = [], []
     for a in audios:
         if not t.fits(current, a):
@@ -66,11 +90,11 @@ def packed(t, audios: list) -> list[str]:
     calls = [groups[i:i + t.windows_per_call]
              for i in range(0, len(groups), t.windows_per_call)]
 
-    def run(windows: list[list]) -> list[str]:
+    def run(windows: list[list]) -> list[tuple[str, list[dict]]]:
         if len(windows) == 1:
-            return [text for text, _ in t.transcribe_pack(windows[0])]
+            return t.transcribe_pack(windows[0])
         clips = [a for w in windows for a in w]
-        return [t._alone(a)[0] if d.doubtful else d.text
+        return [t._alone(a) if d.doubtful else (d.text, d.words)
                 for a, d in zip(clips, t.window.decode_windows(windows, t.GAP_SECONDS),
                                 strict=True)]
 
@@ -79,7 +103,8 @@ def packed(t, audios: list) -> list[str]:
 
 
 LEVERS = {"default": (2, 1, "int8", 1), "1 decoder x 2 threads": (1, 2, "int8", 1),
-          "float32": (2, 1, "float32", 1), "2 windows a call": (2, 1, "int8", 2)}
+          "float32": (2, 1, "float32", 1), "2 windows a call": (2, 1, "int8", 2),
+          "align on the whole window": (2, 1, "int8", 1, True)}
 
 
 def main() -> None:
@@ -105,6 +130,18 @@ def main() -> None:
         measure(hf, naive, variant, args.clips, args.levers.split(","), args.repeats)
 
 
+def time_offsets(ours: list[tuple[str, list[dict]]],
+                 alone: list[tuple[str, list[dict]]]) -> tuple[float, float]:
+    """Median and 95th percentile of |start or end - the alone one's| over the words at the
+    same place in both transcripts of a clip."""
+    import numpy as np
+
+    gaps = [abs(w[k] - a[k]) for (_, ws), (_, al) in zip(ours, alone, strict=True)
+            for w, a in zip(ws, al, strict=False) if w["word"] == a["word"]
+            for k in ("start", "end")]
+    return float(np.median(gaps)), float(np.percentile(gaps, 95))
+
+
 def measure(hf: Path, naive, variant: str, clips: int, levers: list[str],
             repeats: int) -> None:
     """Each lever on one variant's clips against the naive loop, printed as a table."""
@@ -122,23 +159,34 @@ def measure(hf: Path, naive, variant: str, clips: int, levers: list[str],
         return jiwer.wer([normalise_for_wer(g) for g in gold],
                          [normalise_for_wer(t or "") for t in texts])
 
-    print(f"{len(audios)} {variant} clips; median of {repeats} passes each")
-    print(f"    {'lever':54s} {'clips/s vs naive':>16s} {'WER':>6s} {'moved':>5s}")
-    for name in levers:
-        t = transcriber(hf, *LEVERS[name])
-        times, base = [], []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            naive_txt = naive_loop()
-            base.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            ours = packed(t, audios)
-            times.append(time.perf_counter() - start)
-        ratio = statistics.median(base) / statistics.median(times)
-        print(f"    {name:54s} {ratio:15.2f}x {wer(ours):6.3f} "
-              f"{len(words_moved(gold, ours)):5d}")
-    print(f"    {'naive loop':54s} {1:15.2f}x {wer(naive_txt):6.3f} "
-          f"{len(words_moved(gold, naive_txt)):5d}")
+    print(f"{len(audios)} {variant} clips; median of {repeats} passes each, the levers "
+          f"interleaved with the naive loop")
+    print(f"    {'lever':30s} {'clips/s vs naive':>16s} {'CPU s vs naive':>14s} {'WER':>6s} "
+          f"{'moved':>5s} {'word times vs alone, median / p95':>34s}")
+    loaded = {name: transcriber(hf, *LEVERS[name]) for name in levers}
+    alone = [next(iter(loaded.values()))._alone(a) for a in audios]
+    wall: dict[str, list[float]] = {name: [] for name in ["naive loop", *levers]}
+    cpu: dict[str, list[float]] = {name: [] for name in wall}
+    out: dict[str, list] = {}
+
+    def timed(name: str, run) -> None:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        out[name] = run()
+        wall[name].append(time.perf_counter() - start)
+        cpu[name].append(time.process_time() - start_cpu)
+
+    for _ in range(repeats):
+        timed("naive loop", naive_loop)
+        for name, t in loaded.items():
+            timed(name, lambda t=t: packed(t, audios))
+    for name in wall:
+        speed = statistics.median(wall["naive loop"]) / statistics.median(wall[name])
+        work = statistics.median(cpu["naive loop"]) / statistics.median(cpu[name])
+        texts = [x if isinstance(x, str) else x[0] for x in out[name]]
+        offsets = ("{:.3f} s / {:.3f} s".format(*time_offsets(out[name], alone))
+                   if name in loaded else "")
+        print(f"    {name:30s} {speed:15.2f}x {work:13.2f}x {wer(texts):6.3f} "
+              f"{len(words_moved(gold, texts)):5d} {offsets:>34s}")
 
 
 if __name__ == "__main__":

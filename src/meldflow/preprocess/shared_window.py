@@ -111,23 +111,32 @@ class SharedWindow:
             return_no_speech_prob=True)
         tokens = [self._inside(r.sequences_ids[0], f1) for r, (_, f1) in zip(results, spans,
                                                                             strict=True)]
-        # The words are aligned on the frames around each clip, not the whole window: over
-        # 1,500 frames the alignment's cross-attention and time warping work mostly on
-        # masked silence. The decoder forced through the clip's own tokens finds them there
-        # all the same (measured on 88 MELD-like clips: alignment 2.6x faster, the words'
-        # times nearer the clip's alone, 95th percentile 0.13 s off against 0.16 s). One
-        # length for all clips of the call, as the batch needs: the longest clip's.
+        timings, starts = self._align(tokens, masked, spans)
+        return [self._judge(r, text_tokens, timing, b0 - a / FRAMES_PER_SECOND,
+                            b1 - a / FRAMES_PER_SECOND)
+                for r, text_tokens, timing, (_, b0, b1), a in zip(
+                    results, tokens, timings, bounds, starts, strict=True)]
+
+    def _align(self, tokens: list[list[int]], masked: np.ndarray,
+               spans: list[tuple[int, int]]) -> tuple[list[list[dict]], list[int]]:
+        """Each clip's word timings, and the encoder frame their times count from.
+
+        The words are aligned on the frames around each clip, not the whole window: over
+        1,500 frames the alignment's cross-attention and time warping work mostly on masked
+        silence. The decoder forced through the clip's own tokens finds them there all the
+        same (measured on 88 MELD-like clips: alignment 2.6x faster, the words' times nearer
+        the clip's alone, 95th percentile 0.13 s off against 0.16 s). One length for all
+        clips of the call, as the batch needs: the longest clip's.
+        """
+        import ctranslate2
+
         length = min(WINDOW_FRAMES, max(f1 - f0 for f0, f1 in spans) + 2 * ALIGN_CONTEXT_FRAMES)
         starts = [max(0, min(f0 - ALIGN_CONTEXT_FRAMES, WINDOW_FRAMES - length))
                   for f0, _ in spans]
         around = np.stack([masked[i, a:a + length] for i, a in enumerate(starts)])
         # find_alignment counts log-mel frames (two per encoder frame), not encoder frames
-        timings = self.model.find_alignment(
-            tok, tokens, ctranslate2.StorageView.from_array(around), 2 * length)
-        return [self._judge(r, text_tokens, timing, b0 - a / FRAMES_PER_SECOND,
-                            b1 - a / FRAMES_PER_SECOND)
-                for r, text_tokens, timing, (_, b0, b1), a in zip(
-                    results, tokens, timings, bounds, starts, strict=True)]
+        return self.model.find_alignment(self.tokenizer, tokens, ctranslate2.StorageView
+                                         .from_array(around), 2 * length), starts
 
     def _judge(self, result, text_tokens: list[int], timing: list[dict], b0: float,
                b1: float) -> Decoded:
