@@ -29,7 +29,7 @@ WINDOW_FRAMES = WINDOW_SECONDS * FRAMES_PER_SECOND
 # none, 0.186 with 5; wider margins and gaps trade the clips with silence against them.
 MARGIN_FRAMES = (5, 5)  # before the clip, after it
 # Encoder frames of masked silence kept on each side of the longest clip for the word
-# alignment: 0.5 s (see SharedWindow.decode_windows).
+# alignment: 0.5 s (see SharedWindow._align).
 ALIGN_CONTEXT_FRAMES = 25
 # faster-whisper's own rules for a decode it does not trust (its defaults): text that
 # compresses this well is a loop; a mean log-probability below this is a guess.
@@ -124,9 +124,10 @@ class SharedWindow:
         The words are aligned on the frames around each clip, not the whole window: over
         1,500 frames the alignment's cross-attention and time warping work mostly on masked
         silence. The decoder forced through the clip's own tokens finds them there all the
-        same (measured on 88 MELD-like clips: alignment 2.6x faster, the words' times nearer
-        the clip's alone, 95th percentile 0.13 s off against 0.16 s). One length for all
-        clips of the call, as the batch needs: the longest clip's.
+        same (benchmarks/bench_asr_levers.py on 88 MELD-like clips: the alignment 2.6x-3.9x
+        faster, transcription up to 1.14x; the words' times nearer the clip's alone, 95th
+        percentile 0.146 s off against 0.177 s). One length for all clips of the call, as
+        the batch needs: the longest clip's.
         """
         import ctranslate2
 
