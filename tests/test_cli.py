@@ -33,3 +33,30 @@ def test_the_waiting_launcher_does_not_load_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env_with_venv()).stdout
     assert out.strip() == "False"
+
+
+def _subcommand(name: str):
+    from meldflow.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return sub.choices[name]
+
+
+def test_the_job_options_default_to_what_the_library_does_on_its_own():
+    """`--workers`, `--threads` and `--source` are written in the CLI (so `--help` stays
+    light) and in the library's signatures: they must say the same."""
+    import inspect
+
+    from meldflow.model_cache.stage import stage_whisper
+    from meldflow.preprocess.frames import frames_for_rows, run_frames
+    from meldflow.preprocess.transcribe import Transcriber, run_transcribe
+
+    def default(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    assert _subcommand("frames").get_default("workers") == default(run_frames, "workers") \
+        == default(frames_for_rows, "workers")
+    assert _subcommand("transcribe").get_default("threads") \
+        == default(run_transcribe, "threads") == default(Transcriber, "cpu_threads")
+    assert _subcommand("stage").get_default("source") == default(stage_whisper, "source")
