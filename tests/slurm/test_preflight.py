@@ -55,6 +55,8 @@ def _misconfigured(root, hf_home):
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     profile = yaml.safe_load((REPO / "cluster" / "slurm" / "config.yaml").read_text())
     profile["default-resources"] |= {"slurm_partition": "gpux", "slurm_account": "nosuch"}
+    # A shard rule's own ask: its jobs are known only after ingest (a checkpoint).
+    profile["set-resources"]["transcribe"] |= {"slurm_partition": "cpu", "runtime": 500}
     (work / "cluster" / "slurm").mkdir(parents=True)
     (work / "cluster" / "slurm" / "config.yaml").write_text(yaml.safe_dump(profile))
     return work
@@ -78,6 +80,8 @@ def test_meldflow_check_names_every_problem_of_a_misconfigured_profile(slurm_clu
     assert "training default/seed-0: a time limit of 3000 min (train.time_min) is over " \
            "partition gpu's MaxTime of 1440 min" in out
     assert "GPUs per node 4 (train.slurm" in out and "partition gpu has (2)" in out
+    assert "rule transcribe: a time limit of 500 min (cluster/slurm/config.yaml " \
+           "set-resources: transcribe) is over partition cpu's MaxTime of 240 min" in out
     assert "hf_home: Whisper model" in out and "meldflow stage" in out
     assert "problem(s): fix them before submitting" in proc.stderr
 
@@ -101,6 +105,8 @@ def test_the_workflow_stops_before_any_job_on_a_misconfigured_profile(slurm_clus
     assert proc.returncode != 0, text[-3000:]
     assert "nothing was submitted" in text and "partition 'gpux'" in text, text[-3000:]
     assert "GPUs per node 4" in text
+    assert "rule transcribe: a time limit of 500 min (the profile's resources) is over " \
+           "partition cpu's MaxTime of 240 min" in text
     assert "hf_home: Whisper model Systran/faster-whisper-small.en is not in" in text
     assert "Florence-2" not in text  # the tiny one: the stage rule builds it here
     assert time.monotonic() - start < 60

@@ -55,6 +55,7 @@ SPLITS = SETTINGS.splits
 TRAIN = "train" in SPLITS
 EVAL_SPLITS = [s for s in ("dev", "test") if s in SPLITS]
 SHARD = "{shard,[0-9]{4}}"
+SHARD_RULES = ("transcribe", "frames", "align")  # one job per split and shard, after ingest
 
 
 def annotation_csv(wildcards):
@@ -171,7 +172,12 @@ onstart:
         # The preflight (`meldflow check`, less what the stage rules will stage here): a
         # partition, account, time limit or GPU count the cluster does not offer, or a
         # model nobody can stage, stops the run before any job (meld_dir: at parse time).
-        found = check_cluster(asks_from_jobs(workflow.dag.needrun_jobs()) + training_asks(RUNS))
+        # A shard rule's jobs exist only once ingest (a checkpoint) has run: its ask is
+        # read from the rule while any split still needs ingest or its manifest.
+        jobs = list(workflow.dag.needrun_jobs())
+        later = [workflow.get_rule(name) for name in SHARD_RULES] if any(
+            job.rule.name in ("ingest", "manifest") for job in jobs) else []
+        found = check_cluster(asks_from_jobs(jobs, later) + training_asks(RUNS))
         found += model_problems(SETTINGS, stageable_ok=True)
         if found:
             raise WorkflowError("meldflow: this run asks the cluster for what it does not "

@@ -170,14 +170,23 @@ def asks_from_profile(profile: str, last_try: bool = False) -> list[Ask]:
     return asks
 
 
-def asks_from_jobs(jobs) -> list[Ask]:
-    """What the workflow's SLURM jobs ask (one per rule), from Snakemake's jobs."""
+def asks_from_jobs(jobs, later_rules=()) -> list[Ask]:
+    """What the workflow's SLURM jobs ask (one per rule), from Snakemake's jobs, and from
+    ``later_rules``: rules whose jobs are not known yet (they follow a checkpoint), at a
+    first try."""
     asks: dict[str, Ask] = {}
+
+    def add(name: str, resources) -> None:
+        res = {k: resources.get(k) for k in ("slurm_partition", "slurm_account", "runtime",
+                                             "mem_mb", "cpus_per_task")}
+        asks[name] = _ask(f"rule {name}", "the profile's resources",
+                          {k: v for k, v in res.items() if v is not None})
+
     for job in jobs:
-        if job.is_local or job.rule.name in asks:
-            continue
-        res = {k: job.resources.get(k) for k in ("slurm_partition", "slurm_account",
-                                                 "runtime", "mem_mb", "cpus_per_task")}
-        asks[job.rule.name] = _ask(f"rule {job.rule.name}", "the profile's resources",
-                                   {k: v for k, v in res.items() if v is not None})
+        if not job.is_local and job.rule.name not in asks:
+            add(job.rule.name, job.resources)
+    for rule in later_rules:
+        if rule.name not in asks:  # resources of no wildcard or input (the profile's)
+            add(rule.name, rule.expand_resources(dict.fromkeys(rule.wildcard_names, "0"),
+                                                 None, 1))
     return list(asks.values())
