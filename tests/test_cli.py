@@ -35,12 +35,10 @@ def test_the_waiting_launcher_does_not_load_torch():
     assert out.strip() == "False"
 
 
-def _subcommand(name: str):
+def _parsed(*argv: str):
     from meldflow.cli import build_parser
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    return sub.choices[name]
+    return build_parser().parse_args(list(argv))
 
 
 def test_the_job_options_default_to_what_the_library_does_on_its_own():
@@ -55,8 +53,9 @@ def test_the_job_options_default_to_what_the_library_does_on_its_own():
     def default(fn, name):
         return inspect.signature(fn).parameters[name].default
 
-    assert _subcommand("frames").get_default("workers") == default(run_frames, "workers") \
+    shard = ("--rows", "r.parquet", "--shard", "0", "--out", "o.parquet")
+    assert _parsed("frames", *shard).workers == default(run_frames, "workers") \
         == default(frames_for_rows, "workers")
-    assert _subcommand("transcribe").get_default("threads") \
-        == default(run_transcribe, "threads") == default(Transcriber, "cpu_threads")
-    assert _subcommand("stage").get_default("source") == default(stage_whisper, "source")
+    assert _parsed("transcribe", *shard).threads == default(run_transcribe, "threads") \
+        == default(Transcriber, "cpu_threads")
+    assert _parsed("stage").source == default(stage_whisper, "source")

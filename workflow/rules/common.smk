@@ -9,6 +9,7 @@ from meldflow import MeldflowError
 from meldflow.config import check_config_file, typed_config
 from meldflow.settings import Settings, flags, step_fields, step_flags
 from meldflow.shard_schema import METHOD_VERSIONS
+from meldflow.slurm.live import SHARD_RULES
 from meldflow.slurm.plugin import patch_slurm_plugin
 from meldflow.annotations import find_csv
 from meldflow.preprocess.layout import check_clip_folder
@@ -55,7 +56,6 @@ SPLITS = SETTINGS.splits
 TRAIN = "train" in SPLITS
 EVAL_SPLITS = [s for s in ("dev", "test") if s in SPLITS]
 SHARD = "{shard,[0-9]{4}}"
-SHARD_RULES = ("transcribe", "frames", "align")  # one job per split and shard, after ingest
 
 
 def annotation_csv(wildcards):

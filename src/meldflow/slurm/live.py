@@ -16,6 +16,9 @@ from meldflow.slurm.states import TERMINAL
 
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT"}
 WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED"}
+# The workflow's rules of one job per split and shard, once ingest has planned the shards
+# (workflow/rules/preprocess.smk; the workflow's start checks their asks by this name).
+SHARD_RULES = ("transcribe", "frames", "align")
 
 
 def join_queue(records: list[dict], queue: dict[str, dict], run_id: str | None,
@@ -53,7 +56,7 @@ def shard_totals(workdir: Path) -> dict[str, int]:
     if not infos:
         return {}
     shards = sum(int(i.get("num_shards", 0)) for i in infos)
-    return {"transcribe": shards, "frames": shards, "align": shards, "manifest": len(infos)}
+    return dict.fromkeys(SHARD_RULES, shards) | {"manifest": len(infos)}
 
 
 def rule_progress(rows: list, totals: dict[str, int]) -> list[list[str]]:
