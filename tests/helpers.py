@@ -148,10 +148,12 @@ def speech_clip(path: Path, text: str, video_seconds: float | None = None,
     return path
 
 
-def tight_clip(path: Path, text: str | None, seconds: float = 3.0) -> Path:
+def tight_clip(path: Path, text: str | None, seconds: float = 3.0,
+               noise: float = 0.0) -> Path:
     """A clip cut from an episode: espeak-ng speech (190 words a minute) with its silence
     trimmed, so the speech starts at the clip's first sample and runs to its last; audio
-    and video end together. ``text=None``: ``seconds`` of silence."""
+    and video end together. ``text=None``: ``seconds`` of silence. ``noise``: Gaussian noise
+    of that RMS (a fraction of full scale) added to the whole clip."""
     import wave
 
     import numpy as np
@@ -166,6 +168,9 @@ def tight_clip(path: Path, text: str | None, seconds: float = 3.0) -> Path:
             rate, pcm = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), np.int16)
         loud = np.nonzero(np.abs(pcm) > 0.01 * 32768)[0]
         pcm = pcm[loud[0]:loud[-1] + 1]
+    if noise:
+        hiss = np.random.default_rng(len(pcm)).normal(0, noise * 32768, len(pcm))
+        pcm = np.clip(pcm + hiss, -32768, 32767).astype(np.int16)
     with wave.open(str(wav), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -179,12 +184,17 @@ def tight_clip(path: Path, text: str | None, seconds: float = 3.0) -> Path:
     return path
 
 
-def clip_rows(clips: list[Path], texts: list[str], csv_seconds: list[float] | None = None):
-    """An ingest table of ``clips``; ``csv_seconds``: each row's EndTime - StartTime."""
+def clip_rows(clips: list[Path], texts: list[str], csv_seconds: list[float] | None = None,
+              dialogues: list[int] | None = None):
+    """An ingest table of ``clips``, one dialogue in clip order unless ``dialogues`` gives
+    each clip's dialogue (utterances numbered in order within each); ``csv_seconds``: each
+    row's EndTime - StartTime."""
     n = len(clips)
+    dialogues = dialogues or [0] * n
+    utterances = [dialogues[:i].count(d) for i, d in enumerate(dialogues)]
     ends = [10.0 + s for s in csv_seconds] if csv_seconds else [None] * n
-    return pa.table({"split": ["test"] * n, "dialogue_id": list(range(n)),
-                     "utterance_id": [0] * n, "clip_path": [str(c) for c in clips],
+    return pa.table({"split": ["test"] * n, "dialogue_id": dialogues,
+                     "utterance_id": utterances, "clip_path": [str(c) for c in clips],
                      "status": ["ok"] * n, "utterance": texts,
                      "start_s": [10.0 if csv_seconds else None] * n, "end_s": ends},
                     schema=pa.schema([("split", pa.string()), ("dialogue_id", pa.int32()),
@@ -274,3 +284,26 @@ def clip_samples(clip: str | Path, row: dict | None = None):
 
     row = row or {}
     return decode_audio(str(clip), 30.0, row.get("start_s"), row.get("end_s")).samples
+
+
+def tight_meld(root: Path, split: str, dialogues: list[list[str | None]],
+               noise: dict[tuple[int, int], float] | None = None) -> Path:
+    """A MELD.Raw-like folder at ``root`` whose ``split`` holds ``dialogues`` (dialogue i's
+    lines as utterances 0, 1, ...; None: a silent clip) cut as MELD's clips are, speech to
+    both edges (tight_clip), with CSV times the clips' own lengths; ``noise``: the RMS of
+    noise added to the clip of (dialogue, utterance)."""
+    from meldflow.annotations import CLIP_DIRS
+    from meldflow.preprocess.probe import clip_info
+
+    folder = root / CLIP_DIRS[split]
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for d, lines in enumerate(dialogues):
+        for u, text in enumerate(lines):
+            clip = tight_clip(folder / f"dia{d}_utt{u}.mp4", text,
+                              noise=(noise or {}).get((d, u), 0.0))
+            ms = round(clip_info(clip).duration * 1000)
+            rows.append(meld_row(d, u, text or "Hmm.", start="00:00:01,000",
+                                 end=f"00:00:{1 + ms // 1000:02d},{ms % 1000:03d}"))
+    meld_csv(root / f"{split}_sent_emo.csv", rows)
+    return root

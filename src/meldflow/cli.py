@@ -146,6 +146,7 @@ def cmd_predict(a: argparse.Namespace, s: Settings) -> None:
     rows = predict(a.model, a.clips, a.text, a.device, a.hf_home, a.speaker)
     for r in rows:
         heard = f'  "{r["transcript"]}"' if "transcript" in r else ""
+        heard += f" ({', '.join(r['transcript_flags'])})" if r.get("transcript_flags") else ""
         print(f"{r['emotion']:>9s} {r['p_emotion'][r['emotion']]:.2f}  {r['sentiment']:>8s}  "
               f"{r['input']}{heard}")
     if a.out:

@@ -20,7 +20,10 @@ STATUSES: dict[str, str] = {
 FLAGS: dict[str, str] = {
     "bad_timestamps": "EndTime is not after StartTime in the annotation",
     "clip_capped": "the clip is longer than max_clip_seconds; only its start was used",
-    "empty_transcript": "Whisper heard no words",
+    "empty_transcript": "Whisper heard no words (none, or only punctuation) in a clip with "
+                        "speech",
+    "no_speech": "no speech in the clip's audio (voice activity detection): silence or "
+                 "noise, given an empty transcript without Whisper hearing it",
     "no_gold_text": "the gold utterance is empty after normalisation; WER is undefined",
     "duplicate_clip_used": "the canonical clip was missing; its final_videos_test copy was used",
     "decode_errors": "parts of the clip failed to decode (damaged); the reason gives the count",

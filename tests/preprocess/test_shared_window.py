@@ -3,7 +3,14 @@ alone times them (meldflow.preprocess.shared_window), with real Whisper."""
 
 import statistics
 
-from helpers import clip_rows, clip_samples, speech_clip, tight_clip, whisper_settings
+from helpers import (
+    clip_rows,
+    clip_samples,
+    speech_clip,
+    tight_clip,
+    tight_meld,
+    whisper_settings,
+)
 
 from meldflow.preprocess.audio import SAMPLE_RATE
 from meldflow.preprocess.wer import normalise_for_wer, words_moved
@@ -122,3 +129,54 @@ def test_word_alignment_reads_the_frames_around_the_clips_not_the_whole_window(
         assert len(pairs) >= len(alone) - 1, (row["transcript"], alone)
         gaps = [abs(w[k] - a[k]) for w, a in pairs for k in ("start", "end")]
         assert statistics.median(gaps) < 0.1, (row["words"], alone)
+
+
+# Four dialogues of clips cut as MELD's are (speech to both edges), of 3, 1, 4 and 2 lines.
+DIALOGUES = [["I can't believe you did that to me, Ross.", "Thank you for the delightful day.",
+              "Okay, go quick."],
+             ["Phoebe!"],
+             ["We lost the house last week.", "'Sup? 'Sup dude?", "Stop touching my stuff.",
+              "Could you pass the salt, please?"],
+             ["Aww, you guys are so cute!", "Nobody remembered my birthday."]]
+
+
+def test_a_clips_words_depend_on_its_dialogue_not_on_the_shard(hf_home, tmp_path):
+    """Issue 34: the same clips preprocessed with shard_size 10 and 100 gave other words for
+    20 of 89 rows ("delightful day" / "delightful stay"): windows were filled across
+    dialogues, and the encoder attends over the whole window. A window now holds one
+    dialogue's clips, in utterance order, so every layout gives every clip the same words
+    and word times."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from meldflow.preprocess.ingest import ingest_split
+    from meldflow.preprocess.transcribe import Transcriber, transcribe_rows
+
+    meld = tight_meld(tmp_path, "test", DIALOGUES)
+    windows = []
+
+    class Recording(Transcriber):
+        def transcribe_pack(self, audios):
+            windows.append(audios)
+            return super().transcribe_pack(audios)
+
+    t = Recording(whisper_settings(hf_home, whisper_max_empty_fraction=1.0))
+    by_layout = {}
+    for size in (1, 4, 100):  # a dialogue a shard; 4, 4 and 2 rows; one shard
+        rows, _ = ingest_split(meld, "test", size)
+        samples = {(r["dialogue_id"], r["utterance_id"]): clip_samples(r["clip_path"], r)
+                   for r in rows.to_pylist()}
+        windows.clear()
+        got = {}
+        for shard in sorted(set(rows.column("shard").to_pylist())):
+            for r in transcribe_rows(rows.filter(pc.equal(rows["shard"], shard)),
+                                     t).to_pylist():
+                got[(r["dialogue_id"], r["utterance_id"])] = (r["transcript"], r["words"])
+        by_layout[size] = got
+        for window in windows:  # each window: one dialogue's clips, in utterance order
+            keys = [next(k for k, s in samples.items() if np.array_equal(s, a))
+                    for a in window]
+            assert len({d for d, _ in keys}) == 1 and keys == sorted(keys), (size, keys)
+        assert sum(len(w) for w in windows) == len(samples)  # every clip in one window
+    assert by_layout[1] == by_layout[4] == by_layout[100]
+    assert all(text for text, _ in by_layout[100].values())

@@ -138,7 +138,7 @@ def test_shard_of_empty_transcripts_fails_loudly(hf_home):
 
     deaf = Deaf(whisper_settings(hf_home))
     rows, _ = ingest_split(SAMPLE, "dev", 24)
-    with pytest.raises(MeldflowError, match=r"19 of 19 clips with audio came back with no "
+    with pytest.raises(MeldflowError, match=r"19 of 19 clips with speech came back with no "
                                             r"words.*meldflow stage"):
         transcribe_rows(rows.slice(0, 20), deaf)
     # a few silent clips in a healthy shard are flags, not an error
@@ -307,3 +307,38 @@ def test_a_clip_with_several_audio_streams_is_heard_from_the_default_and_flagged
     assert "audio stream 2 of 2 (the default)" in out[0]["asr_reason"]
     assert "audio stream 1 of 2 (the default)" in out[1]["asr_reason"]
     assert [r["asr_flags"][:1] for r in out] == [["multiple_audio_streams"]] * 2
+
+
+def test_the_clip_reader_decodes_a_bounded_number_of_clips_ahead(hf_home, monkeypatch):
+    """Issue 34: the transcribe job's peak memory grew with the shard (730 MB at 89 clips,
+    927 MB at 353): the reader thread decoded every clip of the shard ahead of the
+    decoders and held its audio. It now stays a fixed number of clips ahead."""
+    import meldflow.preprocess.transcribe as transcribe
+    from meldflow.preprocess.ingest import ingest_split
+
+    fetched = []
+    fetch = transcribe.fetch_audio
+    monkeypatch.setattr(transcribe, "fetch_audio",
+                        lambda rec, cap: fetched.append(rec) or fetch(rec, cap))
+    calls, ahead = [], []
+
+    class Slow(transcribe.Transcriber):  # the first pack waits: the reader runs on alone
+        def transcribe_group(self, audios):
+            calls.append(audios)  # atomic: one call is the first
+            if calls[0] is audios:
+                time.sleep(2.0)
+                ahead.append(len(fetched))
+            return [("Hi.", [{"word": "Hi.", "start": 0.0, "end": 0.1,
+                               "probability": 1.0}])] * len(audios)
+
+    rows, _ = ingest_split(SAMPLE, "train", 1000)
+    rows = pa.concat_tables([rows] * 2)  # 132 rows
+    rows = rows.set_column(rows.schema.get_field_index("dialogue_id"), "dialogue_id",
+                           pa.array(range(rows.num_rows), pa.int32()))  # a clip a dialogue
+    t = Slow(whisper_settings(hf_home, whisper_max_empty_fraction=1.0), cpu_threads=2)
+    table = transcribe.transcribe_rows(rows, t)
+    assert table.num_rows == rows.num_rows and len(fetched) == rows.num_rows
+    # at most the read-ahead, the packs in flight (two per decoder), the one being handed
+    # over and the clip just read (each pack here is one clip: a clip a dialogue)
+    bound = transcribe.READ_AHEAD_CLIPS + 2 * t.workers + 2
+    assert bound < rows.num_rows / 2 and ahead[0] <= bound, ahead

@@ -6,7 +6,7 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import SAMPLE, TRAIN_CSV, env_with_venv, whisper_settings
+from helpers import SAMPLE, TRAIN_CSV, env_with_venv, tight_meld, whisper_settings
 
 from meldflow import MeldflowError
 
@@ -90,14 +90,20 @@ def test_predict_frames_clips_as_the_run_did(florence_home, shards_4x128, tmp_pa
         predict(out / "best", clips=[rows[0][1]])
 
 
+@pytest.fixture(scope="module")
+def transcript_model(florence_home, shards_4x128, tmp_path_factory):
+    """A text model trained on the shards' Whisper transcripts (its run folder)."""
+    return _train(florence_home, shards_4x128, tmp_path_factory.mktemp("whisper") / "run",
+                  modalities="text", text_source="whisper")
+
+
 @pytest.mark.integration
-def test_predict_transcribes_with_the_runs_whisper_model(florence_home, hf_home, shards_4x128,
-                                                        tmp_path):
+def test_predict_transcribes_with_the_runs_whisper_model(transcript_model, hf_home,
+                                                        shards_4x128, tmp_path, caplog):
     from meldflow.preprocess.wer import normalise_for_wer
     from meldflow.training.predict import predict
 
-    out = _train(florence_home, shards_4x128, tmp_path / "run", modalities="text",
-                 text_source="whisper")
+    out = transcript_model
     prep = json.loads((out / "best" / "preprocessing.json").read_text())
     whisper = prep["whisper"]
     assert whisper["whisper_model"] == "tiny.en" and whisper["whisper_beam_size"] == 5
@@ -122,19 +128,6 @@ def test_predict_transcribes_with_the_runs_whisper_model(florence_home, hf_home,
             compared += 1
             assert max(abs(p - w[f"p_emotion_{e}"]) for e, p in g["p_emotion"].items()) < 1e-5
     assert compared >= 5
-    # a tight dev set (speech to both edges of every clip, CSV times the clips' lengths), in
-    # the shard's order: predict's transcripts are the transcribe step's, word for word
-    meld = _tight_dev_set(tmp_path / "tight")
-    from meldflow.preprocess.ingest import run_ingest
-    from meldflow.preprocess.transcribe import run_transcribe
-
-    run_ingest(meld, "dev", 1000, tmp_path / "tight" / "dev.parquet")
-    tight = pq.read_table(tmp_path / "tight" / "dev.parquet")
-    step = run_transcribe(tight, tmp_path / "tight" / "dev.asr.parquet",
-                          whisper_settings(hf_home))
-    got = predict(out / "best", clips=tight.column("clip_path").to_pylist(), hf_home=hf_home,
-                  speakers=tight.column("speaker").to_pylist())
-    assert [g["transcript"] for g in got] == step.column("transcript").to_pylist()
     # a clip without audio gives a transcript model nothing to read: refused, not "" read
     silent = tmp_path / "silent.mp4"
     subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-i", clips[0], "-an",
@@ -152,6 +145,55 @@ def test_predict_transcribes_with_the_runs_whisper_model(florence_home, hf_home,
     (other / CHECKSUMS_FILE).write_text(json.dumps(_file_hashes(other)))  # a whole folder
     with pytest.raises(MeldflowError, match="not the one that made this model's training"):
         predict(other, clips=[rows[0][1]], hf_home=hf_home, speakers=["Ross"])
+    # a model whose transcripts an older method made: predicted, with a warning that says so
+    prep = json.loads((out / "best" / "preprocessing.json").read_text())
+    prep["whisper"]["method"] = "shared-window-2"
+    (other / "preprocessing.json").write_text(json.dumps(prep))
+    (other / CHECKSUMS_FILE).write_text(json.dumps(_file_hashes(other)))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="meldflow"):
+        predict(other, clips=[rows[0][1]], hf_home=hf_home, speakers=["Ross"])
+    assert any("shared-window-2" in r.getMessage() and "may differ" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.integration
+def test_predict_hears_a_dialogues_clips_as_the_transcribe_step_did(transcript_model, hf_home,
+                                                                    tmp_path, caplog):
+    """Issue 34: predict's transcripts depended on which clips were given with it and in
+    what order ("We lost him at house" alone, "We lost the house" with its dialogue)."""
+    from meldflow.preprocess.ingest import run_ingest
+    from meldflow.preprocess.transcribe import run_transcribe
+    from meldflow.training.predict import predict
+
+    out = transcript_model
+    # a tight dev set (speech to both edges of every clip, CSV times the clips' lengths), in
+    # the shard's order: predict's transcripts are the transcribe step's, word for word
+    meld = tight_meld(tmp_path / "tight", "dev", [TIGHT_LINES])
+    run_ingest(meld, "dev", 1000, tmp_path / "tight" / "dev.parquet")
+    tight = pq.read_table(tmp_path / "tight" / "dev.parquet")
+    step = run_transcribe(tight, tmp_path / "tight" / "dev.asr.parquet",
+                          whisper_settings(hf_home))
+    got = predict(out / "best", clips=tight.column("clip_path").to_pylist(), hf_home=hf_home,
+                  speakers=tight.column("speaker").to_pylist())
+    assert [g["transcript"] for g in got] == step.column("transcript").to_pylist()
+    # a dialogue's clips in any order are heard as the shard heard them, word for word;
+    # a clip given alone is a dialogue of one, heard as the step hears it alone
+    paths = tight.column("clip_path").to_pylist()
+    order = [3, 0, 7, 5, 1, 6, 2, 4]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="meldflow"):
+        shuffled = predict(out / "best", clips=[paths[i] for i in order], hf_home=hf_home,
+                           speakers=["Ross"] * len(order))
+    assert [g["transcript"] for g in shuffled] == [got[i]["transcript"] for i in order]
+    alone = run_transcribe(tight.slice(2, 1), tmp_path / "tight" / "one.asr.parquet",
+                           whisper_settings(hf_home)).column("transcript").to_pylist()
+    assert [g["transcript"] for g in predict(out / "best", clips=[paths[2]], hf_home=hf_home,
+                                             speakers=["Ross"])] == alone
+    # the silent clip: no words, and predict says that it predicted from none
+    assert got[1]["transcript"] == "" and got[1]["transcript_flags"] == ["no_speech"]
+    said = [r.getMessage() for r in caplog.records if "empty transcript" in r.getMessage()]
+    assert len(said) == 1 and "dia0_utt1.mp4" in said[0], said
 
 
 @pytest.mark.integration
@@ -170,32 +212,23 @@ def test_shards_of_different_settings_are_refused(florence_home, shards_4x128, p
         train(cfg)
 
 
-TIGHT_LINES = ["I can't believe you did that to me, Ross.", "Hmm.",
+# The tight dev set: one dialogue of clips cut as MELD's are (speech to both edges; None:
+# a silent clip), its CSV times the clips' lengths.
+TIGHT_LINES = ["I can't believe you did that to me, Ross.", None,
                "I'm just saying, this woman, I mean she's fictitious. No?", "'Sup? 'Sup dude?",
                "Phoebe!", "Aww, you guys are so cute!", "We should probably order lunch soon.",
                "Stop touching my stuff."]
 
 
-def _tight_dev_set(root):
-    """A MELD.Raw-like dev split of clips cut as MELD's are: speech to both edges."""
-    import csv
+def test_predict_hears_meld_named_clips_as_dialogues_in_utterance_order():
+    """Issue 34: predict numbered its clips as dialogues 0..n-1, which packing ignored:
+    clips given together shared windows in argument order. MELD-named clips are grouped by
+    folder and dialogue, in utterance order; any other clip is a dialogue of its own."""
+    from meldflow.training.predict import clip_dialogues
 
-    from helpers import tight_clip
-
-    from meldflow.preprocess.probe import clip_info
-
-    (root / "dev_splits_complete").mkdir(parents=True)
-    with (root / "dev_sent_emo.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
-                    "Utterance_ID", "Season", "Episode", "StartTime", "EndTime"])
-        for i, text in enumerate(TIGHT_LINES):
-            clip = tight_clip(root / "dev_splits_complete" / f"dia0_utt{i}.mp4",
-                              None if text == "Hmm." else text)
-            ms = round(clip_info(clip).duration * 1000)
-            w.writerow([i + 1, text, "Ross", "neutral", "neutral", 0, i, 1, 1,
-                        "00:00:01,000", f"00:00:{1 + ms // 1000:02d},{ms % 1000:03d}"])
-    return root
+    clips = ["a/dia3_utt2.mp4", "a/dia3_utt0.mp4", "b/dia3_utt1.mp4", "talk.mp4",
+             "a/final_videos_testdia3_utt1.mp4", "a/dia4_utt0.mp4", "other.mp4"]
+    assert clip_dialogues(clips) == [(0, 2), (0, 0), (1, 1), (2, 0), (0, 1), (3, 0), (4, 0)]
 
 
 def test_predict_says_what_is_wrong(tmp_path):

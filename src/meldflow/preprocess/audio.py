@@ -25,6 +25,7 @@ class Audio:
     errors: int  # packets that failed to decode (skipped)
     expected_s: float  # how long it should be (meldflow.preprocess.probe.expected_audio_seconds)
     stream: str = ""  # which of several audio streams was heard (empty if only one)
+    speech: float = 1.0  # the highest probability of speech in it (meldflow.preprocess.speech)
 
     @property
     def seconds(self) -> float:

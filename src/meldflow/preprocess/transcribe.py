@@ -7,6 +7,7 @@ Owns ``results/transcripts/{split}/shard-NNNN.parquet``. Import this module only
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import os
 from collections import deque
@@ -24,6 +25,12 @@ from meldflow.model_cache.whisper import choose_device, model_dir
 from meldflow.preprocess.audio import SAMPLE_RATE, Audio, decode_audio
 from meldflow.preprocess.probe import ClipError
 from meldflow.preprocess.shared_window import ALIGN_CONTEXT_FRAMES, MARGIN_FRAMES, SharedWindow
+from meldflow.preprocess.speech import (
+    PEAK_LEVEL,
+    SPEECH_THRESHOLD,
+    no_speech_reason,
+    speech_probability,
+)
 from meldflow.preprocess.wer import word_error_rate
 from meldflow.settings import WINDOW_SECONDS, Settings, recorded_settings
 from meldflow.shard_schema import (
@@ -102,6 +109,13 @@ class Transcriber:
             return True
         total = sum(len(a) for a in pack) + len(audio) + len(pack) * gap_seconds * SAMPLE_RATE
         return total <= self.pack_seconds * SAMPLE_RATE
+
+    def joins(self, group: list[np.ndarray], audio: np.ndarray, same_dialogue: bool) -> bool:
+        """Whether ``audio`` joins ``group`` in one call: on a GPU, up to ``batch_size``
+        clips, each its own chunk; else the clips of one dialogue that fit one window."""
+        if self.batch_size:
+            return len(group) < self.batch_size
+        return same_dialogue and self.fits(group, audio)
 
     def transcribe_group(self, audios: list[np.ndarray]) -> list[tuple[str, list[dict]]]:
         """(transcript, words) for each clip: batched when ``batch_size``, else packed."""
@@ -193,32 +207,57 @@ class Transcriber:
 
 
 # The share of empty transcripts that fails a shard (whisper_max_empty_fraction) is only
-# judged from this many clips with audio on.
+# judged from this many clips with speech on.
 MIN_CLIPS_FOR_EMPTY_CHECK = 3
 
 
+# How many clips the reader decodes ahead of the decoders: enough to keep them busy, few
+# enough that a job's memory does not grow with its shard.
+READ_AHEAD_CLIPS = 16
+
+
 def fetch_audio(rec: dict, max_clip_seconds: float) -> AsrResult | Audio:
-    """A row's decoded audio, or the result that says why there is none to transcribe."""
+    """A row's decoded audio and whether it holds speech, or the result that says why there
+    is none to transcribe."""
     skipped = without_clip(rec, AsrResult)
     if skipped:
         return skipped
     try:
-        return decode_audio(rec["clip_path"], max_clip_seconds, rec.get("start_s"),
-                            rec.get("end_s"))
+        audio = decode_audio(rec["clip_path"], max_clip_seconds, rec.get("start_s"),
+                             rec.get("end_s"))
     except ClipError as exc:
         return AsrResult(status=exc.status, reason=str(exc))
     except LookupError as exc:
         return AsrResult(status="no_audio", reason=str(exc))
     except (av.error.FFmpegError, OSError, IndexError, ValueError) as exc:
         return AsrResult(status="unreadable_video", reason=f"audio decode failed: {exc}")
+    audio.speech = speech_probability(audio.samples)
+    return audio
+
+
+def read_ahead(pool: ThreadPoolExecutor, fn, items, depth: int):
+    """``fn(item)`` for each item, in order, computed in ``pool`` at most ``depth`` ahead."""
+    items = iter(items)
+    pending = deque(pool.submit(fn, item) for item in itertools.islice(items, depth))
+    while pending:
+        done = pending.popleft()
+        pending.extend(pool.submit(fn, item) for item in itertools.islice(items, 1))
+        yield done.result()
 
 
 def heard(audio: Audio, gold: str, text: str, words: list[dict]) -> AsrResult:
-    """A transcribed clip's result: its words, WER, and the flags of what went wrong."""
+    """A clip's result: its words, WER, and the flags of what went wrong. A clip without
+    speech has no words; words without a letter or digit (noise heard as ". . .") are
+    none."""
     flags, reasons = audio.flags()
+    if audio.speech < SPEECH_THRESHOLD:
+        text, words = "", []
+        flags.append("no_speech")
+        reasons.append(no_speech_reason(audio.speech))
+    elif not any(c.isalnum() for w in words for c in w["word"]):
+        text, words = "", []
+        flags.append("empty_transcript")
     res = AsrResult(transcript=text, words=words, flags=flags, reason="; ".join(reasons))
-    if not words:
-        res.flags.append("empty_transcript")
     res.wer = word_error_rate(gold, text)
     if res.wer is None:
         res.flags.append("no_gold_text")
@@ -252,14 +291,22 @@ class _Packs:
             self.finish_oldest()
 
 
-def transcribe_rows(rows: pa.Table, transcriber: Transcriber) -> pa.Table:
-    """Transcripts for every row of an ingest table; clips are decoded ahead in a thread
-    and packs transcribed ``transcriber.workers`` at a time.
+def dialogue_order(recs: list[dict]) -> list[int]:
+    """The rows' indices by dialogue, then utterance: the order clips are packed in."""
+    return sorted(range(len(recs)), key=lambda i: (recs[i]["split"], recs[i]["dialogue_id"],
+                                                   recs[i]["utterance_id"]))
 
-    Healthy clips share packed windows; a damaged clip (decode errors, audio far shorter
-    than the CSV says) is transcribed on its own, so its damage cannot spill into its
-    neighbours. On a GPU (``batch_size``) every clip is its own chunk anyway, so clips go
-    ``batch_size`` to a call whatever their state.
+
+def transcribe_rows(rows: pa.Table, transcriber: Transcriber) -> pa.Table:
+    """Transcripts for every row of an ingest table, in its order.
+
+    Clips are read a few ahead in a thread, dialogue by dialogue in utterance order, and
+    the clips of one dialogue share packed windows: a clip's words depend on its own
+    dialogue, never on the other dialogues of its shard. A clip without speech is not
+    heard at all; a damaged clip (decode errors, audio far shorter than the CSV says) is
+    transcribed on its own, so its damage cannot spill into its neighbours. On a GPU
+    (``batch_size``) every clip is its own chunk anyway, so clips go ``batch_size`` to a
+    call whatever their state and dialogue.
     """
     settings = transcriber.settings
     recs = rows.select(["split", "dialogue_id", "utterance_id", "clip_path", "status",
@@ -267,26 +314,30 @@ def transcribe_rows(rows: pa.Table, transcriber: Transcriber) -> pa.Table:
                        + [c for c in ("start_s", "end_s") if c in rows.column_names]
                        ).to_pylist()  # without the CSV's times: the container's length
     results: list[AsrResult | None] = [None] * len(recs)
-    members: list[tuple[int, Audio]] = []
+    group: list[tuple[int, Audio]] = []
     bar = tqdm(total=len(recs), desc="transcribe", unit="clip", mininterval=2.0)
+    order = dialogue_order(recs)
     with ThreadPoolExecutor(max_workers=1) as reader, \
             ThreadPoolExecutor(max_workers=transcriber.workers) as asr:
         packs = _Packs(transcriber, asr, recs, results, bar)
-        audios = reader.map(lambda r: fetch_audio(r, settings.max_clip_seconds), recs)
-        for i, got in enumerate(audios):
-            if isinstance(got, AsrResult):
-                results[i] = got
+        audios = read_ahead(reader, lambda i: fetch_audio(recs[i], settings.max_clip_seconds),
+                            order, READ_AHEAD_CLIPS)
+        for i, got in zip(order, audios, strict=True):
+            if isinstance(got, AsrResult) or got.speech < SPEECH_THRESHOLD:
+                results[i] = got if isinstance(got, AsrResult) else heard(
+                    got, recs[i]["utterance"], "", [])
                 bar.update(1)
             elif got.faults()[0] and not transcriber.batch_size:
                 packs.submit([(i, got)])
             else:
-                if (len(members) >= transcriber.batch_size if transcriber.batch_size else
-                        not transcriber.fits([a.samples for _, a in members], got.samples)):
-                    packs.submit(members)
-                    members = []
-                members.append((i, got))
-        if members:
-            packs.submit(members)
+                same = bool(group) and recs[group[0][0]]["dialogue_id"] == recs[i]["dialogue_id"]
+                if group and not transcriber.joins([a.samples for _, a in group], got.samples,
+                                                   same):
+                    packs.submit(group)
+                    group = []
+                group.append((i, got))
+        if group:
+            packs.submit(group)
         packs.drain()
     bar.close()
     check_not_deaf(results, transcriber)
@@ -294,17 +345,18 @@ def transcribe_rows(rows: pa.Table, transcriber: Transcriber) -> pa.Table:
 
 
 def check_not_deaf(results: list[AsrResult], transcriber: Transcriber) -> None:
-    """A shard in which most clips with audio came back without a word is an error, not a
+    """A shard in which most clips with speech came back without a word is an error, not a
     result: a damaged or wrong model produces exactly that."""
-    heard_ = [r for r in results if r.transcript is not None]
+    heard_ = [r for r in results if r.transcript is not None and "no_speech" not in r.flags]
     empty = sum(not r.words for r in heard_)
     limit = transcriber.settings.whisper_max_empty_fraction
     if len(heard_) >= MIN_CLIPS_FOR_EMPTY_CHECK and empty > limit * len(heard_):
         raise MeldflowError(
-            f"{empty} of {len(heard_)} clips with audio came back with no words: the Whisper "
+            f"{empty} of {len(heard_)} clips with speech came back with no words: the Whisper "
             f"model is probably damaged or wrong. `meldflow stage --hf-home "
             f"{transcriber.hf_home} --whisper-model {transcriber.name}` verifies and repairs "
-            f"the cache; if these clips really are silent, raise --whisper-max-empty-fraction"
+            f"the cache; if Whisper really cannot make these clips out, raise "
+            f"--whisper-max-empty-fraction"
         )
 
 
@@ -328,6 +380,8 @@ def run_transcribe(rows: pa.Table, out: str | Path, settings: Settings,
         "gap_seconds": Transcriber.GAP_SECONDS,
         "method": METHOD_VERSIONS["transcribe"],
         "decoding": "each clip alone from a shared window's encoding",
+        "windows": "the clips of one dialogue, in utterance order",
+        "speech_threshold": SPEECH_THRESHOLD, "speech_peak_level": PEAK_LEVEL,
         "margin_frames": list(MARGIN_FRAMES), "align_context_frames": ALIGN_CONTEXT_FRAMES,
         "alone": ALONE_OPTIONS}})
     return table

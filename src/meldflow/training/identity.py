@@ -44,8 +44,9 @@ def identity_of(cfg, world: int) -> dict:
 def preprocessing_of(cfg) -> dict:
     """How the run's inputs were made, from the aligned shards' own metadata: frames per
     utterance, frame size, the clip cap, the text the prompt reads and, for transcripts,
-    the Whisper model (with its file hashes) and decoding options. Shards made with
-    different settings are an error: one model cannot have been trained on both."""
+    the Whisper model (with its file hashes), decoding options and transcription method.
+    Shards made with different settings are an error: one model cannot have been trained
+    on both."""
     from meldflow.storage import read_metadata
 
     if not (cfg.train or cfg.dev or cfg.test):
@@ -62,7 +63,8 @@ def preprocessing_of(cfg) -> dict:
                                 f"meldflow): delete it and run the preprocess target again")
         record = {k: frames[k] for k in FRAME_SETTINGS}
         if cfg.text_source == "whisper":
-            record["whisper"] = {k: asr[k] for k in (*WHISPER_SETTINGS, "model_files")}
+            record["whisper"] = {k: asr.get(k) for k in (*WHISPER_SETTINGS, "model_files",
+                                                         "method")}
         seen.setdefault(repr(sorted(record.items())), (path, record))
     if len(seen) > 1:
         (a, ra), (b, rb) = list(seen.values())[:2]

@@ -14,10 +14,12 @@ import os
 from pathlib import Path
 
 from meldflow import MeldflowError
+from meldflow.annotations import CLIP_RE
 from meldflow.labels import EMOTIONS, SENTIMENTS
 from meldflow.model_cache.snapshots import use_offline_cache
 from meldflow.preprocess.probe import ClipError, check_clip_file
-from meldflow.settings import Settings
+from meldflow.settings import Settings, recorded_settings
+from meldflow.shard_schema import METHOD_VERSIONS
 from meldflow.training.classifier import (
     OPTIONS_FILE,
     PREPROCESSING_FILE,
@@ -82,10 +84,25 @@ def _check_inputs(cfg: TrainConfig, prep: dict | None, clips: list[str], texts: 
         raise MeldflowError("this model reads text: give texts")
 
 
+def clip_dialogues(clips: list[str]) -> list[tuple[int, int]]:
+    """(dialogue, utterance) of each clip, as the transcribe step would hear it: MELD-named
+    clips (``dia{D}_utt{U}.mp4``) of one folder and dialogue are one dialogue, in
+    utterance order; any other clip is a dialogue of its own."""
+    dialogues: dict[tuple, int] = {}
+    keys = []
+    for clip in clips:
+        m = CLIP_RE.match(Path(clip).name)
+        group = (str(Path(clip).resolve().parent), int(m.group(1))) if m else (clip, len(keys))
+        keys.append((dialogues.setdefault(group, len(dialogues)),
+                     int(m.group(2)) if m else 0))
+    return keys
+
+
 def transcribe_clips(clips: list[str], whisper: dict, hf_home: str | Path | None,
-                     fallback_home: str, device: str) -> list[str]:
-    """Transcripts of ``clips`` made as the training transcripts were: the same Whisper
-    model (checked by its file hashes) and decoding settings."""
+                     fallback_home: str, device: str) -> list[tuple[str, list[str]]]:
+    """(transcript, flags) of each clip, made as the training transcripts were: the same
+    Whisper model (checked by its file hashes) and decoding settings, the clips of one
+    dialogue sharing windows (:func:`clip_dialogues`)."""
     home = hf_home or (fallback_home if Path(fallback_home).is_dir() else None) \
         or os.environ.get("HF_HOME")
     if not home:
@@ -94,26 +111,40 @@ def transcribe_clips(clips: list[str], whisper: dict, hf_home: str | Path | None
     use_offline_cache(home)  # before faster-whisper is imported
     import pyarrow as pa
 
-    from meldflow.preprocess.transcribe import WHISPER_SETTINGS, Transcriber, transcribe_rows
+    from meldflow.preprocess.transcribe import Transcriber, transcribe_rows
 
+    method = whisper.get("method", "one older than dialogue-window-1")
+    if method != METHOD_VERSIONS["transcribe"]:
+        log.warning("this model's training transcripts were made by transcription method %s; "
+                    "this meldflow transcribes by %s, so its transcripts, and the "
+                    "predictions, may differ from what training saw", method,
+                    METHOD_VERSIONS["transcribe"])
     settings = Settings(hf_home=str(home), whisper_device="cpu" if device == "cpu" else "auto",
                         whisper_max_empty_fraction=1.0,
-                        **{k: whisper[k] for k in WHISPER_SETTINGS})
+                        **{k: whisper[k] for k in recorded_settings("transcribe")})
     asr = Transcriber(settings)
     if asr.model_files != whisper["model_files"]:
         raise MeldflowError(f"the Whisper model {settings.whisper_model} in {home} is not the "
                             f"one that made this model's training transcripts (other file "
                             f"hashes): stage the same model, or give --text")
+    keys = clip_dialogues(clips)
     n = len(clips)
-    rows = pa.table({"split": ["predict"] * n, "dialogue_id": list(range(n)),
-                     "utterance_id": [0] * n, "clip_path": [str(c) for c in clips],
+    rows = pa.table({"split": ["predict"] * n, "dialogue_id": [d for d, _ in keys],
+                     "utterance_id": [u for _, u in keys], "clip_path": [str(c) for c in clips],
                      "status": ["ok"] * n, "utterance": [""] * n})
-    table = transcribe_rows(rows, asr)
-    for clip, status in zip(clips, table.column("asr_status").to_pylist(), strict=True):
-        if status != "ok":  # an empty transcript would be predicted from, silently
-            raise MeldflowError(f"{clip}: {status}: this model reads Whisper's transcript of "
-                                f"the clip; give --text \"Speaker: line\" for it instead")
-    return [t or "" for t in table.column("transcript").to_pylist()]
+    table = transcribe_rows(rows, asr).to_pylist()
+    for clip, row in zip(clips, table, strict=True):
+        if row["asr_status"] != "ok":  # an empty transcript would be predicted from, silently
+            raise MeldflowError(f"{clip}: {row['asr_status']}: this model reads Whisper's "
+                                f"transcript of the clip; give --text \"Speaker: line\" for it "
+                                f"instead")
+        if not row["transcript"]:
+            log.warning("%s: %s: this model of transcripts predicts it from an empty "
+                        "transcript, as training did for such clips", clip,
+                        "no speech in it" if "no_speech" in row["asr_flags"]
+                        else "Whisper heard no words")
+    return [(row["transcript"], [f for f in row["asr_flags"] if f != "no_gold_text"])
+            for row in table]
 
 
 def clip_frames(clip: str, prep: dict) -> list[bytes]:
@@ -152,7 +183,8 @@ def predict(model_dir: str | Path, clips: list[str] | None = None,
                 f"this model's prompts name the speaker, as in training (\"Speaker: "
                 f"transcript\"): give --speaker NAME for each of the {len(clips)} clip(s), "
                 f"in the same order")
-        transcripts = transcribe_clips(clips, prep["whisper"], hf_home, cfg.hf_home, device)
+        heard = transcribe_clips(clips, prep["whisper"], hf_home, cfg.hf_home, device)
+        transcripts = [t for t, _ in heard]
         texts = [f"{who}: {t}" for who, t in zip(speakers, transcripts, strict=True)]
     model, processor = load_trained(model_dir, device)
     rows = []
@@ -170,5 +202,6 @@ def predict(model_dir: str | Path, clips: list[str] | None = None,
                     "sentiment": SENTIMENTS[max(range(len(ps)), key=ps.__getitem__)],
                     "p_emotion": dict(zip(EMOTIONS, pe, strict=True)),
                     "p_sentiment": dict(zip(SENTIMENTS, ps, strict=True))}
-                   | ({"transcript": transcripts[i]} if transcripts is not None else {}))
+                   | ({"transcript": heard[i][0], "transcript_flags": heard[i][1]}
+                      if transcripts is not None else {}))
     return out
