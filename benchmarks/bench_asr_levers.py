@@ -1,8 +1,10 @@
 """What each CPU lever gives packed transcription, against the naive loop in the same run.
 
-On bench_preprocess.py's MELD-like clips (--variant, cached), decoded once into memory so
-that only Whisper is timed: the naive loop (one clip per call, beam 5, word timestamps),
-then meldflow's shared windows with one lever changed at a time:
+On bench_preprocess.py's MELD-like clips (whole dialogues; --variant, cached), decoded once
+into memory so that only Whisper is timed: the naive loop (one clip per call, beam 5,
+word timestamps), then meldflow's shared windows with one lever changed at a time:
+  - windows: one dialogue's clips (the default) or any clips that fit (the packing before
+    issue 34, whose words depended on the other dialogues of a shard);
   - decoders x threads: two one-thread decoders (``default``) or one two-thread decoder;
   - windows per call: the clips of one window decoded as a batch (the default) or of two;
   - compute type: int8 (the default) or float32;
@@ -31,14 +33,17 @@ from pathlib import Path
 from meld_like import SHARED_CSV, make_meld_like_clips
 
 
-def decoded(variant: str, n: int) -> tuple[list, list[str]]:
-    """(16 kHz audio of each clip, gold texts) of the cached variant."""
+def decoded(variant: str, n: int) -> tuple[list, list[str], list[int]]:
+    """(16 kHz audio of each clip, gold texts, dialogues) of the cached variant."""
+    from workflow_run import clip_key
+
     from meldflow.preprocess.audio import decode_audio
 
     folder, rows = make_meld_like_clips(SHARED_CSV, n, audio_short_s=0.8 if variant == "short"
                                         else 0.0, tight=variant == "tight")
     return ([decode_audio(str(folder / r["clip"]), 30.0, r["start"], r["end"]).samples
-             for r in rows], [r["text"] for r in rows])
+             for r in rows], [r["text"] for r in rows],
+            [clip_key(folder / r["clip"])[0] for r in rows])
 
 
 def whole_window_alignment():
@@ -58,8 +63,8 @@ def whole_window_alignment():
     return WholeWindow
 
 
-def transcriber(hf: Path, workers: int, threads: int, compute_type: str, windows: int,
-                whole_window: bool = False):
+def transcriber(hf: Path, workers: int = 2, threads: int = 1, compute_type: str = "int8",
+                windows: int = 1, whole_window: bool = False, across: bool = False):
     """meldflow's Transcriber with its model loaded for one lever setting."""
     from faster_whisper import WhisperModel
 
@@ -73,20 +78,23 @@ def transcriber(hf: Path, workers: int, threads: int, compute_type: str, windows
                                cpu_threads=threads, num_workers=workers)
     window = whole_window_alignment() if whole_window else SharedWindow
     t.window = window(t.model, t.beam_size)
-    t.windows_per_call = windows
+    t.windows_per_call, t.across = windows, across
     return t
 
 
-def packed(t, audios: list) -> list[tuple[str, list[dict]]]:
+def packed(t, audios: list, dialogues: list[int]) -> list[tuple[str, list[dict]]]:
     """(text, words) of every clip through shared windows, ``t.workers`` calls at once, each
-    call holding ``t.windows_per_call`` windows' clips (a one-clip window is heard alone)."""
+    call holding ``t.windows_per_call`` windows' clips (a one-clip window is heard alone).
+    A window holds one dialogue's clips, as meldflow packs them, or with ``t.across`` any
+    clips that fit (meldflow's packing before issue 34)."""
     groups, current = [], []
-    for a in audios:
-        if not t.fits(current, a):
-            groups.append(current)
+    for i, a in enumerate(audios):
+        if current and not t.joins([audios[j] for j in current], a,
+                                   t.across or dialogues[current[0]] == dialogues[i]):
+            groups.append([audios[j] for j in current])
             current = []
-        current.append(a)
-    groups.append(current)
+        current.append(i)
+    groups.append([audios[j] for j in current])
     calls = [groups[i:i + t.windows_per_call]
              for i in range(0, len(groups), t.windows_per_call)]
 
@@ -102,9 +110,10 @@ def packed(t, audios: list) -> list[tuple[str, list[dict]]]:
         return [x for out in pool.map(run, calls) for x in out]
 
 
-LEVERS = {"default": (2, 1, "int8", 1), "1 decoder x 2 threads": (1, 2, "int8", 1),
-          "float32": (2, 1, "float32", 1), "2 windows a call": (2, 1, "int8", 2),
-          "align on the whole window": (2, 1, "int8", 1, True)}
+LEVERS = {"default": {}, "windows across dialogues": {"across": True},
+          "1 decoder x 2 threads": {"workers": 1, "threads": 2},
+          "float32": {"compute_type": "float32"}, "2 windows a call": {"windows": 2},
+          "align on the whole window": {"whole_window": True}}
 
 
 def main() -> None:
@@ -149,7 +158,7 @@ def measure(hf: Path, naive, variant: str, clips: int, levers: list[str],
 
     from meldflow.preprocess.wer import normalise_for_wer, words_moved
 
-    audios, gold = decoded(variant, clips)
+    audios, gold, dialogues = decoded(variant, clips)
 
     def naive_loop():
         return [" ".join(s.text.strip() for s in naive.transcribe(
@@ -159,11 +168,11 @@ def measure(hf: Path, naive, variant: str, clips: int, levers: list[str],
         return jiwer.wer([normalise_for_wer(g) for g in gold],
                          [normalise_for_wer(t or "") for t in texts])
 
-    print(f"{len(audios)} {variant} clips; median of {repeats} passes each, the levers "
-          f"interleaved with the naive loop")
+    print(f"{len(audios)} {variant} clips of {len(set(dialogues))} dialogues; median of "
+          f"{repeats} passes each, the levers interleaved with the naive loop")
     print(f"    {'lever':30s} {'clips/s vs naive':>16s} {'CPU s vs naive':>14s} {'WER':>6s} "
           f"{'moved':>5s} {'word times vs alone, median / p95':>34s}")
-    loaded = {name: transcriber(hf, *LEVERS[name]) for name in levers}
+    loaded = {name: transcriber(hf, **LEVERS[name]) for name in levers}
     alone = [next(iter(loaded.values()))._alone(a) for a in audios]
     wall: dict[str, list[float]] = {name: [] for name in ["naive loop", *levers]}
     cpu: dict[str, list[float]] = {name: [] for name in wall}
@@ -178,7 +187,7 @@ def measure(hf: Path, naive, variant: str, clips: int, levers: list[str],
     for _ in range(repeats):
         timed("naive loop", naive_loop)
         for name, t in loaded.items():
-            timed(name, lambda t=t: packed(t, audios))
+            timed(name, lambda t=t: packed(t, audios, dialogues))
     for name in wall:
         speed = statistics.median(wall["naive loop"]) / statistics.median(wall[name])
         work = statistics.median(cpu["naive loop"]) / statistics.median(cpu[name])

@@ -242,7 +242,7 @@ def bench_dag(work: Path, meld: Path, hf: Path, clips, args, frames: dict, asr: 
     print(f"    {'step':30s} {'meldflow':>9s} {'naive':>8s} {'ratio':>6s}  peak RSS")
     for name, (secs, rss), base, note in (
         ("transcription (sum of jobs)", jobs["transcribe"], asr["naive_s"],
-         f"  corpus WER {corpus_wer(clips, dag_transcripts(work)):.3f} "
+         f"  corpus WER {corpus_wer(clips, dag_transcripts(work, clips)):.3f} "
          f"(naive {asr['wer_naive']:.3f})"),
         ("frames (sum of jobs)", jobs["frames"], frames["naive every-frame JPEG"],
          f"  {jobs['frames'][0] / frames['bare decode']:.2f}x a bare decode"),
@@ -262,7 +262,7 @@ def bench_dag(work: Path, meld: Path, hf: Path, clips, args, frames: dict, asr: 
     bare = frames["bare decode"]
     print(f"    frames job {jobs['frames'][0] / bare:.2f}x a bare decode (target <= 1.1x: "
           f"{'met' if jobs['frames'][0] <= 1.1 * bare else 'NOT met'})")
-    dag_txt = dag_transcripts(work)
+    dag_txt = dag_transcripts(work, clips)
     moved = moved_words(clips, asr["naive_txt"], dag_txt)
     print(f"    words moved by the DAG's transcripts: {moved[0]} against each clip alone, "
           f"{moved[1]} against the gold text" + (f" ({moved[2]})" if moved[2] else ""))

@@ -65,7 +65,7 @@ def make_clips(folder: Path, n: int, seed: int = 3) -> list[tuple[Path, str]]:
 
 
 SHARED_CSV = Path(__file__).resolve().parents[2] / "shared" / "meld" / "train_sent_emo.csv"
-CLIPS_VERSION = 3  # bump when the way clips are made changes (a new cache folder)
+CLIPS_VERSION = 4  # bump when the way clips are made changes (a new cache folder)
 SPEECH_ENDS_BEFORE_S = 0.9  # speech ends this long before the clip: both variants hold it
 # espeak-ng's words per minute: 170 by default, faster where the line would overrun its
 # clip, up to what actors speak (MELD's lines run at about 150-250); a line that does not
@@ -82,38 +82,78 @@ def _speech(text: str, wav: Path, speed: int) -> float:
         return w.getnframes() / w.getframerate()
 
 
+def _speakable(a) -> bool:
+    return (a.start_s is not None and a.end_s is not None and bool(a.utterance.strip())
+            and 1.5 <= a.end_s - a.start_s <= 30)
+
+
+def _speed(a, wav: Path) -> int | None:
+    """espeak-ng's words per minute for ``a``'s line to end SPEECH_ENDS_BEFORE_S before its
+    clip does (at most MAX_SPEED), else None."""
+    room = a.end_s - a.start_s - SPEECH_ENDS_BEFORE_S
+    length = _speech(a.utterance, wav, SPEED)
+    if length <= room:
+        return SPEED
+    speed = int(SPEED * length / room) + 1  # MELD's actors speak faster than espeak
+    return speed if speed <= MAX_SPEED else None
+
+
 def plan_utterances(csv_path: Path, n: int, seed: int) -> list[dict]:
     """The first ``n`` utterances (in a seeded order) whose line espeak-ng can speak, at
-    most MAX_SPEED, within the CSV's length less SPEECH_ENDS_BEFORE_S: text, times, speed.
-    The order does not depend on ``n``: a smaller set is a prefix of a larger one."""
+    most MAX_SPEED, within the CSV's length less SPEECH_ENDS_BEFORE_S: text, times, speed;
+    each a dialogue of its own. The order does not depend on ``n``: a smaller set is a
+    prefix of a larger one."""
     from meldflow.annotations import read_annotations
 
-    anns = [a for a in read_annotations(csv_path)
-            if a.start_s is not None and a.end_s is not None and a.utterance.strip()
-            and 1.5 <= a.end_s - a.start_s <= 30]
+    anns = [a for a in read_annotations(csv_path) if _speakable(a)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "s.wav"
         for a in random.Random(seed).sample(anns, len(anns)):
             if len(rows) == n:
                 break
-            room = a.end_s - a.start_s - SPEECH_ENDS_BEFORE_S
-            speed = SPEED
-            length = _speech(a.utterance, wav, speed)
-            if length > room:  # MELD's actors speak faster than espeak: fit the clip
-                speed = int(speed * length / room) + 1
-                if speed > MAX_SPEED:
-                    continue
-            rows.append({"clip": f"dia{len(rows)}_utt0.mp4", "text": a.utterance,
-                         "start": a.start_s, "end": a.end_s, "speed": speed})
+            speed = _speed(a, wav)
+            if speed is not None:
+                rows.append({"clip": f"dia{len(rows)}_utt0.mp4", "text": a.utterance,
+                             "start": a.start_s, "end": a.end_s, "speed": speed})
+    return rows
+
+
+def plan_dialogues(csv_path: Path, n: int, seed: int) -> list[dict]:
+    """``n`` utterances of whole dialogues, as a shard holds them: dialogues in a seeded
+    order, each with its lines in order, those plan_utterances would draw (a line espeak-ng
+    cannot fit, or shorter than 1.5 s, is left out; the dialogue keeps the rest); the last
+    dialogue is cut at ``n``. Clips ``dia{k}_utt{j}.mp4``: the k-th dialogue drawn, its j-th
+    line kept. A smaller set is a prefix of a larger one."""
+    from meldflow.annotations import read_annotations
+
+    dialogues: dict[int, list] = {}
+    for a in read_annotations(csv_path):
+        dialogues.setdefault(a.dialogue_id, []).append(a)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "s.wav"
+        k = 0
+        for dia in random.Random(seed).sample(sorted(dialogues), len(dialogues)):
+            j = 0
+            for a in sorted(dialogues[dia], key=lambda a: a.utterance_id):
+                if len(rows) == n:
+                    return rows
+                speed = _speed(a, wav) if _speakable(a) else None
+                if speed is not None:
+                    rows.append({"clip": f"dia{k}_utt{j}.mp4", "text": a.utterance,
+                                 "start": a.start_s, "end": a.end_s, "speed": speed})
+                    j += 1
+            k += bool(j)
     return rows
 
 
 def make_meld_like_clips(csv_path: Path, n: int, seed: int = 3, cache: Path | None = None,
                          audio_short_s: float = 0.0, tight: bool = False,
                          workers: int = 2) -> tuple[Path, list[dict]]:
-    """``n`` clips of utterances drawn from a MELD CSV, as long as the CSV says, their AAC
-    track ending ``audio_short_s`` before the video; cached. ``tight``: each clip is cut to
+    """``n`` clips of the utterances of whole dialogues drawn from a MELD CSV
+    (:func:`plan_dialogues`), as long as the CSV says, their AAC track ending
+    ``audio_short_s`` before the video; cached. ``tight``: each clip is cut to
     its speech instead (first to last sample) and its CSV times say so. ``workers`` clips
     are encoded at once; an interrupted build resumes where it stopped.
 
@@ -132,7 +172,7 @@ def make_meld_like_clips(csv_path: Path, n: int, seed: int = 3, cache: Path | No
     tmp.mkdir(parents=True, exist_ok=True)
     plan = tmp / "plan.json"
     if not plan.is_file():
-        plan.write_text(json.dumps(plan_utterances(csv_path, n, seed), indent=1))
+        plan.write_text(json.dumps(plan_dialogues(csv_path, n, seed), indent=1))
     rows = json.loads(plan.read_text())
 
     def encode(row: dict) -> None:

@@ -56,12 +56,16 @@ def gap_line(name: str, gold, full, tight, target: float | None = None) -> str:
 
 
 def ingest_table(clips, times):
-    """An ingest table of ``clips`` ((path, gold text)) with the CSV's ``times``, one shard."""
+    """An ingest table of ``clips`` ((path, gold text), named as MELD's) with the CSV's
+    ``times``, one shard."""
     import pyarrow as pa
+    from workflow_run import clip_key
 
     n = len(clips)
-    return pa.table({"split": ["train"] * n, "dialogue_id": list(range(n)),
-                     "utterance_id": [0] * n, "clip_path": [str(c) for c, _ in clips],
+    keys = [clip_key(c) for c, _ in clips]
+    return pa.table({"split": ["train"] * n, "dialogue_id": [d for d, _ in keys],
+                     "utterance_id": [u for _, u in keys],
+                     "clip_path": [str(c) for c, _ in clips],
                      "status": ["ok"] * n, "utterance": [t for _, t in clips],
                      "start_s": [s for s, _ in times], "end_s": [e for _, e in times]})
 

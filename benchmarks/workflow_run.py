@@ -53,25 +53,33 @@ def job_times(work: Path) -> dict[str, tuple[float, float]]:
     return out
 
 
+def clip_key(clip: Path) -> tuple[int, int]:
+    """(dialogue, utterance) of a clip named as MELD's are (``dia{D}_utt{U}.mp4``)."""
+    from meldflow.annotations import CLIP_RE
+
+    dia, utt = CLIP_RE.match(Path(clip).name).groups()
+    return int(dia), int(utt)
+
+
 def write_csv(meld: Path, clips, times) -> None:
-    """The train split's annotation CSV for ``clips``: their text and CSV times."""
+    """The train split's annotation CSV for ``clips`` ((path, text), named as MELD's): their
+    dialogue and utterance, text and CSV times."""
     with (meld / "train_sent_emo.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
                     "Utterance_ID", "Season", "Episode", "StartTime", "EndTime"])
-        for i, ((_, text), (start, end)) in enumerate(zip(clips, times, strict=True)):
-            w.writerow([i + 1, text, "A", "neutral", "neutral", i, 0, 1, 1,
+        for i, ((clip, text), (start, end)) in enumerate(zip(clips, times, strict=True)):
+            w.writerow([i + 1, text, "A", "neutral", "neutral", *clip_key(clip), 1, 1,
                         _timestamp(start), _timestamp(end)])
 
 
-def dag_transcripts(work: Path) -> list[str]:
-    """The DAG's transcripts in clip order (dialogue_id is the clip's index)."""
+def dag_transcripts(work: Path, clips) -> list[str]:
+    """The DAG's transcripts of ``clips`` ((path, text)), in their order."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(sorted((work / "results" / "transcripts" / "train").glob("*.parquet")))
-    by_id = dict(zip(table.column("dialogue_id").to_pylist(),
-                     table.column("transcript").to_pylist(), strict=True))
-    return [by_id[i] for i in range(len(by_id))]
+    by_key = {(r["dialogue_id"], r["utterance_id"]): r["transcript"] for r in table.to_pylist()}
+    return [by_key[clip_key(c)] for c, _ in clips]
 
 
 def audit_share(work: Path) -> tuple[int, int, collections.Counter]:

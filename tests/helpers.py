@@ -59,11 +59,12 @@ def make_workdir(root: Path, hf_home: Path, **overrides) -> Path:
     return root
 
 
-def copy_preprocessed(preprocessed: Path, dest: Path) -> Path:
-    """A copy of the `preprocessed` folder without its training results, mtimes kept, so
-    that Snakemake there redoes nothing of the preprocessing."""
-    skip = {preprocessed / "results" / "train", preprocessed / "results" / "evaluate",
-            preprocessed / ".snakemake" / "locks"}
+def copy_preprocessed(preprocessed: Path, dest: Path, training: bool = False) -> Path:
+    """A copy of the `preprocessed` folder, without its training results unless
+    ``training``, mtimes kept, so that Snakemake there redoes nothing of what it holds."""
+    skip = {preprocessed / ".snakemake" / "locks"}
+    if not training:
+        skip |= {preprocessed / "results" / "train", preprocessed / "results" / "evaluate"}
     shutil.copytree(preprocessed, dest, symlinks=True,
                     ignore=lambda d, names: [n for n in names if Path(d) / n in skip])
     return dest
@@ -307,3 +308,20 @@ def tight_meld(root: Path, split: str, dialogues: list[list[str | None]],
                                  end=f"00:00:{1 + ms // 1000:02d},{ms % 1000:03d}"))
     meld_csv(root / f"{split}_sent_emo.csv", rows)
     return root
+
+
+def readme_recipe(work: Path) -> dict:
+    """The names the README's Python block (loading the aligned shards) defines, run as it
+    is written in the project folder ``work``."""
+    import re
+
+    code = re.search(r"```python\n(import .*?)```", (REPO / "README.md").read_text(),
+                     re.S).group(1)
+    found: dict = {}
+    cwd = os.getcwd()
+    try:
+        os.chdir(work)
+        exec(code, found)
+    finally:
+        os.chdir(cwd)
+    return found

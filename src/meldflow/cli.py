@@ -26,7 +26,8 @@ log = logging.getLogger("meldflow")
 def cmd_ingest(a: argparse.Namespace, s: Settings) -> None:
     from meldflow.preprocess.ingest import run_ingest
 
-    info = run_ingest(s.meld_dir, a.split, s.shard_size, a.out, a.unused, a.info)
+    info = run_ingest(s.meld_dir, a.split, s.shard_size, a.out, a.unused, a.info,
+                      a.stale_from or [], a.stale_to)
     log.info("%s: %d annotation rows in %d shard(s); %d clip(s) on disk unused (see %s)",
              a.split, info["rows"], info["num_shards"], info["unused_clips"],
              a.unused or Path(a.out).with_suffix(".unused.tsv"))
@@ -67,7 +68,7 @@ def cmd_align(a: argparse.Namespace, s: Settings) -> None:
 def cmd_manifest(a: argparse.Namespace, s: Settings) -> None:
     from meldflow.preprocess.manifest import run_manifest
 
-    t = run_manifest(a.ingest, [] if a.without_clips else a.aligned, a.out)
+    t = run_manifest(a.ingest, [] if a.without_clips else a.aligned, a.out, a.index)
     log.info("manifest: %d rows -> %s", t.num_rows, a.out)
 
 
@@ -186,6 +187,11 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="ingest table (.parquet)")
     p.add_argument("--unused", help="clips no row uses (.tsv; default: beside --out)")
     p.add_argument("--info", help="shard plan and warnings (.json; default: beside --out)")
+    p.add_argument("--stale-from", nargs="+", metavar="DIR",
+                   help="folders of the steps' shards: those the new plan does not make "
+                        "(another shard_size, other rows) are moved to --stale-to")
+    p.add_argument("--stale-to", default="results/stale",
+                   help="where shards of an older layout go (default results/stale)")
 
 
 def _frames_args(p: argparse.ArgumentParser) -> None:
@@ -213,6 +219,8 @@ def _manifest_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--without-clips", action="store_true",
                      help="the split was preprocessed without its clips: rows from ingest")
     p.add_argument("--out", required=True)
+    p.add_argument("--index", help="where to list the aligned shards (their folder's "
+                                   "shards.json), which readers of the folder go by")
 
 
 def _summary_args(p: argparse.ArgumentParser) -> None:
@@ -243,8 +251,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--options", help="YAML file of options, data and launch settings (what "
                                      "the workflow writes one per run: "
                                      "results/train/{experiment}/seed-{n}.yaml)")
-    p.add_argument("--aligned-dir", help="results/aligned (holds train/, dev/, test/); "
-                                         "the --*-shards options name files instead")
+    p.add_argument("--aligned-dir", help="results/aligned (holds train/, dev/, test/, each "
+                                         "read by the list of its shards, shards.json); the "
+                                         "--*-shards options name files instead")
     for split in ("train", "dev", "test"):
         p.add_argument(f"--{split}-shards", nargs="*", metavar="PARQUET",
                        help=f"the {split} split's aligned shards")

@@ -74,6 +74,14 @@ ALIGNED_SCHEMA = pa.schema(
 # code gives other values for the same clips and settings.
 METHOD_VERSIONS = {"transcribe": "dialogue-window-1", "frames": "1"}
 
+# The metadata key under which each step's shard records which rows it was made from:
+# {"split", "shard", "digest"}, the digest being the ingest plan's for that shard. A shard
+# whose digest is not the current plan's belongs to an older layout (moved aside by ingest).
+ROWS_METADATA = "meldflow_rows"
+# Each aligned folder's list of its shards ({"split", "shards": [{"file", "rows",
+# "digest"}]}), written once all of them are made: readers read the listed shards only.
+SHARD_INDEX = "shards.json"
+
 # The reason a step gives a row it did not try; the aligned shard leaves it out.
 NO_CLIP_REASON = "no clip to read"
 

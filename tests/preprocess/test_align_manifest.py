@@ -96,3 +96,32 @@ def test_manifest_is_one_for_one(tmp_path):
     with pytest.raises(MeldflowError, match="one for one"):
         build_manifest(rows, [tmp_path / "a.parquet", tmp_path / "b.parquet",
                               tmp_path / "b.parquet"])
+
+
+def test_a_folder_of_shards_is_read_by_its_list_alone(tmp_path):
+    """Issue 34: `meldflow train --aligned-dir` and the README's recipe globbed the folder
+    and read an older layout's shards too. The manifest step lists the shards it matched
+    against the annotation rows; readers go by that list, and refuse a listed shard that
+    was rebuilt from other rows since (a run cut short) or a folder without a list."""
+    from meldflow.preprocess.align import read_shard_index, write_shard_index
+    from meldflow.shard_schema import ROWS_METADATA, SHARD_INDEX
+
+    folder = tmp_path / "aligned" / "dev"
+    shards = [folder / f"shard-{k:04d}.parquet" for k in range(3)]
+    for k, (path, digest) in enumerate(zip(shards, "abc", strict=True)):
+        write_table(pa.table({"dialogue_id": [k]}), path,
+                    metadata={ROWS_METADATA: {"split": "dev", "shard": k, "digest": digest}})
+    listed = write_shard_index(folder / SHARD_INDEX, "dev", shards[:2])
+    assert [s["file"] for s in listed["shards"]] == ["shard-0000.parquet", "shard-0001.parquet"]
+    assert read_shard_index(folder) == [str(p) for p in shards[:2]]  # not shard-0002
+    write_table(pa.table({"dialogue_id": [9]}), shards[1],
+                metadata={ROWS_METADATA: {"split": "dev", "shard": 1, "digest": "d"}})
+    with pytest.raises(MeldflowError, match=r"shard-0001.parquet, listed in .*, is made from "
+                                            r"other rows than listed.*preprocess target"):
+        read_shard_index(folder)
+    shards[0].unlink()
+    with pytest.raises(MeldflowError, match=r"shard-0000.parquet, listed in .*, is missing"):
+        read_shard_index(folder)
+    (folder / SHARD_INDEX).unlink()
+    with pytest.raises(MeldflowError, match=r"has no shards.json.*older meldflow"):
+        read_shard_index(folder)

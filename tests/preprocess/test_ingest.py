@@ -91,3 +91,40 @@ def test_a_wrong_clip_folder_is_an_error_before_any_job(tmp_path):
     with pytest.raises(MeldflowError, match=r"no annotation CSV for split 'test' in .*nowhere "
                                             r"\(looked for test_sent_emo\.csv"):
         check_clip_folder(tmp_path / "nowhere", "test")
+
+
+def test_a_new_shard_plan_moves_aside_the_shards_it_does_not_make(tmp_path):
+    """Issue 34: preprocessing with shard_size 10 then 100 into the same results left 11
+    files in results/aligned/test/ (173 rows for 89 utterances), and every reader read them
+    all. Ingest now moves each step's shards that its plan does not make (beyond its count,
+    or made from other rows) to results/stale/, and drops the folders' shard lists."""
+    from meldflow.preprocess.ingest import shard_of
+    from meldflow.shard_schema import ROWS_METADATA, SHARD_INDEX
+    from meldflow.storage import write_table
+
+    results = tmp_path / "results"
+    dirs = [results / step / "test" for step in ("transcripts", "frames", "aligned")]
+    out, stale = results / "ingest" / "test.parquet", results / "stale"
+
+    def made_by_the_steps(info) -> list[str]:
+        for k in range(info["num_shards"]):
+            rows = shard_rows(out, k)
+            for d in dirs:
+                write_table(rows.select(["dialogue_id"]), d / f"shard-{k:04d}.parquet",
+                            metadata={ROWS_METADATA: shard_of(rows)})
+        (dirs[2] / SHARD_INDEX).write_text("{}")
+        return sorted(p.name for p in dirs[2].glob("shard-*"))
+
+    first = made_by_the_steps(run_ingest(SAMPLE, "test", 4, out, stale_from=dirs,
+                                         stale_to=stale))
+    assert len(first) > 2
+    again = run_ingest(SAMPLE, "test", 4, out, stale_from=dirs, stale_to=stale)
+    assert again["moved_aside"] == 0 and not stale.exists()  # the same plan keeps them all
+    assert sorted(p.name for p in dirs[2].glob("shard-*")) == first
+    assert not (dirs[2] / SHARD_INDEX).exists()  # the manifest step lists them anew
+    (dirs[0] / "shard-0099.parquet").write_bytes(b"cut short")  # and one never finished
+    bigger = run_ingest(SAMPLE, "test", 100, out, stale_from=dirs, stale_to=stale)
+    assert bigger["num_shards"] == 1 and bigger["moved_aside"] == 3 * len(first) + 1
+    assert [list(d.iterdir()) for d in dirs] == [[], [], []]  # shard 0 holds other rows now
+    (moved,) = stale.iterdir()  # one folder per plan change, named by its time
+    assert sorted(p.name for p in (moved / "aligned" / "test").iterdir()) == first

@@ -119,3 +119,26 @@ def test_two_streams_read_each_row_group_once_an_epoch(tmp_path, monkeypatch):
     seen = [w for i in range(len(data)) for w in data[i]["weight"]]
     assert sum(seen) == n  # every row once, with weight 1
     assert dict(reads) == {0: 1, 1: 1, 2: 1, 3: 1}, reads
+
+
+def test_shards_holding_an_utterance_twice_are_refused(tmp_path):
+    """Issue 34: two layouts' shards read together gave 108 rows for 66 utterances and
+    trained on them without a word."""
+    from meldflow import MeldflowError
+    from meldflow.training.dataset import Source
+
+    def shard(name, dialogues):
+        n = len(dialogues)
+        table = pa.table({"dialogue_id": pa.array(dialogues, pa.int32()),
+                          "utterance_id": pa.array([0] * n, pa.int32()),
+                          "speaker": ["A"] * n, "utterance": ["hi"] * n,
+                          "flags": pa.array([[]] * n, pa.list_(pa.string())),
+                          "wer": pa.array([None] * n, pa.float64())})
+        pq.write_table(table, tmp_path / name)
+        return tmp_path / name
+
+    old, new = shard("old.parquet", [0, 1, 2]), shard("new.parquet", [2, 3])
+    assert len(Source([old], None, "text").units) == 1
+    with pytest.raises(MeldflowError, match=r"hold 1 row\(s\) twice \(\(dialogue, utterance\) "
+                                            r"\(2, 0\)\).*shards.json"):
+        Source([old, new], None, "text")

@@ -8,7 +8,7 @@ from snakemake.utils import validate
 from meldflow import MeldflowError
 from meldflow.config import check_config_file, typed_config
 from meldflow.settings import Settings, flags, step_fields, step_flags
-from meldflow.shard_schema import METHOD_VERSIONS
+from meldflow.shard_schema import METHOD_VERSIONS, SHARD_INDEX
 from meldflow.slurm.live import SHARD_RULES
 from meldflow.slurm.plugin import patch_slurm_plugin
 from meldflow.annotations import find_csv
@@ -56,6 +56,8 @@ SPLITS = SETTINGS.splits
 TRAIN = "train" in SPLITS
 EVAL_SPLITS = [s for s in ("dev", "test") if s in SPLITS]
 SHARD = "{shard,[0-9]{4}}"
+# The folders under results/ that hold one shard per job, per split.
+SHARD_DIRS = ("transcripts", "frames", "aligned")
 
 
 def annotation_csv(wildcards):

@@ -30,6 +30,9 @@ checkpoint ingest:
     params:
         settings=step_flags(config, "ingest"),
         clips=clip_fingerprint,
+        # the steps' shard folders: shards the new plan does not make are moved to stale
+        shard_dirs=lambda w: [f"results/{step}/{w.split}" for step in SHARD_DIRS],
+        stale="results/stale",
     log:
         "results/logs/ingest/{split}.log",
     benchmark:
@@ -38,7 +41,8 @@ checkpoint ingest:
         "../../envs/frames.yaml"
     shell:
         "meldflow ingest --split {wildcards.split} --out {output.table:q} "
-        "--unused {output.unused:q} --info {output.shards:q} {params.settings} > {log:q} 2>&1"
+        "--unused {output.unused:q} --info {output.shards:q} {params.settings} "
+        "--stale-from {params.shard_dirs:q} --stale-to {params.stale:q} > {log:q} 2>&1"
 
 
 rule transcribe:
@@ -110,7 +114,9 @@ rule manifest:
         ingest="results/ingest/{split}.parquet",
         aligned=aligned_shards,
     output:
-        "results/manifest/{split}.parquet",
+        table="results/manifest/{split}.parquet",
+        # the list of the split's aligned shards, which readers of the folder go by
+        index=f"results/aligned/{{split}}/{SHARD_INDEX}",
     params:
         # the aligned shards (the same as input.aligned), or --without-clips
         source=manifest_source,
@@ -122,7 +128,7 @@ rule manifest:
         "../../envs/frames.yaml"
     shell:
         "meldflow manifest --ingest {input.ingest:q} {params.source} "
-        "--out {output:q} > {log:q} 2>&1"
+        "--out {output.table:q} --index {output.index:q} > {log:q} 2>&1"
 
 
 rule summary:
@@ -154,4 +160,5 @@ rule summary:
 rule preprocess:
     input:
         all_aligned,
+        expand(f"results/aligned/{{split}}/{SHARD_INDEX}", split=SPLITS),
         rules.summary.output,

@@ -2,6 +2,8 @@ localrules:
     stage_florence,
     train_options,
     train,
+    # a few seconds of reading metrics and plotting: never worth a queued job
+    evaluate,
 
 
 rule stage_florence:
@@ -70,6 +72,7 @@ rule train:
     conda:
         "../../envs/training.yaml"
     shell:
+        # Snakemake empties this log before each try; the run's own train.log keeps them all
         "meldflow train --options {input.options:q} --out {params.out:q} "
         "--executor {resources.train_executor} > {log:q} 2>&1"
 

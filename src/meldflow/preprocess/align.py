@@ -1,19 +1,30 @@
 """Join annotation, transcript and frames per utterance into the training shards.
 
-Owns ``results/aligned/{split}/shard-NNNN.parquet`` (schema: docs/shards.md).
+Owns ``results/aligned/{split}/shard-NNNN.parquet`` (schema: docs/shards.md) and the
+folder's list of them, ``shards.json``: a folder is read by its list, never by globbing, so
+that a shard another layout left there is never read.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from meldflow import MeldflowError
+from meldflow.preprocess.ingest import shard_of
 from meldflow.row_status import worst
-from meldflow.shard_schema import ALIGNED_SCHEMA, FROM_INGEST, NO_CLIP_REASON
-from meldflow.storage import table_metadata, write_table
+from meldflow.shard_schema import (
+    ALIGNED_SCHEMA,
+    FROM_INGEST,
+    NO_CLIP_REASON,
+    ROWS_METADATA,
+    SHARD_INDEX,
+)
+from meldflow.storage import read_metadata, table_metadata, write_table, write_text
 
 ROW_GROUP_BYTES = 32 * 1024 * 1024  # tens of MB: big reads on Lustre/GPFS, modest memory
 
@@ -87,6 +98,50 @@ def run_align(rows: pa.Table, transcripts: pa.Table, frames: pa.Table, out: str 
     table = align_shard(rows, transcripts, frames)
     # The shard carries what made it: the Whisper model's file hashes and the decoding and
     # frame options, copied from the two inputs.
-    made_of = {**table_metadata(transcripts), **table_metadata(frames)}
+    made_of = {**table_metadata(transcripts), **table_metadata(frames),
+               ROWS_METADATA: shard_of(rows)}
     write_table(table, out, row_group_size=rows_per_group(table), metadata=made_of)
     return table
+
+
+def write_shard_index(index: str | Path, split: str, shards: list[str | Path]) -> dict:
+    """The list of a split's aligned shards (every one of its layout, made), written to
+    ``index`` in their folder: file, rows and the ingest digest each was made from."""
+    index = Path(index)
+    listed = []
+    for path in map(Path, shards):
+        if path.resolve().parent != index.resolve().parent:
+            raise MeldflowError(f"{path} is not in {index.parent}: a shard index lists the "
+                                f"shards of its own folder")
+        made = read_metadata(path).get(ROWS_METADATA) or {}
+        listed.append({"file": path.name, "rows": pq.read_metadata(path).num_rows,
+                       "digest": made.get("digest")})
+    record = {"split": split, "shards": listed}
+    write_text(json.dumps(record, indent=1) + "\n", index)
+    return record
+
+
+def read_shard_index(folder: str | Path) -> list[str]:
+    """The aligned shards of ``folder``, as its ``shards.json`` lists them, each checked to be
+    the one listed (made from the same rows); files the list does not name are not read."""
+    folder = Path(folder)
+    index = folder / SHARD_INDEX
+    rerun = "run the workflow's preprocess target (again) to finish it"
+    if not index.is_file():
+        raise MeldflowError(f"{folder} has no {SHARD_INDEX}, the list of its shards: it was "
+                            f"made by an older meldflow or its preprocessing did not finish; "
+                            f"{rerun}")
+    try:
+        listed = json.loads(index.read_text())["shards"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MeldflowError(f"{index} is damaged ({exc}); {rerun}") from None
+    paths = []
+    for entry in listed:
+        path = folder / entry["file"]
+        made = (read_metadata(path).get(ROWS_METADATA) or {}) if path.is_file() else None
+        if made is None or made.get("digest") != entry["digest"]:
+            what = "missing" if made is None else "made from other rows than listed"
+            raise MeldflowError(f"{path}, listed in {index}, is {what}: the shards are being "
+                                f"rebuilt; {rerun}")
+        paths.append(str(path))
+    return paths

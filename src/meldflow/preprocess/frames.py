@@ -14,11 +14,13 @@ import ffmpeg
 import pyarrow as pa
 from tqdm import tqdm
 
+from meldflow.preprocess.ingest import shard_of
 from meldflow.preprocess.probe import ClipError, clip_info, duration_flag, last_line
 from meldflow.settings import Settings, recorded_settings
 from meldflow.shard_schema import (
     FRAMES_SCHEMA,
     METHOD_VERSIONS,
+    ROWS_METADATA,
     StepResult,
     step_table,
     without_clip,
@@ -168,7 +170,7 @@ def run_frames(rows: pa.Table, out: str | Path, settings: Settings,
     table = frames_for_rows(rows, settings, workers)
     write_table(table, out, row_group_size=64, metadata={"meldflow_frames": {
         **frame_settings(settings), "method": METHOD_VERSIONS["frames"],
-        "ffmpeg": ffmpeg_version()}})
+        "ffmpeg": ffmpeg_version()}, ROWS_METADATA: shard_of(rows)})
     return table
 
 

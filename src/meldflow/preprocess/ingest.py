@@ -3,6 +3,8 @@
 Owns ``results/ingest/{split}.parquet`` (one row per annotation row, with its shard),
 ``{split}.shards.json`` (shard count and a digest per shard, read by the workflow) and
 ``{split}.unused.tsv`` (clips on disk that no annotation row uses: listed, never processed).
+A new plan moves the step shards it does not make to ``results/stale/``, so that a folder of
+shards never mixes two layouts.
 
 A shard's digest covers its rows and the size and modification time of each of its clips,
 so the workflow redoes exactly the shards whose input changed: a clip added, repaired or
@@ -15,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,8 +33,8 @@ from meldflow.annotations import (
     read_annotations,
 )
 from meldflow.preprocess.probe import ClipError, check_clip_file
-from meldflow.shard_schema import INGEST_SCHEMA
-from meldflow.storage import write_table, write_text
+from meldflow.shard_schema import INGEST_SCHEMA, ROWS_METADATA, SHARD_INDEX
+from meldflow.storage import read_metadata, table_metadata, write_table, write_text
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +156,54 @@ def clip_dir_warning(folder: Path, split: str, found: int, rows: int) -> str | N
     return None
 
 
+def shard_of(rows: pa.Table) -> dict | None:
+    """Which rows these are, for the shard made from them to record (ROWS_METADATA): the
+    split, the shard and its digest in the ingest plan, from the ingest table's metadata;
+    None for rows that are not one shard of an ingest table."""
+    info = table_metadata(rows).get("meldflow_ingest")
+    shards = set(rows.column("shard").to_pylist()) if "shard" in rows.column_names else set()
+    if not info or len(shards) != 1:
+        return None
+    shard = shards.pop()
+    return {"split": info["split"], "shard": shard,
+            "digest": info["shard_digests"].get(f"{shard:04d}")}
+
+
+def move_stale_shards(folders: list[str | Path], info: dict,
+                      stale_to: str | Path) -> list[tuple[Path, Path]]:
+    """Move aside every shard in ``folders`` that the plan ``info`` does not make (a shard
+    beyond its count, or one made from other rows: an older shard_size, an edited CSV, a
+    replaced clip) to ``{stale_to}/{time}/{step}/{split}/``, and drop each folder's shard
+    index (the manifest step writes it anew). Returns (from, to) of each shard moved."""
+    digests = info["shard_digests"]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for folder in map(Path, folders):
+        (folder / SHARD_INDEX).unlink(missing_ok=True)
+        for path in sorted(folder.glob("shard-*.parquet")):
+            try:
+                made = read_metadata(path).get(ROWS_METADATA) or {}
+            except (OSError, pa.ArrowException):  # cut short: nothing to keep
+                made = {}
+            wanted = digests.get(path.stem.removeprefix("shard-"))
+            if wanted is not None and made.get("digest") == wanted:
+                continue
+            dest = Path(stale_to) / stamp / folder.parent.name / folder.name / path.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+            moved.append((path, dest))
+    if moved:
+        log.warning("%d shard(s) of an older layout or of other rows moved aside to %s",
+                    len(moved), Path(stale_to) / stamp)
+    return moved
+
+
 def run_ingest(meld_dir: str | Path, split: str, shard_size: int, out: str | Path,
-               unused_out: str | Path | None = None, info_out: str | Path | None = None) -> dict:
+               unused_out: str | Path | None = None, info_out: str | Path | None = None,
+               stale_from: list[str | Path] = (), stale_to: str | Path | None = None) -> dict:
     """Write the ingest table, the shard plan (``info_out``, default ``{out}.shards.json``)
-    and the list of unused clips (``unused_out``, default ``{out}.unused.tsv``)."""
+    and the list of unused clips (``unused_out``, default ``{out}.unused.tsv``); move the
+    shards in ``stale_from`` that the new plan does not make to ``stale_to``."""
     out = Path(out)
     table, unused = ingest_split(meld_dir, split, shard_size)
     num_shards = (max(table.column("shard").to_pylist()) + 1) if table.num_rows else 0
@@ -174,6 +221,8 @@ def run_ingest(meld_dir: str | Path, split: str, shard_size: int, out: str | Pat
     lines += [f"{u['clip']}\t{u['dialogue_id']}\t{u['utterance_id']}\t{u['kind']}" for u in unused]
     write_text("\n".join(lines) + "\n", unused_out or out.with_suffix(".unused.tsv"))
     write_text(json.dumps(info, indent=2) + "\n", info_out or out.with_suffix(".shards.json"))
+    if stale_from:
+        info["moved_aside"] = len(move_stale_shards(stale_from, info, stale_to))
     return info
 
 

@@ -1,6 +1,8 @@
 """The per-split manifest: exactly one row per annotation row, with status and reason.
 
-Owns ``results/manifest/{split}.parquet``.
+Owns ``results/manifest/{split}.parquet``; lists the split's aligned shards
+(``results/aligned/{split}/shards.json``, whose format meldflow.preprocess.align owns) once
+they match the annotation rows one for one.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from meldflow import MeldflowError
+from meldflow.preprocess.align import write_shard_index
 from meldflow.storage import write_table
 
 MANIFEST_COLUMNS = ["split", "dialogue_id", "utterance_id", "shard", "status", "reason",
@@ -70,11 +73,15 @@ def manifest_without_clips(ingest: pa.Table) -> pa.Table:
 
 
 def run_manifest(ingest_path: str | Path, aligned_paths: list[str | Path],
-                 out: str | Path) -> pa.Table:
+                 out: str | Path, index: str | Path | None = None) -> pa.Table:
     """The manifest from the aligned shards; with none (``[]``), from the ingest table
-    alone (a split preprocessed without its clips)."""
+    alone (a split preprocessed without its clips). ``index``: where to list the shards
+    (their folder's ``shards.json``), once they have matched the annotation rows."""
     ingest = pq.read_table(ingest_path)
     table = build_manifest(ingest, aligned_paths) if aligned_paths else \
         manifest_without_clips(ingest)
     write_table(table, out)
+    if index is not None:
+        write_shard_index(index, ingest.column("split")[0].as_py() if ingest.num_rows
+                          else "", aligned_paths)
     return table

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from meldflow import MeldflowError
 from meldflow.model_cache.whisper import choose_device, model_dir
 from meldflow.preprocess.audio import SAMPLE_RATE, Audio, decode_audio
+from meldflow.preprocess.ingest import shard_of
 from meldflow.preprocess.probe import ClipError
 from meldflow.preprocess.shared_window import ALIGN_CONTEXT_FRAMES, MARGIN_FRAMES, SharedWindow
 from meldflow.preprocess.speech import (
@@ -35,6 +36,7 @@ from meldflow.preprocess.wer import word_error_rate
 from meldflow.settings import WINDOW_SECONDS, Settings, recorded_settings
 from meldflow.shard_schema import (
     METHOD_VERSIONS,
+    ROWS_METADATA,
     TRANSCRIPT_SCHEMA,
     StepResult,
     step_table,
@@ -383,5 +385,5 @@ def run_transcribe(rows: pa.Table, out: str | Path, settings: Settings,
         "windows": "the clips of one dialogue, in utterance order",
         "speech_threshold": SPEECH_THRESHOLD, "speech_peak_level": PEAK_LEVEL,
         "margin_frames": list(MARGIN_FRAMES), "align_context_frames": ALIGN_CONTEXT_FRAMES,
-        "alone": ALONE_OPTIONS}})
+        "alone": ALONE_OPTIONS}, ROWS_METADATA: shard_of(rows)})
     return table

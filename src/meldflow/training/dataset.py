@@ -60,6 +60,22 @@ def _damaged(path: str, exc: Exception) -> MeldflowError:
                          f"was cut short: delete it and run the workflow again to rebuild it")
 
 
+def _check_one_row_each(meta: pa.Table, paths: list) -> None:
+    """Refuse shards that hold an utterance twice: two layouts' shards of one folder read
+    together (108 rows for 66 utterances once), or one file given twice."""
+    keys = list(zip(meta.column("dialogue_id").to_pylist(),
+                    meta.column("utterance_id").to_pylist(), strict=True))
+    if len(set(keys)) != len(keys):
+        seen: set = set()
+        twice = sorted({k for k in keys if k in seen or seen.add(k)})
+        names = sorted(map(str, paths))
+        shown = ", ".join(names[:2]) + (f" and {len(names) - 2} more" if len(names) > 2 else "")
+        raise MeldflowError(
+            f"the shards {shown} hold {len(keys) - len(set(keys))} row(s) twice ((dialogue, "
+            f"utterance) {', '.join(map(str, twice[:3]))}): shards of two layouts, or a file "
+            f"given twice; read a folder by its shards.json (--aligned-dir)")
+
+
 def open_parquet(path: str) -> pq.ParquetFile:
     """A Parquet file, or an error that names it and says how to rebuild it."""
     try:
@@ -123,6 +139,7 @@ class Source:
                     start += n
                 metas.append(meta_p.drop(["flags", "wer"]))
             meta = pa.concat_tables(metas)
+            _check_one_row_each(meta, paths)
         # Previous turns are looked up by id, so context survives any shuffling.
         for d, u, s, t in zip(*(meta.column(c).to_pylist() for c in
                                 ("dialogue_id", "utterance_id", "speaker", "utterance")),

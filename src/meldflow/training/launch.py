@@ -6,6 +6,7 @@ that is still queued or running instead of submitting a second one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from meldflow.training.identity import identity_of
 from meldflow.training.train_options import LaunchConfig, TrainConfig, resolve_executor
 
 log = logging.getLogger("meldflow.training")
+RUN_LOG = "train.log"  # in the run folder: what `meldflow train` said at every try
 
 # submitit's states that mean nothing runs any more, beside SLURM's own (monitor.TERMINAL):
 # its local executor says FINISHED, INTERRUPTED, or, for a job it did not start itself,
@@ -156,17 +158,34 @@ def wait_for(job, executor: str) -> dict:
         raise MeldflowError(failure_message(job, executor)) from None
 
 
+def finished_metrics(out: Path) -> dict | None:
+    """The metrics of a run of ``out``'s identity that has finished, else None. Snakemake
+    deletes metrics.json before it reruns training, also when the run's inputs came out
+    byte for byte the same (an upstream job forced): then it is restored from run.json,
+    and no job is submitted."""
+    from meldflow.storage import write_text
+
+    metrics = out / "metrics.json"
+    if metrics.is_file():
+        return json.loads(metrics.read_text())
+    run = read_run(out) or {}
+    if not run.get("finished") or "config" not in run.get("metrics", {}):
+        return None
+    write_text(json.dumps(run["metrics"], indent=2), metrics)
+    log.info("this run finished on %s with the same identity (options, model and data): "
+             "nothing new to learn, no job submitted; its metrics.json is restored from %s",
+             run["finished"], out / "run.json")
+    return run["metrics"]
+
+
 def launch(cfg: TrainConfig, how: LaunchConfig | None = None, wait: bool = True):
     """Submit training through submitit (``how``: where, on how many processes) and, by
     default, wait; records the job id.
 
-    A finished run of the same identity returns its metrics, a running one is reattached,
-    an interrupted one resumes; a run folder holding another identity is archived first.
+    A finished run of the same identity returns its metrics (restored if Snakemake deleted
+    them) without a job, a running one is reattached, an interrupted one resumes; a run
+    folder holding another identity is archived first.
     """
-    import submitit
-
-    from meldflow.storage import write_text
-
     how = how or LaunchConfig()
     # auto outside a workflow run on SLURM: processes on this machine
     out, executor = Path(cfg.out), resolve_executor(how.executor, "local")
@@ -181,8 +200,40 @@ def launch(cfg: TrainConfig, how: LaunchConfig | None = None, wait: bool = True)
                 + (f" (`scancel {running.job_id}`)" if executor == "slurm" else "")
                 + ", then run again")
     claim_run_dir(out, identity)
-    if (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text())
+    with run_log(out):
+        log.info("training run %s of %s", identity["digest"][:12], out)
+        return _submit_or_restore(cfg, how, out, executor, identity, wait)
+
+
+@contextlib.contextmanager
+def run_log(out: Path):
+    """Every line meldflow logs, also appended to ``{out}/train.log``: the workflow's own log
+    of the rule is emptied by Snakemake before each try; this one keeps them all (and goes
+    with the run when it is archived)."""
+    handler = logging.FileHandler(out / RUN_LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("meldflow")
+    root.addHandler(handler)
+    try:
+        yield
+    except MeldflowError as exc:  # what the command line will say, here too
+        handler.handle(logging.makeLogRecord({"name": "meldflow", "levelname": "ERROR",
+                                              "levelno": logging.ERROR, "msg": str(exc)}))
+        raise
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _submit_or_restore(cfg: TrainConfig, how: LaunchConfig, out: Path, executor: str,
+                       identity: dict, wait: bool):
+    import submitit
+
+    from meldflow.storage import write_text
+
+    finished = finished_metrics(out)
+    if finished is not None:
+        return finished
     check_writable(out / CHECKPOINT_DIR, out / "best")  # found before a job is queued
     job = running_job(out, executor, how.tasks)  # a restarted workflow reattaches
     if job is None:

@@ -98,9 +98,10 @@ def write_results(cfg, out: Path, device, state: dict, identity: dict, world: in
     write_text(json.dumps(state["history"], indent=1), out / "history.json")
     plot_curves(state["history"], out / "curves.png")
     write_text(json.dumps(metrics, indent=2), out / "metrics.json")
-    # run.json keeps the headline figures too: Snakemake deletes metrics.json before a
-    # rerun, and a superseded run folder is archived with its run.json.
+    # run.json keeps the metrics too: Snakemake deletes metrics.json before it reruns the
+    # rule (after a forced upstream job whose outputs came out the same, say), and launch
+    # then restores it from here instead of submitting a job with nothing to learn.
     run = read_run(out) | {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                           "metrics": {s: metrics[s] for s in ("dev", "test") if s in metrics}}
+                           "metrics": metrics}
     write_text(json.dumps(run, indent=1), out / RUN_FILE)
     return metrics

@@ -257,6 +257,7 @@ def train_configs(out: str, options_file: str | None, aligned_dir: str | None,
     options file < the flags given (``shards`` and ``csvs`` by split, None where not given;
     ``aligned_dir`` stands for every split's shards). Shards are checked readable here,
     before anything is submitted."""
+    from meldflow.preprocess.align import read_shard_index
     from meldflow.training.dataset import open_parquet
 
     train_kw, launch_kw = read_options_file(options_file) if options_file else ({}, {})
@@ -264,9 +265,8 @@ def train_configs(out: str, options_file: str | None, aligned_dir: str | None,
     for split, paths in shards.items():
         if paths is not None:
             train_kw[split] = list(paths)
-        elif aligned_dir:
-            train_kw[split] = sorted(str(p) for p in
-                                     (Path(aligned_dir) / split).glob("shard-*.parquet"))
+        elif aligned_dir and (Path(aligned_dir) / split).is_dir():
+            train_kw[split] = read_shard_index(Path(aligned_dir) / split)
     cfg = TrainConfig(out=out, **(train_kw | train_flags))
     cfg.hf_home = str(Path(cfg.hf_home).resolve())
     for p in cfg.train + cfg.dev + cfg.test:  # a damaged shard fails here, named, early
