@@ -3,8 +3,9 @@
 On bench_preprocess.py's MELD-like clips (whole dialogues; --variant, cached), decoded once
 into memory so that only Whisper is timed: the naive loop (one clip per call, beam 5,
 word timestamps), then meldflow's shared windows with one lever changed at a time:
-  - windows: one dialogue's clips (the default) or any clips that fit (the packing before
-    issue 34, whose words depended on the other dialogues of a shard);
+  - windows: one dialogue's clips, filled up with the dialogue as context (the default),
+    the same without the context, or any clips that fit (the packing before issue 34,
+    whose words depended on the other dialogues of a shard);
   - decoders x threads: two one-thread decoders (``default``) or one two-thread decoder;
   - windows per call: the clips of one window decoded as a batch (the default) or of two;
   - compute type: int8 (the default) or float32;
@@ -31,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from meld_like import SHARED_CSV, make_meld_like_clips
+from wer_gap import paired_gap
 
 
 def decoded(variant: str, n: int) -> tuple[list, list[str], list[int]]:
@@ -64,7 +66,8 @@ def whole_window_alignment():
 
 
 def transcriber(hf: Path, workers: int = 2, threads: int = 1, compute_type: str = "int8",
-                windows: int = 1, whole_window: bool = False, across: bool = False):
+                windows: int = 1, whole_window: bool = False, across: bool = False,
+                gap: float | None = None, pack: float | None = None, context: bool = True):
     """meldflow's Transcriber with its model loaded for one lever setting."""
     from faster_whisper import WhisperModel
 
@@ -79,41 +82,64 @@ def transcriber(hf: Path, workers: int = 2, threads: int = 1, compute_type: str 
     window = whole_window_alignment() if whole_window else SharedWindow
     t.window = window(t.model, t.beam_size)
     t.windows_per_call, t.across = windows, across
+    t.GAP_SECONDS = gap or t.GAP_SECONDS
+    t.pack_seconds = pack or t.pack_seconds
+    t.context = context
     return t
 
 
 def packed(t, audios: list, dialogues: list[int]) -> list[tuple[str, list[dict]]]:
-    """(text, words) of every clip through shared windows, ``t.workers`` calls at once, each
-    call holding ``t.windows_per_call`` windows' clips (a one-clip window is heard alone).
-    A window holds one dialogue's clips, as meldflow packs them, or with ``t.across`` any
-    clips that fit (meldflow's packing before issue 34)."""
-    groups, current = [], []
-    for i, a in enumerate(audios):
-        if current and not t.joins([audios[j] for j in current], a,
-                                   t.across or dialogues[current[0]] == dialogues[i]):
-            groups.append([audios[j] for j in current])
-            current = []
-        current.append(i)
-    groups.append([audios[j] for j in current])
-    calls = [groups[i:i + t.windows_per_call]
-             for i in range(0, len(groups), t.windows_per_call)]
+    """(text, words) of every clip, ``t.workers`` calls at once, in meldflow's windows: each
+    dialogue's clips in its windows (Transcriber.dialogue_windows, their context included
+    unless ``t.context`` is off); with ``t.across``, any clips that fit in turn (the packing
+    before issue 34, whose words depended on the other dialogues of a shard). A call holds
+    ``t.windows_per_call`` windows; a one-clip window is heard alone."""
+    calls = []  # (clips, how many heard) of each window
+    if t.across:
+        current: list[int] = []
+        for i, a in enumerate(audios):
+            if current and not t.fits([audios[j] for j in current], a, t.GAP_SECONDS):
+                calls.append((current, len(current)))
+                current = []
+            current.append(i)
+        calls.append((current, len(current)))
+    else:
+        by_dialogue: dict[int, list[int]] = {}
+        for i, d in enumerate(dialogues):
+            by_dialogue.setdefault(d, []).append(i)
+        for idx in by_dialogue.values():
+            for window, heard in t.dialogue_windows([audios[i] for i in idx]):
+                clips = [idx[j] for j in window]
+                calls.append((clips, heard) if t.context else (clips[:heard], heard))
+    batches = [calls[i:i + t.windows_per_call]
+               for i in range(0, len(calls), t.windows_per_call)]
 
-    def run(windows: list[list]) -> list[tuple[str, list[dict]]]:
-        if len(windows) == 1:
-            return t.transcribe_pack(windows[0])
-        clips = [a for w in windows for a in w]
-        return [t._alone(a) if d.doubtful else (d.text, d.words)
-                for a, d in zip(clips, t.window.decode_windows(windows, t.GAP_SECONDS),
-                                strict=True)]
+    def run(batch: list) -> list[tuple[int, tuple[str, list[dict]]]]:
+        if len(batch) == 1:
+            window, heard = batch[0]
+            got = t.transcribe_pack([audios[i] for i in window], heard)
+            return list(zip(window[:heard], got, strict=True))
+        clips = [i for window, heard in batch for i in window[:heard]]
+        decoded = t.window.decode_windows([[audios[i] for i in w] for w, _ in batch],
+                                          t.GAP_SECONDS, [h for _, h in batch])
+        return [(i, t._alone(audios[i]) if d.doubtful else (d.text, d.words))
+                for i, d in zip(clips, decoded, strict=True)]
 
+    out: list = [None] * len(audios)
     with ThreadPoolExecutor(t.workers) as pool:
-        return [x for out in pool.map(run, calls) for x in out]
+        for got in pool.map(run, batches):
+            for i, result in got:
+                out[i] = result
+    return out
 
 
 LEVERS = {"default": {}, "windows across dialogues": {"across": True},
+          "dialogue windows without context": {"context": False},
           "1 decoder x 2 threads": {"workers": 1, "threads": 2},
           "float32": {"compute_type": "float32"}, "2 windows a call": {"windows": 2},
-          "align on the whole window": {"whole_window": True}}
+          "align on the whole window": {"whole_window": True},
+          "gaps of 0.5 s": {"gap": 0.5}, "30 s windows": {"pack": 30.0},
+          "30 s windows + gaps of 0.5 s": {"pack": 30.0, "gap": 0.5}}
 
 
 def main() -> None:
@@ -196,6 +222,12 @@ def measure(hf: Path, naive, variant: str, clips: int, levers: list[str],
                    if name in loaded else "")
         print(f"    {name:30s} {speed:15.2f}x {work:13.2f}x {wer(texts):6.3f} "
               f"{len(words_moved(gold, texts)):5d} {offsets:>34s}")
+    first = next(iter(loaded))
+    print(f"    WER against {first}'s, 95% paired bootstrap interval over the clips:")
+    for name in [n for n in loaded if n != first]:
+        _, _, gap, lo, hi = paired_gap(gold, [x[0] for x in out[first]],
+                                       [x[0] for x in out[name]])
+        print(f"      {name:28s} {gap:+.3f} ({lo:+.3f} to {hi:+.3f})")
 
 
 if __name__ == "__main__":

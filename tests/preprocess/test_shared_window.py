@@ -33,8 +33,8 @@ def test_a_clip_a_pack_passes_over_is_heard_alone(hf_home, tmp_path):
 
     t = Skipping(whisper_settings(hf_home))
     decode = t.window.decode
-    t.window.decode = lambda audios, gap_s: [Decoded(doubtful=True)] + decode(audios,
-                                                                            gap_s)[1:]
+    t.window.decode = lambda audios, gap_s, heard: [Decoded(doubtful=True)] + decode(
+        audios, gap_s, heard)[1:]
     out = transcribe_rows(clip_rows(clips, texts), t).to_pylist()
     assert len(calls) == 1  # clip 0, alone
     assert out[0]["transcript"] and out[0]["wer"] < 0.5 and out[0]["asr_flags"] == []
@@ -156,9 +156,9 @@ def test_a_clips_words_depend_on_its_dialogue_not_on_the_shard(hf_home, tmp_path
     windows = []
 
     class Recording(Transcriber):
-        def transcribe_pack(self, audios):
-            windows.append(audios)
-            return super().transcribe_pack(audios)
+        def transcribe_pack(self, audios, heard=None):
+            windows.append((audios, len(audios) if heard is None else heard))
+            return super().transcribe_pack(audios, heard)
 
     t = Recording(whisper_settings(hf_home, whisper_max_empty_fraction=1.0))
     by_layout = {}
@@ -173,10 +173,13 @@ def test_a_clips_words_depend_on_its_dialogue_not_on_the_shard(hf_home, tmp_path
                                      t).to_pylist():
                 got[(r["dialogue_id"], r["utterance_id"])] = (r["transcript"], r["words"])
         by_layout[size] = got
-        for window in windows:  # each window: one dialogue's clips, in utterance order
-            keys = [next(k for k, s in samples.items() if np.array_equal(s, a))
-                    for a in window]
-            assert len({d for d, _ in keys}) == 1 and keys == sorted(keys), (size, keys)
-        assert sum(len(w) for w in windows) == len(samples)  # every clip in one window
+        for window, heard in windows:  # one dialogue's clips: those heard in utterance
+            keys = [next(k for k, s in samples.items() if np.array_equal(s, a))  # order,
+                    for a in window]  # then the dialogue again as context
+            assert len({d for d, _ in keys}) == 1 and keys[:heard] == sorted(keys[:heard])
+        assert sum(h for _, h in windows) == len(samples)  # every clip heard from one
+        for w, _ in windows:  # filled up: no clip of the dialogue would fit in any more
+            span = (sum(len(a) for a in w) / SAMPLE_RATE + (len(w) - 1) * t.GAP_SECONDS)
+            assert span > t.pack_seconds - t.GAP_SECONDS - max(map(len, w)) / SAMPLE_RATE
     assert by_layout[1] == by_layout[4] == by_layout[100]
     assert all(text for text, _ in by_layout[100].values())

@@ -244,7 +244,8 @@ def test_killed_snakemake_rerun_never_runs_a_job_twice(slurm_cluster, preprocess
     work = slurm_workdir(tmp_path / "killed", hf_home, splits=["train"])
     env = faulty_ffmpeg(tmp_path, oom=False)  # only the slow call
     start = time.strftime("%Y-%m-%dT%H:%M:%S")
-    proc = start_snakemake(work, tmp_path / "first.log", "--", "preprocess", env=env)
+    proc = start_snakemake(work, tmp_path / "first.log", "--", "preprocess",
+                           env=env | {"MELDFLOW_HEARTBEAT_S": "1"})
     marker = tmp_path / "fault-slow" / "job"
     deadline = time.monotonic() + 300
     while not (marker.is_file() and marker.read_text().strip()) and time.monotonic() < deadline:
@@ -254,6 +255,15 @@ def test_killed_snakemake_rerun_never_runs_a_job_twice(slurm_cluster, preprocess
     os.kill(proc.pid, signal.SIGKILL)  # the login session drops
     proc.wait()
     assert slow_job in squeue_running("rule_frames")  # its job runs on
+    # Issue 34: status showed such jobs as ordinary RUNNING, with no hint that nothing
+    # watches them; three heartbeats (1 s here) missed, they are marked
+    time.sleep(4)
+    live = json.loads(subprocess.run(
+        [sys.executable, "-m", "meldflow.cli", "status", "--dir", str(work), "--json"],
+        capture_output=True, text=True, check=True).stdout)
+    slow = next(j for j in live["jobs"] if j["job_id"] == slow_job)
+    assert slow["state"] == "RUNNING" and slow["watched"] is False, slow
+    assert "watched by no Snakemake" in live["note"] and live["run"]["alive"] is False
     unlock = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d",
                              str(work), "--unlock"], capture_output=True, text=True, env=env)
     assert unlock.returncode == 0, unlock.stderr

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pyarrow.parquet as pq
@@ -22,7 +23,9 @@ from slurm_helpers import (
     signal_training_once,
     slurm_workdir,
     squeue_ids,
+    squeue_running,
     start_snakemake,
+    status_once_resubmitted,
     wait_until,
 )
 
@@ -97,6 +100,18 @@ def test_whole_workflow_on_slurm_matches_local_run(slurm_cluster, trained, hf_ho
         capture_output=True, text=True, env=env_with_venv(), cwd=preprocessed)
     assert "Nothing to be done" in with_profile.stdout + with_profile.stderr, \
         with_profile.stdout[-3000:]
+    # Issue 34: the same command again submits nothing, and `meldflow status` had then
+    # followed that empty run (no shard job shown): it shows the run that did the work.
+    again = start_snakemake(work, tmp_path / "again.log")
+    assert again.wait(timeout=300) == 0, (tmp_path / "again.log").read_text()[-3000:]
+    assert "Nothing to be done" in (tmp_path / "again.log").read_text()
+    status = json.loads(subprocess.run(
+        [sys.executable, "-m", "meldflow.cli", "status", "--dir", str(work), "--json"],
+        capture_output=True, text=True, check=True).stdout)
+    shard_rows = [j for j in status["jobs"] if j["rule"] in ("transcribe", "frames")]
+    assert len(shard_rows) >= 10 and status["run_id"] == workflow_jobs[0][1]
+    assert "submitted no job (nothing to do)" in status["note"]
+    assert status["progress"]["rules"]["frames"]["fraction_done"] == 1.0
 
 
 def test_experiments_train_at_once_on_slurm(slurm_cluster, preprocessed, tmp_path):
@@ -111,16 +126,34 @@ def test_experiments_train_at_once_on_slurm(slurm_cluster, preprocessed, tmp_pat
     cfg_path.write_text(yaml.safe_dump(cfg))
     start = time.strftime("%Y-%m-%dT%H:%M:%S")
     proc = start_snakemake(work, tmp_path / "snakemake.log")
+    # Issue 34: a training job cancelled under the profile was reported "not tried again"
+    # while Snakemake had resubmitted it, and was gone from the history after the run.
+    job_files = [work / "results" / "train" / e / "seed-0" / "job.json" for e in ("a", "b")]
+    wait_until(lambda: all(f.is_file() for f in job_files) and all(
+        json.loads(f.read_text())["job_id"] in squeue_running("") for f in job_files),
+        600, "both training jobs running")
+    ids = [json.loads(f.read_text())["job_id"] for f in job_files]
+    subprocess.run(["scancel", ids[0]], check=True)
+    live = status_once_resubmitted(work, ids[0], proc)
+    cancelled = next(j for j in live["jobs"] if j["job_id"] == ids[0])
+    assert cancelled["state"] == "CANCELLED" and cancelled["attempt"] == 1
+    assert "resubmitted as try 2 → job" in cancelled["explanation"], cancelled
     rc = proc.wait(timeout=900)
     text = (tmp_path / "snakemake.log").read_text()
     assert rc == 0, text[-4000:]
-    ids = [json.loads((work / "results" / "train" / e / "seed-0" / "job.json").read_text())
-           ["job_id"] for e in ("a", "b")]
     times = {j[0]: j[1:] for j in sacct("-S", start, "-o", "JobID,Start,End,State")}
     (s1, e1, st1), (s2, e2, st2) = times[ids[0]], times[ids[1]]
-    assert st1 == st2 == "COMPLETED"
+    assert st1.startswith("CANCELLED") and st2 == "COMPLETED"
     assert s1 < e2 and s2 < e1, times  # the two runs overlapped in time
     assert "a" in (work / "results" / "evaluate" / "summary.txt").read_text()
+    tries = json.loads(job_files[0].read_text())["tries"]
+    assert [t["job_id"] for t in tries][0] == ids[0] and len(tries) == 2
+    after = json.loads(subprocess.run(
+        [sys.executable, "-m", "meldflow.cli", "status", "--dir", str(work), "--json"],
+        capture_output=True, text=True, check=True).stdout)
+    history = [(j["attempt"], j["job_id"], j["state"]) for j in after["jobs"]
+               if j["rule"] == "train a/seed-0 (submitit)"]
+    assert history == [(1, ids[0], "CANCELLED"), (2, tries[1]["job_id"], "COMPLETED")]
 
 
 def test_the_readme_sweep_trains_every_run_as_a_slurm_job(slurm_cluster, preprocessed,

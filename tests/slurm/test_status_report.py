@@ -101,7 +101,7 @@ def test_running_and_pending_jobs_get_their_rule_from_squeue(tmp_path):
     wildcards, and a cancelled try is linked to its queued resubmission at once."""
     import json
 
-    from meldflow.slurm.live import join_queue, pending_reasons, progress_text
+    from meldflow.slurm.live import join_queue, pending_reasons, progress, progress_text
     from meldflow.slurm.status_report import format_table
 
     def acct(job, state, comment=""):
@@ -143,13 +143,21 @@ def test_running_and_pending_jobs_get_their_rule_from_squeue(tmp_path):
     (run / "submitit" / "31_0_log.err").write_text(
         "step 4/88 (epoch 1) loss 1.9 lr 1e-3 | 1.0 steps/s, 8.0 samples/s | 1m24s left\n"
         "step 12/88 (epoch 1) loss 1.7 lr 1e-3 | 1.0 steps/s, 8.0 samples/s | 1m16s left\n")
-    header = progress_text(rows, tmp_path).splitlines()
-    assert header[0].split() == ["progress", "done", "running", "pending", "failed", "of"]
+    numbers = progress(rows, tmp_path)
+    header = progress_text(numbers).splitlines()
+    assert header[0].split() == ["progress", "done", "running", "pending", "failed", "of",
+                                 "left"]
     by_rule = {line.split()[0]: line.split()[1:] for line in header[1:4]}
-    assert by_rule["frames"] == ["0", "1", "5", "0", "8"]
-    assert by_rule["transcribe"] == ["0", "0", "1", "0", "8"]
-    assert by_rule["ingest"] == ["1", "0", "0", "0", "1"]
+    assert by_rule["frames"] == ["0", "1", "5", "0", "8", "-"]  # none finished: no pace yet
+    assert by_rule["transcribe"] == ["0", "0", "1", "0", "8", "-"]
+    assert by_rule["ingest"] == ["1", "0", "0", "0", "1", "-"]
     assert header[-1] == "train text/seed-0 (job 31): step 12/88, 1m16s left"
+    # the same in numbers, for --json
+    assert numbers["rules"]["frames"] == {"done": 0, "running": 1, "pending": 5, "failed": 0,
+                                          "total": 8, "fraction_done": 0.0, "eta_s": None}
+    assert numbers["rules"]["ingest"]["fraction_done"] == 1.0
+    assert numbers["training"] == [{"run": "text/seed-0", "job_id": "31", "finished": False,
+                                    "step": 12, "steps": 88, "left_s": 76}]
     table = format_table("uuid", rows, progress="\n".join(header))
     assert "→ job 14, PENDING" in table and table.index("progress") < table.index("rule ")
 
@@ -192,3 +200,157 @@ def test_job_logs_are_looked_for_where_the_profile_puts_them(tmp_path, monkeypat
     assert slurm_logdir(tmp_path) == tmp_path / "logs" / "jobs"
     monkeypatch.setattr(status_report, "PROFILES", (status_report.PROFILES[0],))
     assert slurm_logdir(tmp_path / "cluster") == tmp_path / "cluster" / PLUGIN_LOGDIR
+
+
+def fake_slurm(tmp_path, sacct: list[dict], squeue: list[dict]) -> dict:
+    """An environment whose sacct and squeue print these jobs (fields by name)."""
+    from meldflow.slurm.accounting import SACCT_FIELDS, SQUEUE_FIELDS
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, fields, rows in (("sacct", [f.split("%")[0] for f in SACCT_FIELDS], sacct),
+                               ("squeue", list(SQUEUE_FIELDS), squeue)):
+        text = "\n".join("|".join(str(r.get(f, "")) for f in fields) for r in rows)
+        (bin_dir / f"{name}.out").write_text(text + "\n")
+        (bin_dir / name).write_text(f"#!/bin/sh\ncat {bin_dir / name}.out\n")
+        (bin_dir / name).chmod(0o755)
+    return env_with_venv() | {"PATH": f"{bin_dir}:{env_with_venv()['PATH']}"}
+
+
+def run_record(work, run_id, started, jobs=(), ended=True, heartbeat=None):
+    """A run record as meldflow's logger plugin writes it (meldflow.slurm.run_record)."""
+    import json
+
+    from meldflow.slurm.run_record import RUNS_DIR
+
+    folder = work / RUNS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"workflow_id": run_id, "slurm_run_id": run_id, "host": "login1",
+              "started": started, "heartbeat": heartbeat or started, "heartbeat_s": 30.0,
+              "ended": started + 60 if ended else None, "errors": 0, "done": 0, "total": 0,
+              "jobs": {str(i): {"rule": rule, "wildcards": {}, "local": rule == "train",
+                                "tries": [{"submitted": started, "ended": None, "ok": None}]}
+                       for i, rule in enumerate(jobs)}}
+    (folder / f"{int(started)}-{run_id}.json").write_text(json.dumps(record))
+
+
+def job(job_id, comment, state, name="uuid-a", elapsed=30):
+    return {"JobIDRaw": job_id, "JobID": job_id, "JobName": name, "Comment": comment,
+            "State": state, "ExitCode": "0:0", "ElapsedRaw": elapsed, "TotalCPU": "00:10",
+            "AllocCPUS": 2, "ReqMem": "2000M", "Submit": f"2026-12-06T10:00:{job_id[-2:]}",
+            "NodeList": "n1", "Timelimit": "00:30:00"}
+
+
+def status_cli(work, env, *args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "meldflow.cli", "status", "--dir", str(work),
+                           *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_status_shows_the_latest_run_that_submitted_jobs(tmp_path):
+    """Issue 34: after a finished run, the same command again ("Nothing to be done") left
+    `meldflow status` with no shard jobs, and `status --watch` started beside a new
+    Snakemake latched on to the previous, empty run and exited. Status now shows the
+    latest run that submitted jobs and says when a later one submitted none; a watch
+    goes on while a Snakemake runs."""
+    import time
+
+    now = time.time()
+    run_record(tmp_path, "uuid-a", now - 3600, jobs=["transcribe", "frames"])
+    run_record(tmp_path, "uuid-b", now - 600)  # "Nothing to be done"
+    env = fake_slurm(tmp_path, [job("101", "rule_transcribe_wildcards_train_0000",
+                                    "COMPLETED"),
+                                job("102", "rule_frames_wildcards_train_0000", "COMPLETED")],
+                     [])
+    out = status_cli(tmp_path, env)
+    assert out.returncode == 0, out.stderr
+    assert "SLURM run uuid-a" in out.stdout and "2 COMPLETED" in out.stdout
+    assert "the latest Snakemake run (started" in out.stdout
+    assert "submitted no job (nothing to do); shown: the latest run that did" in out.stdout
+    run_record(tmp_path, "uuid-c", now - 5, ended=False, heartbeat=now)  # nothing queued yet
+    out = status_cli(tmp_path, env)
+    assert "is running and has submitted no job yet" in out.stdout
+    watch = subprocess.Popen([sys.executable, "-m", "meldflow.cli", "status", "--dir",
+                              str(tmp_path), "--watch", "0.2"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(3)
+    assert watch.poll() is None  # it waits for the new run, instead of exiting
+    watch.kill()
+    watch.wait()
+
+
+def test_jobs_no_snakemake_watches_are_marked(tmp_path):
+    """Issue 34: after Snakemake was killed, status showed its orphaned jobs as ordinary
+    PENDING and RUNNING. A run whose heartbeat stopped without an end is nobody's: its
+    queued and running jobs are marked, and the note says what to do."""
+    import json
+    import time
+
+    now = time.time()
+    run_record(tmp_path, "uuid-a", now - 900, jobs=["frames", "frames"], ended=False,
+               heartbeat=now - 300)
+    env = fake_slurm(tmp_path, [job("201", "rule_frames_wildcards_train_0000", "COMPLETED"),
+                                job("202", "", "RUNNING")],
+                     [{"JobIDRaw": "202", "JobName": "uuid-a", "State": "RUNNING",
+                       "NodeList": "n2", "Reason": "None", "Gres": "", "Submit": "T",
+                       "Comment": "rule_frames_wildcards_train_0001"}])
+    out = status_cli(tmp_path, env)
+    assert "RUNNING, unwatched" in out.stdout and "COMPLETED, unwatched" not in out.stdout
+    assert "1 queued or running job(s) of this run are watched by no Snakemake" in out.stdout
+    doc = json.loads(status_cli(tmp_path, env, "--json").stdout)
+    assert [(j["job_id"], j["watched"]) for j in doc["jobs"]] == [("201", True),
+                                                                  ("202", False)]
+    assert doc["run"]["alive"] is False and doc["run"]["heartbeat_age_s"] >= 300
+
+
+def test_every_training_try_stays_in_the_history(tmp_path):
+    """Issue 34: a cancelled training job was reported "not tried again" while Snakemake
+    had resubmitted it, and was gone from the history after the run (job.json held only
+    the newest job). Every try is appended to job.json and linked to the one after it."""
+    import json
+    import time
+
+    from meldflow.training.launch import record_job
+
+    now = time.time()
+    run = tmp_path / "results" / "train" / "default" / "seed-0"
+    run.mkdir(parents=True)
+    record_job(run, "301", "slurm", 1, "d1gest")
+    record_job(run, "305", "slurm", 1, "d1gest")
+    tries = json.loads((run / "job.json").read_text())
+    assert tries["job_id"] == "305" and [t["job_id"] for t in tries["tries"]] == ["301", "305"]
+    run_record(tmp_path, "uuid-a", now - 60, jobs=["train"], ended=False, heartbeat=now)
+    env = fake_slurm(tmp_path, [job("301", "", "CANCELLED by 0", name="submitit"),
+                                job("305", "", "RUNNING", name="submitit")], [])
+    out = status_cli(tmp_path, env)
+    lines = [line for line in out.stdout.splitlines() if "default/seed-0" in line]
+    assert any(" 1 " in f" {line} " and "CANCELLED" in line for line in lines), out.stdout
+    assert any(" 2 " in f" {line} " and "RUNNING" in line for line in lines), out.stdout
+    assert "resubmitted as try 2 → job 305, RUNNING" in out.stdout
+
+
+def test_status_json_gives_numbers_under_its_schema(tmp_path):
+    """Issue 34: `status --json`'s progress was pre-formatted text. It is numbers now, per
+    rule (done, running, pending, failed, total, fraction done, seconds left), checked
+    against the schema docs/cluster.md documents."""
+    import json
+    import time
+
+    import jsonschema
+
+    from meldflow.slurm.status_json import STATUS_SCHEMA
+
+    run_record(tmp_path, "uuid-a", time.time() - 600, jobs=["frames"] * 3)
+    ingest = tmp_path / "results" / "ingest"
+    ingest.mkdir(parents=True)
+    (ingest / "train.shards.json").write_text(json.dumps({"num_shards": 4}))
+    env = fake_slurm(tmp_path, [job("401", "rule_frames_wildcards_train_0000", "COMPLETED",
+                                    elapsed=40),
+                                job("402", "rule_frames_wildcards_train_0001", "COMPLETED",
+                                    elapsed=20),
+                                job("403", "rule_frames_wildcards_train_0002", "RUNNING")], [])
+    doc = json.loads(status_cli(tmp_path, env, "--json").stdout)
+    jsonschema.validate(doc, STATUS_SCHEMA)
+    frames = doc["progress"]["rules"]["frames"]
+    assert frames == {"done": 2, "running": 1, "pending": 0, "failed": 0, "total": 4,
+                      "fraction_done": 0.5, "eta_s": 60}  # 2 left at 30 s, one at a time
+    assert doc["progress"]["fraction_done"] == 0.5 and doc["progress"]["eta_s"] == 60

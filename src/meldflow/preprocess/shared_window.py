@@ -75,16 +75,20 @@ class SharedWindow:
             self._silence = self._encode([np.zeros(WINDOW_SECONDS * SAMPLE_RATE, np.float32)])
         return self._silence
 
-    def decode(self, audios: list[np.ndarray], gap_s: float) -> list[Decoded]:
-        """Each clip's words, times relative to the clip, from one encoder pass."""
-        return self.decode_windows([audios], gap_s)
+    def decode(self, audios: list[np.ndarray], gap_s: float,
+               heard: int | None = None) -> list[Decoded]:
+        """Each clip's words, times relative to the clip, from one encoder pass; with
+        ``heard``, only the first ``heard`` clips are decoded (the others are context: the
+        encoder hears them, no decoder reads them)."""
+        return self.decode_windows([audios], gap_s, None if heard is None else [heard])
 
-    def decode_windows(self, windows: list[list[np.ndarray]], gap_s: float) -> list[Decoded]:
-        """:meth:`decode` for the clips of several windows in one call, in order."""
+    def decode_windows(self, windows: list[list[np.ndarray]], gap_s: float,
+                       heard: list[int] | None = None) -> list[Decoded]:
+        """:meth:`decode` for the heard clips of several windows in one call, in order."""
         import ctranslate2
 
         gap = np.zeros(int(gap_s * SAMPLE_RATE), np.float32)
-        packed, bounds = [], []  # bounds: (window, start s, end s) of each clip
+        packed, bounds = [], []  # bounds: (window, start s, end s) of each heard clip
         for k, audios in enumerate(windows):
             pieces, offset = [], 0
             for i, a in enumerate(audios):
@@ -92,7 +96,8 @@ class SharedWindow:
                     pieces.append(gap)
                     offset += len(gap)
                 pieces.append(a.astype(np.float32, copy=False))
-                bounds.append((k, offset / SAMPLE_RATE, (offset + len(a)) / SAMPLE_RATE))
+                if heard is None or i < heard[k]:
+                    bounds.append((k, offset / SAMPLE_RATE, (offset + len(a)) / SAMPLE_RATE))
                 offset += len(a)
             packed.append(np.concatenate(pieces))
         encoded = self._encode(packed)

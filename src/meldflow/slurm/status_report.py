@@ -11,21 +11,31 @@ import json
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from meldflow import MeldflowError
 from meldflow.logs import tail
 from meldflow.slurm.accounting import (
     gpus_in,
-    latest_run_id,
     sacct_records,
     squeue_jobs,
     to_mb,
     to_seconds,
 )
-from meldflow.slurm.live import join_queue, pending_reasons, progress_text
+from meldflow.slurm.live import (
+    choose_run,
+    join_queue,
+    mark_unwatched,
+    pending_reasons,
+    progress,
+    progress_text,
+    training_labels,
+    unwatched_note,
+)
+from meldflow.slurm.run_record import alive, read_runs
 from meldflow.slurm.states import TERMINAL, slurm_state
+from meldflow.slurm.status_json import status_json
 
 
 @dataclass
@@ -49,14 +59,17 @@ class JobRow:
     gpus: int | None = None  # GPUs allocated (AllocTRES gres/gpu)
     time_limit: str = ""
     explanation: str = ""  # for a failed try: what happened, and what was done about it
+    watched: bool = True  # False: queued or running, but no Snakemake watches its run
 
 
 def job_rows(records: list[dict], logdir: Path | None = None, reasons: dict | None = None,
-             tail_lines: int = 5, labels: dict[str, tuple[str, str]] | None = None
-             ) -> list[JobRow]:
+             tail_lines: int = 5, labels: dict[str, tuple[str, str]] | None = None,
+             run_goes_on: bool = False) -> list[JobRow]:
     """Allocation lines merged with their steps, attempts numbered per (rule, wildcards).
 
-    ``labels`` names jobs without a Snakemake comment (the training job).
+    ``labels`` names jobs without a Snakemake comment (the training jobs, every try);
+    ``run_goes_on``: a Snakemake still runs the run, so a failed last try may yet be
+    resubmitted.
     """
     allocs: dict[str, dict] = {}
     rss: dict[str, float] = {}
@@ -111,11 +124,11 @@ def job_rows(records: list[dict], logdir: Path | None = None, reasons: dict | No
         row.attempt = len(tries[(row.rule, row.wildcards)])
     for seq in tries.values():
         for row, after in zip(seq, seq[1:] + [None], strict=True):
-            row.explanation = explain(row, after)
+            row.explanation = explain(row, after, run_goes_on)
     return rows
 
 
-def explain(row: JobRow, after: JobRow | None) -> str:
+def explain(row: JobRow, after: JobRow | None, run_goes_on: bool = False) -> str:
     """A failed try in plain words: what happened, and what was done about it."""
     nxt = f"try {row.attempt + 1}"
     mem = f"{row.req_mem_mb:.0f} MB" if row.req_mem_mb else "its memory request"
@@ -135,6 +148,9 @@ def explain(row: JobRow, after: JobRow | None) -> str:
         return ""
     if row.state == "NODE_FAIL":
         what = f"node {node} failed"
+    if after is None and run_goes_on:
+        return (f"{what}; the run goes on: a resubmission (if retries are left) shows here "
+                f"as {nxt}")
     if after is None:
         return f"{what}; not tried again (retries used up, or the run was stopped)"
     link = f" → job {after.job_id}, {after.state}"  # the resubmission, as soon as queued
@@ -170,11 +186,22 @@ def slurm_logdir(workdir: Path) -> Path:
     return workdir / PLUGIN_LOGDIR
 
 
-def collect(workdir: str | Path, run_id: str | None, tail_lines: int
-            ) -> tuple[str | None, list[JobRow], str]:
-    """(run id, rows, note) for one workflow run and its training jobs: one sacct and one
-    squeue call, joined (``live.join_queue``), so that running and pending jobs have their
-    rule and wildcards and a resubmission is linked as soon as it is queued.
+@dataclass
+class Snapshot:
+    """What `meldflow status` shows at one refresh."""
+
+    run_id: str | None
+    run: dict | None  # the run's record (meldflow.slurm.run_record), if it has one
+    rows: list[JobRow]
+    note: str = ""
+    accounted: bool = True  # False: sacct did not answer, the rows are squeue's alone
+
+
+def collect(workdir: str | Path, run_id: str | None, tail_lines: int) -> Snapshot:
+    """One workflow run (:func:`choose_run`) and its training jobs: one
+    sacct and one squeue call, joined (``live.join_queue``), so that running and pending
+    jobs have their rule and wildcards and a resubmission is linked as soon as it is
+    queued. Jobs still queued or running under a run no Snakemake watches are marked.
 
     Without accounting (slurmdbd down or overloaded), the note says so and the rows are
     what squeue still sees queued or running.
@@ -184,16 +211,10 @@ def collect(workdir: str | Path, run_id: str | None, tail_lines: int
                             "accounting, so run it on the cluster's login node (a local run "
                             "logs to results/logs/ instead)")
     workdir = Path(workdir)
-    run_id = run_id or latest_run_id(workdir)
-    labels, train_ids = {}, []
-    # One submitit job per (experiment, seed) run: results/train/{experiment}/seed-{n}/.
-    for job_file in sorted((workdir / "results" / "train").glob("*/seed-*/job.json")):
-        job = json.loads(job_file.read_text())
-        if job.get("executor") == "slurm" and job.get("job_id"):
-            jid = str(job["job_id"]).split("_")[0]
-            train_ids.append(jid)
-            run = job_file.parent.relative_to(workdir / "results" / "train")
-            labels[jid] = (f"train {run} (submitit)", "")
+    run_id, run, note = choose_run(workdir, run_id)
+    labels = training_labels(workdir, run)
+    train_ids = list(labels)
+    goes_on = run is not None and alive(run)
     try:
         queue = squeue_jobs() if shutil.which("squeue") else {}
         queue_note = ""
@@ -210,16 +231,18 @@ def collect(workdir: str | Path, run_id: str | None, tail_lines: int
             records = [r for r in records if r["JobIDRaw"].split(".")[0] in ours
                        or r["JobIDRaw"].split(".")[0].split("_")[0] in train_ids]
     except (MeldflowError, subprocess.TimeoutExpired) as exc:
-        note = (f"SLURM accounting is unreachable ({str(exc).splitlines()[0][:200]}): "
-                f"finished jobs cannot be shown until slurmdbd answers again; below is what "
-                f"squeue sees still queued or running")
-        note += f" ({queue_note})" if queue_note else ""
+        note = "; ".join(filter(None, [note, (
+            f"SLURM accounting is unreachable ({str(exc).splitlines()[0][:200]}): finished "
+            f"jobs cannot be shown until slurmdbd answers again; below is what squeue sees "
+            f"still queued or running") + (f" ({queue_note})" if queue_note else "")]))
         rows = job_rows(join_queue([], queue, run_id, train_ids), None,
-                        pending_reasons(queue), tail_lines, labels)
-        return run_id, rows, note
+                        pending_reasons(queue), tail_lines, labels, goes_on)
+        return Snapshot(run_id, run, mark_unwatched(rows, run), note, accounted=False)
     records = join_queue(records, queue, run_id, train_ids)
-    return run_id, job_rows(records, slurm_logdir(workdir), pending_reasons(queue),
-                            tail_lines, labels), queue_note and f"live state unknown: {queue_note}"
+    rows = job_rows(records, slurm_logdir(workdir), pending_reasons(queue), tail_lines,
+                    labels, goes_on)
+    note = "; ".join(filter(None, [note, queue_note and f"live state unknown: {queue_note}"]))
+    return Snapshot(run_id, run, mark_unwatched(rows, run), note, accounted=not queue_note)
 
 
 def off_cluster_trainings(workdir: str | Path = ".") -> list[str]:
@@ -259,7 +282,8 @@ def format_table(run_id: str | None, rows: list[JobRow], note: str = "",
             "mem MB used/req"] + (["gpus"] if gpus else [])
     table = [head]
     for r in rows:
-        state = r.state + (f" ({r.reason})" if r.reason else "")
+        state = r.state + (f" ({r.reason})" if r.reason else "") + (
+            ", unwatched" if not r.watched else "")
         table.append([r.rule, r.wildcards or "-", str(r.attempt or "-"), r.job_id,
                       r.node or "-", state, r.exit_code or "-",
                       time.strftime("%H:%M:%S", time.gmtime(r.elapsed_s)),
@@ -289,20 +313,24 @@ def format_table(run_id: str | None, rows: list[JobRow], note: str = "",
 
 def status(workdir: str | Path, run_id: str | None, as_json: bool, watch: float,
            tail_lines: int) -> int:
-    """Print the run's jobs (refreshing every ``watch`` s until all are done); exit code."""
+    """Print the run's jobs (refreshing every ``watch`` s until all are done and no
+    Snakemake runs); exit code. The run is chosen again at each refresh, so a watch started
+    beside a new Snakemake follows it once it submits."""
     while True:
-        rid, rows, note = collect(workdir, run_id, tail_lines)
+        snap = collect(workdir, run_id, tail_lines)
+        note = "; ".join(filter(None, [snap.note, unwatched_note(snap.run, snap.rows)]))
         local = off_cluster_trainings(workdir)
-        progress = progress_text(rows, Path(workdir))
+        numbers = progress(snap.rows, Path(workdir))
         if as_json:
-            print(json.dumps({"run_id": rid, "note": note, "progress": progress,
-                              "jobs": [asdict(r) for r in rows],
-                              "off_cluster_trainings": local}, indent=1))
+            print(json.dumps(status_json(snap.run_id, snap.run, snap.rows, note, numbers,
+                                         local), indent=1))
         else:
             if watch:
                 print("\033[2J\033[H", end="")
-            print(format_table(rid, rows, note, local, progress))
-        done = not note and all(r.state in TERMINAL for r in rows)
+            print(format_table(snap.run_id, snap.rows, note, local, progress_text(numbers)))
+        runs = read_runs(workdir)
+        done = (snap.accounted and not (runs and alive(runs[-1]))
+                and all(r.state in TERMINAL for r in snap.rows))
         if not watch or done:
             return 0
         try:

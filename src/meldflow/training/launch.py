@@ -225,11 +225,26 @@ def run_log(out: Path):
         handler.close()
 
 
+def record_job(out: Path, job_id: str, executor: str, tasks: int, digest: str) -> None:
+    """``{out}/job.json``: the job now training the run (a restarted workflow reattaches
+    to it) and, appended, every job submitted for the run, so a cancelled or failed try
+    stays in ``meldflow status``'s history beside the one that followed it."""
+    from meldflow.storage import write_text
+
+    path = out / "job.json"
+    try:
+        tries = json.loads(path.read_text()).get("tries", []) if path.is_file() else []
+    except ValueError:
+        tries = []
+    now = {"job_id": job_id, "executor": executor, "submitted": time.time()}
+    write_text(json.dumps({"job_id": job_id, "executor": executor, "tasks": tasks,
+                           "host": socket.gethostname(), "identity": digest,
+                           "tries": [*tries, now]}), path)
+
+
 def _submit_or_restore(cfg: TrainConfig, how: LaunchConfig, out: Path, executor: str,
                        identity: dict, wait: bool):
     import submitit
-
-    from meldflow.storage import write_text
 
     finished = finished_metrics(out)
     if finished is not None:
@@ -240,9 +255,7 @@ def _submit_or_restore(cfg: TrainConfig, how: LaunchConfig, out: Path, executor:
         ex = submitit.AutoExecutor(folder=out / "submitit", cluster=executor)
         ex.update_parameters(**how.submitit_parameters())
         job = ex.submit(TrainJob(cfg, identity))
-        write_text(json.dumps({"job_id": job.job_id, "executor": executor,
-                               "tasks": how.tasks, "host": socket.gethostname(),
-                               "identity": identity["digest"]}), out / "job.json")
+        record_job(out, job.job_id, executor, how.tasks, identity["digest"])
         log.info("submitted training job %s (%s, %d task(s)), run %s", job.job_id, executor,
                  how.world_size(), identity["digest"][:12])
     else:
