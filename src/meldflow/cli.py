@@ -187,11 +187,9 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="ingest table (.parquet)")
     p.add_argument("--unused", help="clips no row uses (.tsv; default: beside --out)")
     p.add_argument("--info", help="shard plan and warnings (.json; default: beside --out)")
-    p.add_argument("--stale-from", nargs="+", metavar="DIR",
-                   help="folders of the steps' shards: those the new plan does not make "
-                        "(another shard_size, other rows) are moved to --stale-to")
-    p.add_argument("--stale-to", default="results/stale",
-                   help="where shards of an older layout go (default results/stale)")
+    p.add_argument("--stale-from", nargs="+", metavar="DIR", help="the steps' shard folders: "
+                   "shards the new plan does not make move to --stale-to (results/stale)")
+    p.add_argument("--stale-to", default="results/stale")
 
 
 def _frames_args(p: argparse.ArgumentParser) -> None:
@@ -219,8 +217,7 @@ def _manifest_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--without-clips", action="store_true",
                      help="the split was preprocessed without its clips: rows from ingest")
     p.add_argument("--out", required=True)
-    p.add_argument("--index", help="where to list the aligned shards (their folder's "
-                                   "shards.json), which readers of the folder go by")
+    p.add_argument("--index", help="the aligned shards' list (shards.json in their folder)")
 
 
 def _summary_args(p: argparse.ArgumentParser) -> None:

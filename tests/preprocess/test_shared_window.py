@@ -183,3 +183,22 @@ def test_a_clips_words_depend_on_its_dialogue_not_on_the_shard(hf_home, tmp_path
             assert span > t.pack_seconds - t.GAP_SECONDS - max(map(len, w)) / SAMPLE_RATE
     assert by_layout[1] == by_layout[4] == by_layout[100]
     assert all(text for text, _ in by_layout[100].values())
+
+
+def test_a_dialogues_windows_are_filled_up_with_the_dialogue():
+    """Each clip is heard from one window, filled in turn; a window is then filled up with
+    the lines that follow and the dialogue again, as context (heard by no decoder)."""
+    from meldflow.preprocess.shared_window import dialogue_windows
+
+    # ten 4 s lines, a second apart: five fill 28 s; the last window takes no context
+    assert dialogue_windows([4.0] * 10, 28.0, 1.0) == [([0, 1, 2, 3, 4], 5),
+                                                       ([5, 6, 7, 8, 9], 5)]
+    # seven: the second window hears two lines, then the dialogue from its start
+    assert dialogue_windows([4.0] * 7, 28.0, 1.0) == [([0, 1, 2, 3, 4], 5),
+                                                      ([5, 6, 0, 1, 2], 2)]
+    # one 2 s line: heard once, then itself until the window is full (9 x 2 s + 8 gaps)
+    assert dialogue_windows([2.0], 28.0, 1.0) == [([0] * 9, 1)]
+    # a line longer than a window is heard alone, and filling stops at a line that does
+    # not fit; with pack_seconds 0, one clip per call
+    assert dialogue_windows([29.0, 1.0], 28.0, 1.0) == [([0], 1), ([1], 1)]
+    assert dialogue_windows([3.0, 3.0], 0.0, 1.0) == [([0], 1), ([1], 1)]

@@ -314,6 +314,7 @@ def test_the_clip_reader_decodes_a_bounded_number_of_clips_ahead(hf_home, monkey
     927 MB at 353): the reader thread decoded every clip of the shard ahead of the
     decoders and held its audio. It now stays a fixed number of clips ahead."""
     import meldflow.preprocess.transcribe as transcribe
+    from meldflow.preprocess.audio import READ_AHEAD_CLIPS
     from meldflow.preprocess.ingest import ingest_split
 
     fetched = []
@@ -340,5 +341,5 @@ def test_the_clip_reader_decodes_a_bounded_number_of_clips_ahead(hf_home, monkey
     assert table.num_rows == rows.num_rows and len(fetched) == rows.num_rows
     # at most the read-ahead, the packs in flight (two per decoder), the one being handed
     # over and the clip just read (each pack here is one clip: a clip a dialogue)
-    bound = transcribe.READ_AHEAD_CLIPS + 2 * t.workers + 2
+    bound = READ_AHEAD_CLIPS + 2 * t.workers + 2
     assert bound < rows.num_rows / 2 and ahead[0] <= bound, ahead

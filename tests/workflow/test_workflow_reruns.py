@@ -44,23 +44,23 @@ def test_a_new_shard_size_leaves_one_layout_in_each_folder(preprocessed, tmp_pat
     old layout's shards beside the new ones, and the README's recipe and `meldflow train
     --aligned-dir` read both (108 rows for 66 utterances, "step 1/14" instead of "1/9").
     The old layout's shards are now moved to results/stale/, and readers go by the folder's
-    list of its shards."""
+    list of its shards. (Here dev's 20 rows go from one shard to four.)"""
     from meldflow.preprocess.align import read_shard_index
     from meldflow.training.dataset import Source
 
     work = copy_preprocessed(preprocessed, tmp_path / "work")
-    before = sorted(p.name for p in (work / "results" / "aligned" / "train").iterdir())
-    assert before == ["shard-0000.parquet", "shard-0001.parquet", "shard-0002.parquet",
-                      "shards.json"]
-    run_snakemake(work, "preprocess", "--config", "shard_size=100")
+    before = sorted(p.name for p in (work / "results" / "aligned" / "dev").iterdir())
+    assert before == ["shard-0000.parquet", "shards.json"]
+    run_snakemake(work, "preprocess", "--config", "shard_size=8", "splits=[dev]")
     for step in ("transcripts", "frames", "aligned"):
-        left = sorted(p.name for p in (work / "results" / step / "train").iterdir())
-        assert left == ["shard-0000.parquet"] + (["shards.json"] if step == "aligned" else [])
-        (moved,) = (work / "results" / "stale").glob(f"*/{step}/train")
-        assert sorted(p.name for p in moved.iterdir()) == before[:3]
-    shards = read_shard_index(work / "results" / "aligned" / "train")
-    assert len(Source(shards, None, "text").labels()) == 66
-    assert len(readme_recipe(work)["train"]) == 66
+        left = sorted(p.name for p in (work / "results" / step / "dev").iterdir())
+        assert left == [f"shard-000{k}.parquet" for k in range(4)] + (
+            ["shards.json"] if step == "aligned" else [])
+        (moved,) = (work / "results" / "stale").glob(f"*/{step}/dev")
+        assert [p.name for p in moved.iterdir()] == ["shard-0000.parquet"]  # other rows
+    shards = read_shard_index(work / "results" / "aligned" / "dev")
+    assert len(shards) == 4 and len(Source(shards, None, "text").labels()) == 20
+    assert len(readme_recipe(work)["train"]) == 66  # train's layout is untouched
 
 
 def test_a_forced_rerun_that_changes_nothing_submits_no_training_job(trained, tmp_path):
@@ -78,7 +78,7 @@ def test_a_forced_rerun_that_changes_nothing_submits_no_training_job(trained, tm
     train_log = run / "train.log"
     before = train_log.read_text()
     assert "submitted training job" in before
-    out = run_snakemake(work, "--forcerun", "frames").stderr
+    out = run_snakemake(work, "--forcerun", "results/frames/dev/shard-0000.parquet").stderr
     assert re.search(r"^localrule train:", out, re.M), out[-3000:]  # rerun by Snakemake...
     assert (run / "job.json").read_text() == job  # ...without submitting a job
     assert sorted(p.name for p in (run / "submitit").iterdir()) == submitit_logs

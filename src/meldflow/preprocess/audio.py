@@ -7,6 +7,9 @@ length is compared with what the clip should hold (``meldflow.preprocess.probe``
 
 from __future__ import annotations
 
+import itertools
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import av
@@ -15,6 +18,9 @@ import numpy as np
 from meldflow.preprocess.probe import audio_short, check_clip_file, expected_audio_seconds
 
 SAMPLE_RATE = 16000
+# How many clips a reader decodes ahead of their consumers: enough to keep them busy, few
+# enough that a job's memory does not grow with its shard.
+READ_AHEAD_CLIPS = 16
 
 
 @dataclass
@@ -109,3 +115,13 @@ def decode_audio(path: str, max_seconds: float, start_s: float | None = None,
     samples = pcm[:limit].astype(np.float32) / 32768.0
     return Audio(samples, errors, expected_audio_seconds(total, start_s, end_s, max_seconds),
                  note)
+
+
+def read_ahead(pool: ThreadPoolExecutor, fn, items, depth: int = READ_AHEAD_CLIPS):
+    """``fn(item)`` for each item, in order, computed in ``pool`` at most ``depth`` ahead."""
+    items = iter(items)
+    pending = deque(pool.submit(fn, item) for item in itertools.islice(items, depth))
+    while pending:
+        done = pending.popleft()
+        pending.extend(pool.submit(fn, item) for item in itertools.islice(items, 1))
+        yield done.result()

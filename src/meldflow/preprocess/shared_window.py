@@ -178,3 +178,36 @@ class SharedWindow:
             elif t < tok.eot:
                 segment.append(t)
         return kept + segment
+
+
+def dialogue_windows(seconds: list[float], pack_seconds: float,
+                     gap_seconds: float) -> list[tuple[list[int], int]]:
+    """The windows of one dialogue's clips (their lengths, in utterance order): for each,
+    the clips it holds and how many of the first are heard from it.
+
+    Each clip is heard from one window, filled in turn up to ``pack_seconds``, clips
+    ``gap_seconds`` apart; then the window is filled up, as context that the encoder
+    hears and no decoder reads, with the clips that follow in the dialogue and the
+    dialogue again from its start. Whisper hears a clip better in a window full of speech
+    than in one of padding (benchmarks/bench_asr_levers.py on 300 MELD-like clips: WER
+    0.173 in the windows as filled, 0.164 filled up), and the context is the clip's own
+    dialogue, so its words depend on nothing else.
+    """
+    def fits(window: list[int], clip: int) -> bool:
+        span = sum(seconds[j] + gap_seconds for j in window) + seconds[clip]
+        return not window or span <= pack_seconds
+
+    runs: list[list[int]] = []
+    for i in range(len(seconds)):
+        if runs and fits(runs[-1], i):
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    out = []
+    for run in runs:
+        window, k = list(run), run[-1] + 1
+        while fits(window, k % len(seconds)):  # each clip adds a gap: a few dozen at most
+            window.append(k % len(seconds))
+            k += 1
+        out.append((window, len(run)))
+    return out

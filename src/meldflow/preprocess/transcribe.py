@@ -7,7 +7,6 @@ Owns ``results/transcripts/{split}/shard-NNNN.parquet``. Import this module only
 from __future__ import annotations
 
 import bisect
-import itertools
 import logging
 import os
 from collections import deque
@@ -22,15 +21,15 @@ from tqdm import tqdm
 
 from meldflow import MeldflowError
 from meldflow.model_cache.whisper import choose_device, model_dir
-from meldflow.preprocess.audio import SAMPLE_RATE, Audio, decode_audio
+from meldflow.preprocess import speech
+from meldflow.preprocess.audio import SAMPLE_RATE, Audio, decode_audio, read_ahead
 from meldflow.preprocess.ingest import shard_of
 from meldflow.preprocess.probe import ClipError
-from meldflow.preprocess.shared_window import ALIGN_CONTEXT_FRAMES, MARGIN_FRAMES, SharedWindow
-from meldflow.preprocess.speech import (
-    PEAK_LEVEL,
-    SPEECH_THRESHOLD,
-    no_speech_reason,
-    speech_probability,
+from meldflow.preprocess.shared_window import (
+    ALIGN_CONTEXT_FRAMES,
+    MARGIN_FRAMES,
+    SharedWindow,
+    dialogue_windows,
 )
 from meldflow.preprocess.wer import word_error_rate
 from meldflow.settings import WINDOW_SECONDS, Settings, recorded_settings
@@ -65,10 +64,11 @@ ALONE_OPTIONS = {"temperature": 0.0, "no_repeat_ngram_size": 3}
 class Transcriber:
     """One loaded Whisper model and the decoding options used for every clip.
 
-    Whisper encodes fixed 30 s windows, so a 3 s clip pays for 27 s of padding. Clips are
-    therefore packed, with a second of silence between them, into windows of up to
-    ``pack_seconds``: one encoder pass serves several clips, each decoded on its own from
-    it. ``pack_seconds=0`` transcribes one clip per call.
+    Whisper encodes fixed 30 s windows, so a 3 s clip pays for 27 s of padding. The clips
+    of one dialogue are therefore packed, with a second of silence between them, into
+    windows of up to ``pack_seconds`` (:meth:`dialogue_windows`): one encoder pass serves
+    several clips, each decoded on its own from it. ``pack_seconds=0`` transcribes one clip
+    per call.
 
     On the CPU, ``cpu_threads`` packs are transcribed at once with one thread each: a
     small model's beam search is a chain of tiny matrix products that two threads split
@@ -113,29 +113,9 @@ class Transcriber:
         return total <= self.pack_seconds * SAMPLE_RATE
 
     def dialogue_windows(self, audios: list[np.ndarray]) -> list[tuple[list[int], int]]:
-        """One dialogue's clips (in utterance order) in windows: for each, the clips it
-        holds and how many of the first are heard from it. Each clip is heard from one
-        window, filled in turn; then the window is filled up, as context the encoder hears
-        and no decoder reads, with the clips that follow in the dialogue and the dialogue
-        again from its start. Whisper hears a clip better in a window full of speech than
-        in one of padding (on 300 MELD-like clips, WER 0.173 in the windows as filled,
-        0.164 full of their dialogue, 0.156 full of other dialogues); the context is its
-        own dialogue's, so a clip's words still depend on nothing else."""
-        runs: list[list[int]] = []
-        for i, a in enumerate(audios):
-            if runs and self.fits([audios[j] for j in runs[-1]], a, self.GAP_SECONDS):
-                runs[-1].append(i)
-            else:
-                runs.append([i])
-        out = []
-        for run in runs:
-            window, k = list(run), run[-1] + 1
-            while self.fits([audios[j] for j in window], audios[k % len(audios)],
-                            self.GAP_SECONDS):  # each clip adds a gap: a few dozen at most
-                window.append(k % len(audios))
-                k += 1
-            out.append((window, len(run)))
-        return out
+        """One dialogue's clips in windows (shared_window.dialogue_windows)."""
+        return dialogue_windows([len(a) / SAMPLE_RATE for a in audios], self.pack_seconds,
+                                self.GAP_SECONDS)
 
     def transcribe_group(self, audios: list[np.ndarray], heard: int | None = None
                          ) -> list[tuple[str, list[dict]]]:
@@ -235,11 +215,6 @@ class Transcriber:
 MIN_CLIPS_FOR_EMPTY_CHECK = 3
 
 
-# How many clips the reader decodes ahead of the decoders: enough to keep them busy, few
-# enough that a job's memory does not grow with its shard.
-READ_AHEAD_CLIPS = 16
-
-
 def fetch_audio(rec: dict, max_clip_seconds: float) -> AsrResult | Audio:
     """A row's decoded audio and whether it holds speech, or the result that says why there
     is none to transcribe."""
@@ -255,18 +230,8 @@ def fetch_audio(rec: dict, max_clip_seconds: float) -> AsrResult | Audio:
         return AsrResult(status="no_audio", reason=str(exc))
     except (av.error.FFmpegError, OSError, IndexError, ValueError) as exc:
         return AsrResult(status="unreadable_video", reason=f"audio decode failed: {exc}")
-    audio.speech = speech_probability(audio.samples)
+    audio.speech = speech.speech_probability(audio.samples)
     return audio
-
-
-def read_ahead(pool: ThreadPoolExecutor, fn, items, depth: int):
-    """``fn(item)`` for each item, in order, computed in ``pool`` at most ``depth`` ahead."""
-    items = iter(items)
-    pending = deque(pool.submit(fn, item) for item in itertools.islice(items, depth))
-    while pending:
-        done = pending.popleft()
-        pending.extend(pool.submit(fn, item) for item in itertools.islice(items, 1))
-        yield done.result()
 
 
 def heard(audio: Audio, gold: str, text: str, words: list[dict]) -> AsrResult:
@@ -274,10 +239,10 @@ def heard(audio: Audio, gold: str, text: str, words: list[dict]) -> AsrResult:
     speech has no words; words without a letter or digit (noise heard as ". . .") are
     none."""
     flags, reasons = audio.flags()
-    if audio.speech < SPEECH_THRESHOLD:
+    if audio.speech < speech.SPEECH_THRESHOLD:
         text, words = "", []
         flags.append("no_speech")
-        reasons.append(no_speech_reason(audio.speech))
+        reasons.append(speech.no_speech_reason(audio.speech))
     elif not any(c.isalnum() for w in words for c in w["word"]):
         text, words = "", []
         flags.append("empty_transcript")
@@ -356,9 +321,9 @@ def transcribe_rows(rows: pa.Table, transcriber: Transcriber) -> pa.Table:
             ThreadPoolExecutor(max_workers=transcriber.workers) as asr:
         packs = _Packs(transcriber, asr, recs, results, bar)
         audios = read_ahead(reader, lambda i: fetch_audio(recs[i], settings.max_clip_seconds),
-                            order, READ_AHEAD_CLIPS)
+                            order)
         for i, got in zip(order, audios, strict=True):
-            if isinstance(got, AsrResult) or got.speech < SPEECH_THRESHOLD:
+            if isinstance(got, AsrResult) or got.speech < speech.SPEECH_THRESHOLD:
                 results[i] = got if isinstance(got, AsrResult) else heard(
                     got, recs[i]["utterance"], "", [])
                 bar.update(1)
@@ -420,7 +385,7 @@ def run_transcribe(rows: pa.Table, out: str | Path, settings: Settings,
         "decoding": "each clip alone from a shared window's encoding",
         "windows": "the clips of one dialogue in utterance order, then as context the "
                    "clips that follow and the dialogue again",
-        "speech_threshold": SPEECH_THRESHOLD, "speech_peak_level": PEAK_LEVEL,
+        "speech_threshold": speech.SPEECH_THRESHOLD, "speech_peak_level": speech.PEAK_LEVEL,
         "margin_frames": list(MARGIN_FRAMES), "align_context_frames": ALIGN_CONTEXT_FRAMES,
         "alone": ALONE_OPTIONS}, ROWS_METADATA: shard_of(rows)})
     return table
