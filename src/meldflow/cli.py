@@ -281,10 +281,10 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 def _status_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", default=".", help="the workflow's working folder (default: .)")
-    p.add_argument("--run", help="SLURM run ID (default: the newest in .snakemake/log/)")
-    p.add_argument("--watch", type=float, default=0, metavar="SECONDS",
-                   help="refresh every SECONDS until every job has ended")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--run", help="SLURM run ID (default: the latest run that submitted jobs)")
+    p.add_argument("--watch", type=float, default=0, metavar="SECONDS", help="refresh every "
+                   "SECONDS until every job has ended and no Snakemake runs")
+    p.add_argument("--json", action="store_true", help="numbers (schema: docs/cluster.md)")
     p.add_argument("--lines", type=int, default=5, help="log lines shown per failed job")
 
 

@@ -69,7 +69,7 @@ def assert_status_shows_the_tries(work, cancelled: str, cancelled_comment: str,
     assert first["attempt"] == 1 and first["rule"] == "transcribe"
     assert " → job " in first["explanation"], first
     assert sum(j["attempt"] > 1 for j in live["jobs"]) <= 2  # the resubmission (+ a timeout)
-    assert "transcribe" in live["progress"] and "running" in live["progress"]
+    assert live["progress"]["rules"]["transcribe"]["total"] >= 1  # numbers, not text
 
 
 def test_cancelled_and_timed_out_shard_jobs_are_resubmitted(slurm_cluster, preprocessed,
