@@ -200,20 +200,22 @@ def wait_node_up(node, timeout=60):
     raise AssertionError(f"node {node} did not come back")
 
 
-def tries_of(start):
-    """{comment: [(job id, state, ReqMem, NodeList, Start, End)]} of the shard jobs; a job
-    whose step the kernel killed for memory counts as OUT_OF_MEMORY (the job itself may
-    only say FAILED)."""
+def tries_of(start, work):
+    """{comment: [(job id, state, ReqMem, NodeList, Start, End)]} of the shard jobs run in
+    ``work``; a job whose step the kernel killed for memory counts as OUT_OF_MEMORY (the job
+    itself may only say FAILED). The folder keeps out jobs of another test or an earlier run
+    that sacct's window also holds (one still running, or lost, ends inside it)."""
     out = subprocess.run(["sacct", "-P", "-n", "-S", start, "-o",
-                          "JobIDRaw,Comment%200,State%40,ReqMem,NodeList%40,Start,End"],
+                          "JobIDRaw,Comment%200,State%40,ReqMem,NodeList%40,Start,End,"
+                          "WorkDir%400"],
                          capture_output=True, text=True, check=True).stdout
     jobs, oom = {}, set()
     for rec in (line.split("|") for line in out.splitlines() if line):
         if "." in rec[0]:
             if rec[2].startswith("OUT_OF_MEMORY"):
                 oom.add(rec[0].split(".")[0])
-        elif rec[1].startswith("rule_"):
-            jobs[rec[0]] = rec
+        elif rec[1].startswith("rule_") and Path(rec[-1]) == Path(work):
+            jobs[rec[0]] = rec[:-1]
     tries = {}
     for job, rec in jobs.items():
         state = "OUT_OF_MEMORY" if job in oom else rec[2].split()[0]

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -108,8 +109,9 @@ def test_cancelled_and_timed_out_shard_jobs_are_resubmitted(slurm_cluster, prepr
     assert (tmp_path / "slow-once").is_dir()  # the slow call happened
     assert list((work / "results" / "logs" / "slurm").glob("efficiency_report_*.csv"))
     attempts = {}
-    for job_id, comment, state in sacct("-S", start, "-o", "JobIDRaw,Comment%200,State%40"):
-        if comment.startswith("rule_"):
+    for job_id, comment, state, folder in sacct("-S", start, "-o",
+                                                "JobIDRaw,Comment%200,State%40,WorkDir%400"):
+        if comment.startswith("rule_") and Path(folder) == work:
             attempts.setdefault(comment, []).append((int(job_id), state))
     states = {c: [s for _, s in sorted(v)] for c, v in attempts.items()}
     cancelled_comment = next(c for c, v in attempts.items()
@@ -161,14 +163,14 @@ def test_out_of_memory_and_node_failure_are_redone(slurm_cluster, preprocessed, 
             wait_node_up(downed)
     text = (tmp_path / "snakemake.log").read_text()
     assert rc == 0, text[-4000:]
-    tries = tries_of(start)
+    tries = tries_of(start, work)
     oom = [v for v in tries.values() if v[0][1] == "OUT_OF_MEMORY"]
     assert len(oom) == 1, tries
     assert [t[1] for t in oom[0]] == ["OUT_OF_MEMORY", "COMPLETED"]
     assert monitor_mb(oom[0][1][2]) == 2 * monitor_mb(oom[0][0][2])  # 2 GB, then 4 GB
     failed = [v for v in tries.values() if v[0][1] == "NODE_FAIL"]
     assert len(failed) == 1, tries
-    assert failed[0][0][3] == downed and failed[0][-1][1] == "COMPLETED"
+    assert failed[0][0][3] == downed and failed[0][-1][1] == "COMPLETED", (downed, tries)
     assert failed[0][-1][3] != downed  # redone on the other node
     later = [t for v in tries.values() for t in v if t[0] > failed[0][0][0]]
     assert later and all(t[3] != downed for t in later)  # the dead node was not chosen again
@@ -229,7 +231,7 @@ def test_accounting_outage_and_controller_restart_are_survived(slurm_cluster, pr
 
     assert re.search(rf"\b{marker.read_text().strip()}\s+n\d\s+RUNNING\b", status.stdout), \
         status.stdout
-    tries = tries_of(start)
+    tries = tries_of(start, work)
     assert len(tries) >= 7 and all([t[1] for t in v] == ["COMPLETED"] for v in tries.values()), \
         tries
     assert_same_shards(work, preprocessed)
@@ -276,7 +278,7 @@ def test_killed_snakemake_rerun_never_runs_a_job_twice(slurm_cluster, preprocess
     text = (tmp_path / "second.log").read_text()
     assert rc == 0, text[-4000:]
     assert "of an earlier run of this workflow are still running" in text and slow_job in text
-    tries = tries_of(start)
+    tries = tries_of(start, work)
     for comment, seq in tries.items():  # no two tries of one output overlap in time
         for a, b in zip(seq, seq[1:], strict=False):
             assert a[5] <= b[4], (comment, seq)

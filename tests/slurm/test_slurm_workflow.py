@@ -144,7 +144,9 @@ def test_experiments_train_at_once_on_slurm(slurm_cluster, preprocessed, tmp_pat
     times = {j[0]: j[1:] for j in sacct("-S", start, "-o", "JobID,Start,End,State")}
     (s1, e1, st1), (s2, e2, st2) = times[ids[0]], times[ids[1]]
     assert st1.startswith("CANCELLED") and st2 == "COMPLETED"
-    assert s1 < e2 and s2 < e1, times  # the two runs overlapped in time
+    # Both ran at once (squeue said so above); sacct's whole seconds agree, though the
+    # cancelled try may end in the second it started.
+    assert max(s1, s2) <= min(e1, e2), times
     assert "a" in (work / "results" / "evaluate" / "summary.txt").read_text()
     tries = json.loads(job_files[0].read_text())["tries"]
     assert [t["job_id"] for t in tries][0] == ids[0] and len(tries) == 2
