@@ -343,3 +343,4 @@ def test_the_clip_reader_decodes_a_bounded_number_of_clips_ahead(hf_home, monkey
     # over and the clip just read (each pack here is one clip: a clip a dialogue)
     bound = READ_AHEAD_CLIPS + 2 * t.workers + 2
     assert bound < rows.num_rows / 2 and ahead[0] <= bound, ahead
+
