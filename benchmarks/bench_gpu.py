@@ -60,7 +60,7 @@ def build(args, levers: bool = True):
     florence = Florence2ForConditionalGeneration(base_config(
         args.attn if levers else "eager", dropout=not args.loss_check))
     if args.grad_checkpointing:
-        florence.gradient_checkpointing_enable()
+        florence.activation_checkpointing_enable()
     model = EmotionClassifier(florence).to(device).train()
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5,
                               fused=bool(levers and args.fused) or None)

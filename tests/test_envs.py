@@ -1,4 +1,5 @@
-"""The conda environments in envs/ must pin exactly what pyproject.toml pins."""
+"""The conda environments in envs/ must pin exactly what pyproject.toml pins, and no pin falls
+below a security floor (envs/security-floors.toml)."""
 
 import re
 import tomllib
@@ -37,3 +38,37 @@ def test_every_rule_names_an_env():
     assert len(job_rules) >= 7
     for name, body in job_rules:
         assert "conda:" in body and "log:" in body and "benchmark:" in body, name
+
+
+def floors():
+    return tomllib.loads((REPO / "envs" / "security-floors.toml").read_text())["advisory"]
+
+
+def test_every_advisory_names_a_package_we_pin_and_a_release():
+    from packaging.version import Version
+
+    project = pins(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    assert floors()
+    for advisory in floors():
+        assert advisory["id"] and advisory["summary"] and advisory["package"] in project
+        Version(advisory["fixed"])
+
+
+def test_no_pin_and_no_installed_release_is_below_a_security_floor():
+    """transformers 4.57.6 (the pin before issue 35) is below CVE-2026-4372's 5.3.0."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    project = pins(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    envs = {p.name: pins(next(d["pip"] for d in yaml.safe_load(p.read_text())["dependencies"]
+                              if isinstance(d, dict)))
+            for p in sorted((REPO / "envs").glob("*.yaml"))}
+    below = []
+    for advisory in floors():
+        name, fixed = advisory["package"], Version(advisory["fixed"])
+        found = {"pyproject.toml": project.get(name), "installed": version(name)}
+        found |= {env: env_pins[name] for env, env_pins in envs.items() if name in env_pins}
+        below += [f"{where}: {name} {v} < {fixed} ({advisory['id']})"
+                  for where, v in found.items() if Version(v) < fixed]
+    assert not below, below

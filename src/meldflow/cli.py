@@ -43,6 +43,9 @@ def cmd_frames(a: argparse.Namespace, s: Settings) -> None:
 
 
 def cmd_transcribe(a: argparse.Namespace, s: Settings) -> None:
+    from meldflow.malloc import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before the libraries below start their threads
     from meldflow.model_cache.snapshots import use_offline_cache
 
     use_offline_cache(s.hf_home)  # before faster-whisper is imported

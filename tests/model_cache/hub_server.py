@@ -1,5 +1,6 @@
 """A Hugging Face Hub stand-in on 127.0.0.1, speaking the endpoints `huggingface_hub`'s
-`snapshot_download` uses (reached through ``HF_ENDPOINT``): repo info at a revision, and
+`snapshot_download` uses (reached through ``HF_ENDPOINT``): repo info and the file tree at a
+revision, and
 HEAD/GET of ``/{repo}/resolve/{revision}/{file}`` with the commit, ETag (git blob SHA-1,
 or the SHA-256 of an LFS file) and size headers, byte ranges for resumed downloads, and the
 Hub's error codes for a missing repository or revision and a gated one. Faults: a file can
@@ -90,14 +91,14 @@ class Hub:
             info = {"id": m[1], "modelId": m[1], "sha": commit, "private": False,
                     "gated": "manual" if repo.gated else False, "disabled": False,
                     "tags": [], "siblings": [{"rfilename": f} for f in repo.commits[commit]]}
-            data = json.dumps(info).encode()
-            h.send_response(200)
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Content-Length", str(len(data)))
-            h.end_headers()
-            if body:
-                h.wfile.write(data)
-            return
+            return self._json(h, info, body)
+        m = re.fullmatch(r"/api/models/(.+)/tree/([^/]+)", path)
+        if m:  # the file listing huggingface_hub 1.x and later download from
+            repo, commit = self._find(h, m[1], m[2])
+            if repo is None:
+                return
+            return self._json(h, [self._tree_entry(name, content) for name, content
+                                  in sorted(repo.commits[commit].items())], body)
         m = re.fullmatch(r"/(.+)/resolve/([^/]+)/(.+)", path)
         if not m:
             return self._error(h, 404, "EntryNotFound", f"no route {path}")
@@ -111,6 +112,25 @@ class Hub:
         if content is None:
             return self._error(h, 404, "EntryNotFound", f"{m[3]} does not exist")
         self._send_file(h, m[3], commit, content, body)
+
+    @staticmethod
+    def _json(h, doc, body: bool) -> None:
+        data = json.dumps(doc).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        if body:
+            h.wfile.write(data)
+
+    @staticmethod
+    def _tree_entry(name: str, content: bytes) -> dict:
+        blob = hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+        entry = {"type": "file", "path": name, "size": len(content), "oid": blob}
+        if name.endswith(LFS_SUFFIXES):
+            entry["lfs"] = {"oid": hashlib.sha256(content).hexdigest(), "size": len(content),
+                            "pointerSize": 134}
+        return entry
 
     def _send_file(self, h, name: str, commit: str, content: bytes, body: bool) -> None:
         start = 0

@@ -4,6 +4,7 @@ HF_ENDPOINT."""
 import json
 import subprocess
 import sys
+import threading
 
 import pytest
 from helpers import BIN, SAMPLE, env_with_venv
@@ -33,9 +34,41 @@ def hub(tmp_path_factory):
                if p.is_file()}
     server_hub.add("Systran/faster-whisper-small.en", whisper)
     server_hub.add("meta-llama/Gated-Florence", new, gated=True)
+    for name, files in code_asking_repos(new).items():
+        server_hub.add(f"evil/{name}", files)
     server, url = server_hub.start()
     yield server_hub, url, commits
     server.shutdown()
+
+
+def with_json(files, name, **keys):
+    doc = json.loads(files[name]) | keys
+    return dict(files, **{name: json.dumps(doc).encode()})
+
+
+def code_asking_repos(files):
+    """Florence-2 repositories that would run code on load, one way each (issue 35)."""
+    auto_map = {"AutoModelForCausalLM": "modeling_florence2.Florence2ForConditionalGeneration"}
+    return {
+        "config-auto-map": with_json(files, "config.json", auto_map=auto_map),
+        "kernel-attention": with_json(files, "config.json",
+                                      _attn_implementation_internal="kernels-evil/flash"),
+        "tokenizer-auto-map": with_json(files, "tokenizer_config.json",
+                                        auto_map={"AutoTokenizer": ["tok.EvilTokenizer", None]}),
+        "processor-auto-map": with_json(files, "processor_config.json",
+                                        auto_map={"AutoProcessor": "proc.EvilProcessor"}),
+        "python-file": dict(files, **{"modeling_florence2.py": b"import os\n"}),
+        "pickle-weights": dict(files, **{"pytorch_model.bin": b"\x80\x04K\x01."}),
+    }
+
+
+CODE_REFUSALS = {"config-auto-map": "config.json: auto_map",
+                 "kernel-attention": "config.json: _attn_implementation_internal = "
+                                     "'kernels-evil/flash'",
+                 "tokenizer-auto-map": "tokenizer_config.json: auto_map",
+                 "processor-auto-map": "processor_config.json: auto_map",
+                 "python-file": "modeling_florence2.py: Python code",
+                 "pickle-weights": "pytorch_model.bin: pickle weights"}
 
 
 def stage(url, home, *args):
@@ -87,27 +120,51 @@ def test_a_pinned_revision_is_what_is_staged_recorded_and_loaded(hub, tmp_path):
     assert lock(home)["whisper:small.en"]["source"] == "hub"
 
 
-def test_an_interrupted_download_completes_on_rerun_and_never_verifies_half(hub, tmp_path):
-    """The connection drops 4 KB into the weights: one line says to run again, the half
-    snapshot never verifies (training refuses it), and the same command completes it."""
+def weight_gets(server_hub, commit):
+    return [r for r in server_hub.requests
+            if r.startswith(f"GET /{REPO_ID}/resolve/{commit}/model.safetensors")]
+
+
+def test_a_download_cut_once_is_resumed_within_the_same_command(hub, tmp_path):
+    """huggingface_hub retries a cut file inside the process, from its start (it sends no
+    byte range, measured with 2.4): one command, complete."""
     server_hub, url, (_, new) = hub
     home = tmp_path / "hf"
     server_hub.cuts["model.safetensors"] = [4096, 1]
+    server_hub.requests.clear()
+    proc = stage(url, home, "--models", "florence", "--florence-repo", REPO_ID)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gets = weight_gets(server_hub, new)
+    assert len(gets) == 2 and "bytes=" not in gets[1], gets
+    assert load_with_the_workflows_code(home, REPO_ID, "main").returncode == 0
+
+
+def test_a_download_cut_for_good_is_one_line_and_the_rerun_fetches_only_that_file(hub,
+                                                                                  tmp_path):
+    """The connection drops 4 KB into the weights on every try: one line says to run again,
+    the half snapshot never verifies (training refuses it); the same command, once the
+    network holds, fetches the cut file again from its start (huggingface_hub 1.18 and later
+    keep no partial file across processes) and none of the files that had arrived."""
+    server_hub, url, (_, new) = hub
+    home = tmp_path / "hf"
+    server_hub.cuts["model.safetensors"] = [4096, 1000]
+    server_hub.requests.clear()
     proc = stage(url, home, "--models", "florence", "--florence-repo", REPO_ID)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert "run the same command again" in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "run the same command again" in errors[0], proc.stderr[-3000:]
+    tries = len(weight_gets(server_hub, new))
+    assert tries > 1  # retried within the command before giving up
     assert f"florence:{REPO_ID}" not in (lock(home) if (home / "meldflow-stage.lock.json")
                                          .is_file() else {})
     refused = load_with_the_workflows_code(home, REPO_ID, "main")
     assert refused.returncode != 0 and "meldflow stage" in refused.stderr
+    server_hub.cuts.clear()
     server_hub.requests.clear()
     proc = stage(url, home, "--models", "florence", "--florence-repo", REPO_ID)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    weights = [r for r in server_hub.requests if r.startswith(
-        f"GET /{REPO_ID}/resolve/{new}/model.safetensors")]
-    # fetched once more (huggingface_hub 0.36 restarts the cut file; a byte range would
-    # resume it); the files that had arrived are kept
-    assert len(weights) == 1, weights
+    gets = weight_gets(server_hub, new)
+    assert len(gets) == 1 and "bytes=" not in gets[0], gets  # from its start
     assert not any(r.endswith("/tokenizer.json") for r in server_hub.requests if "GET" in r)
     assert not list(home.rglob("*.incomplete"))
     assert load_with_the_workflows_code(home, REPO_ID, "main").returncode == 0
@@ -129,3 +186,70 @@ def test_a_misspelt_gated_or_unknown_revision_gets_one_line(hub, tmp_path, repo,
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
     assert {"meta-llama/Gated-Florence": "is gated", REPO_ID: "has no revision 'v9.9'"}.get(
         repo, "misspelt") in errors[0]
+
+
+@pytest.mark.parametrize("name", sorted(CODE_REFUSALS))
+def test_a_repository_that_would_run_code_is_refused_naming_file_and_key(hub, tmp_path, name):
+    """A staged model is data, never code: one line names the file and the key."""
+    _, url, _ = hub
+    home = tmp_path / "hf"
+    proc = stage(url, home, "--models", "florence", "--florence-repo", f"evil/{name}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and CODE_REFUSALS[name] in errors[0], proc.stderr[-2000:]
+    assert "would run code" in errors[0]
+    assert f"florence:evil/{name}" not in (lock(home) if (home / "meldflow-stage.lock.json")
+                                           .is_file() else {})
+
+
+def test_a_hub_that_never_answers_ends_in_one_line_after_the_stated_timeout(tmp_path):
+    """A server that accepts the connection and says nothing (a firewall, a dead proxy):
+    huggingface_hub's client has no timeout of its own; staging stops after
+    HF_HUB_DOWNLOAD_TIMEOUT seconds with one line."""
+    import socket
+    import time
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    held = []
+    threading.Thread(target=lambda: [held.append(silent.accept()) for _ in range(100)],
+                     daemon=True).start()
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    env = env_with_venv() | {"HF_ENDPOINT": url, "HF_HUB_DOWNLOAD_TIMEOUT": "2"}
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.monotonic()
+    proc = subprocess.run([str(BIN / "meldflow"), "stage", "--hf-home", str(tmp_path / "hf"),
+                           "--models", "florence", "--florence-repo", REPO_ID],
+                          capture_output=True, text=True, env=env, timeout=120)
+    seconds = time.monotonic() - start
+    silent.close()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "did not answer within 2 s" in errors[0], proc.stderr[-2000:]
+    assert seconds < 60, seconds
+
+
+def test_offline_nodes_never_touch_the_hub(hub, tmp_path):
+    """HF_HUB_OFFLINE=1 (every compute job): staging what the cache holds, loading it as
+    training does, and asking for what it lacks send no request, even with HF_ENDPOINT set."""
+    server_hub, url, _ = hub
+    home = tmp_path / "hf"
+    assert stage(url, home, "--models", "florence", "--florence-repo", REPO_ID).returncode == 0
+    server_hub.requests.clear()
+    offline = env_with_venv() | {"HF_ENDPOINT": url, "HF_HUB_OFFLINE": "1"}
+    again = subprocess.run([str(BIN / "meldflow"), "stage", "--hf-home", str(home), "--models",
+                            "florence", "--florence-repo", REPO_ID], capture_output=True,
+                           text=True, env=offline)
+    assert again.returncode == 0, again.stderr[-2000:]
+    code = ("import sys; from types import SimpleNamespace as N;"
+            "from meldflow.training.identity import florence_snapshot;"
+            "from meldflow.training.classifier import load_florence;"
+            "snap, files = florence_snapshot(N(hf_home=sys.argv[1], florence_repo=sys.argv[2],"
+            " florence_revision='main')); load_florence(snap); print('loaded')")
+    loaded = subprocess.run([sys.executable, "-c", code, str(home), REPO_ID],
+                            capture_output=True, text=True, env=offline)
+    assert loaded.stdout.strip() == "loaded", loaded.stderr[-2000:]
+    missing = subprocess.run([str(BIN / "meldflow"), "stage", "--hf-home", str(home),
+                              "--models", "florence", "--florence-repo", "other/Florence-2"],
+                             capture_output=True, text=True, env=offline)
+    assert missing.returncode == 2 and "Hub is unreachable" in missing.stderr
+    assert server_hub.requests == []

@@ -49,6 +49,17 @@ def blob_matches(blob: Path) -> bool | None:
     return None
 
 
+def missing_files(snap: Path, required: tuple) -> list[str]:
+    """The required files ``snap`` lacks; an entry that is a tuple is met by any one of its
+    names (a file that a newer library writes under another name)."""
+    missing = []
+    for entry in required:
+        names = entry if isinstance(entry, tuple) else (entry,)
+        if not any((snap / n).exists() for n in names):
+            missing.append(" or ".join(names))
+    return missing
+
+
 def verify_snapshot(snap: Path) -> tuple[dict[str, str], list[str]]:
     """({file: content hash}, problems) for every file of a cache snapshot folder."""
     files, problems = {}, []
@@ -74,7 +85,7 @@ def verified_snapshot(hf_home: str | Path, repo_id: str, revision: str, required
     snap = cached_snapshot(hf_home, repo_id, revision)
     if snap is None:
         raise MeldflowError(f"{what} {repo_id} is not in the offline cache {hf_home}; {hint}")
-    missing = [f for f in required if not (snap / f).exists()]
+    missing = missing_files(snap, required)
     if missing:
         raise MeldflowError(f"{what} {repo_id} in {snap} is incomplete "
                             f"(missing {', '.join(missing)}); {hint}")

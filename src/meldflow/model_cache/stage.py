@@ -14,10 +14,12 @@ import time
 from pathlib import Path
 
 from meldflow import MeldflowError
+from meldflow.model_cache.data_only import refuse_code
 from meldflow.model_cache.snapshots import (
     LOCAL_REF,
     cached_snapshot,
     hub_cache,
+    missing_files,
     place_in_cache,
     verify_snapshot,
 )
@@ -74,11 +76,55 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def hub_timeout_s() -> float:
+    """Seconds one Hub request may wait for an answer: huggingface_hub's own setting
+    (HF_HUB_DOWNLOAD_TIMEOUT, 10 s unless set), which its HTTP client does not apply by
+    itself: a server that accepts the connection and never answers would hang staging."""
+    from huggingface_hub import constants
+
+    return float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
+
+
+def _client_with_timeout():
+    """huggingface_hub's own client, each request bounded by :func:`hub_timeout_s`: its
+    API calls pass ``timeout=None`` explicitly, which overrides a client default, so the
+    bound is set on each request as it is sent."""
+    from huggingface_hub.utils._http import default_client_factory
+
+    seconds = hub_timeout_s()
+
+    def bound(request) -> None:
+        if not any((request.extensions.get("timeout") or {}).values()):
+            request.extensions["timeout"] = dict.fromkeys(
+                ("connect", "read", "write", "pool"), seconds)
+
+    client = default_client_factory()
+    hooks = client.event_hooks
+    client.event_hooks = hooks | {"request": [*hooks.get("request", []), bound]}
+    return client
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a Hub error comes from a request that got no answer in time (snapshot_download
+    turns one into 'not in the local cache')."""
+    import httpx2  # huggingface_hub's HTTP layer: its transport errors are not OSError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, httpx2.TimeoutException):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def download(repo_id: str, revision: str, hf_home: Path, force: bool) -> Path:
     """``snapshot_download`` of ``repo_id`` at ``revision`` into the cache, with one line
     for what goes wrong: a misspelt repository, a gated one without a token, a revision
-    that does not exist, a download cut off (run again: finished files are kept)."""
-    from huggingface_hub import snapshot_download
+    that does not exist, a Hub that does not answer, a download cut off (run again: the
+    files that arrived whole are kept; a cut one is fetched again from its start)."""
+    import httpx2  # huggingface_hub's HTTP layer: its transport errors are not OSError
+    from huggingface_hub import set_client_factory, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -87,13 +133,14 @@ def download(repo_id: str, revision: str, hf_home: Path, force: bool) -> Path:
     )
 
     hub = hub_endpoint()
+    set_client_factory(_client_with_timeout)
     try:
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=hub_cache(hf_home),
-                                      force_download=force))
+                                      force_download=force, etag_timeout=hub_timeout_s()))
     except GatedRepoError:
         raise MeldflowError(
             f"{repo_id} on {hub} is gated: accept its terms on its Hub page, then log in on "
-            f"this node (`huggingface-cli login`, or set HF_TOKEN) and stage again") from None
+            f"this node (`hf auth login`, or set HF_TOKEN) and stage again") from None
     except RevisionNotFoundError:
         raise MeldflowError(f"{repo_id} on {hub} has no revision {revision!r}: give a branch, "
                             f"tag or commit it has") from None
@@ -102,11 +149,17 @@ def download(repo_id: str, revision: str, hf_home: Path, force: bool) -> Path:
             f"no repository {repo_id} on {hub} (misspelt? private?); native Florence-2 "
             f"checkpoints are florence-community/Florence-2-base and -large, faster-whisper "
             f"names are tiny.en, small.en, large-v3, ...") from None
-    except (HfHubHTTPError, OSError) as exc:
+    except (HfHubHTTPError, httpx2.HTTPError, OSError) as exc:
+        if _timed_out(exc):
+            raise MeldflowError(
+                f"{hub} did not answer within {hub_timeout_s():g} s (HF_HUB_DOWNLOAD_TIMEOUT) "
+                f"while staging {repo_id}: check this node's network or proxy, or stage on a "
+                f"login node that reaches the Hub") from None
         raise MeldflowError(
             f"downloading {repo_id} from {hub} failed ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200]}); run the same command again: what was "
-            f"downloaded is kept, and nothing unverified is ever used") from None
+            f"{str(exc).splitlines()[0][:200] if str(exc) else 'no detail'}); run the same "
+            f"command again: the files that arrived whole are kept, and nothing unverified "
+            f"is ever used") from None
 
 
 def read_lock(hf_home: str | Path) -> dict:
@@ -166,7 +219,7 @@ def _update_lock(hf_home: Path, key: str, entry: dict) -> dict:
 
 def _checked(snap: Path | None, required: tuple) -> tuple[bool, dict[str, str]]:
     """(complete and undamaged, file hashes) of a cached snapshot; logs what is wrong."""
-    if snap is None or not all((snap / f).exists() for f in required):
+    if snap is None or missing_files(snap, required):
         return False, {}
     files, problems = verify_snapshot(snap)
     for problem in problems:
@@ -236,7 +289,10 @@ def stage_whisper(hf_home: str | Path, whisper_model: str, source: str = "auto")
 
 
 
-FLORENCE_FILES = ("config.json", "model.safetensors", "preprocessor_config.json",
+# The image processor's settings: processor_config.json as transformers 5 saves them,
+# preprocessor_config.json in the Hub's converted checkpoints.
+FLORENCE_FILES = ("config.json", "model.safetensors",
+                  ("processor_config.json", "preprocessor_config.json"),
                   "tokenizer.json", "tokenizer_config.json")
 
 
@@ -284,5 +340,6 @@ def stage_florence(hf_home: str | Path, florence_repo: str = setting_default("fl
             path = download(repo_id, revision, hf_home, force=_damaged(snap))
             entry = {"repo_id": repo_id, "revision": path.name, "source": "hub",
                      "path": str(path), "requested_revision": revision}
+    refuse_code(entry["path"], f"Florence-2 model {repo_id}")
     entry["staged_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return _finish(hf_home, key, entry, FLORENCE_FILES, "Florence-2 model")

@@ -6,6 +6,7 @@ the tests run the real transformers Florence-2 code with no download.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from meldflow import MeldflowError
@@ -24,7 +25,7 @@ def build_tiny_florence(out: str | Path, texts: list[str], seed: int = 0,
     from tokenizers import ByteLevelBPETokenizer
     from transformers import (
         BartTokenizerFast,
-        CLIPImageProcessor,
+        CLIPImageProcessorPil,
         Florence2Config,
         Florence2ForConditionalGeneration,
         Florence2Processor,
@@ -39,12 +40,17 @@ def build_tiny_florence(out: str | Path, texts: list[str], seed: int = 0,
     bpe.train_from_iterator(corpus, vocab_size=vocab_size, min_frequency=1,
                             special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
                             show_progress=False)
-    bpe.save_model(str(out))
-    tok = BartTokenizerFast(vocab_file=str(out / "vocab.json"), merges_file=str(out / "merges.txt"),
+    trained = json.loads(bpe.to_str())["model"]
+    # The tokenizer takes its vocabulary and merges as values: given file names
+    # (vocab_file=) it keeps only its special tokens, silently; so its size is checked.
+    tok = BartTokenizerFast(vocab=trained["vocab"], merges=[tuple(m) for m in trained["merges"]],
                             extra_special_tokens={"image_token": "<image>"})
-    if tok.convert_tokens_to_ids("<image>") == tok.unk_token_id:
-        tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    images = CLIPImageProcessor(
+    if len(tok.get_vocab()) < len(trained["vocab"]):
+        raise MeldflowError(f"the tiny tokenizer came out with {len(tok.get_vocab())} tokens "
+                            f"of the {len(trained['vocab'])} trained: transformers changed "
+                            f"how a BART tokenizer is built")
+    # The PIL backend, named: the default wants torchvision, which meldflow does not install.
+    images = CLIPImageProcessorPil(
         size={"height": image_size, "width": image_size}, do_center_crop=False,
         crop_size={"height": image_size, "width": image_size},
         image_seq_length=(image_size // 32) ** 2 + 1,

@@ -20,7 +20,6 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from meldflow import MeldflowError
-from meldflow.malloc import limit_malloc_arenas
 from meldflow.model_cache.whisper import choose_device, model_dir
 from meldflow.preprocess import speech
 from meldflow.preprocess.audio import SAMPLE_RATE, Audio, decode_audio, read_ahead
@@ -371,7 +370,6 @@ WHISPER_SETTINGS = recorded_settings("transcribe")
 
 def run_transcribe(rows: pa.Table, out: str | Path, settings: Settings,
                    threads: int = 0) -> pa.Table:
-    limit_malloc_arenas()
     if os.environ.get("HF_HUB_OFFLINE") != "1":
         log.warning("HF_HUB_OFFLINE is not 1: transcription never downloads, but set it")
     transcriber = Transcriber(settings, threads)

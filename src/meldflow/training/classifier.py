@@ -24,6 +24,7 @@ import torch
 
 from meldflow import MeldflowError
 from meldflow.labels import EMOTIONS, SENTIMENTS
+from meldflow.model_cache.data_only import load_florence_dir
 
 HEADS_FILE = "heads.safetensors"
 OPTIONS_FILE = "meldflow_train.json"  # the training options
@@ -39,7 +40,10 @@ class EmotionClassifier(torch.nn.Module):
         d = florence.config.text_config.d_model
         self.emotion = torch.nn.Linear(d, len(EMOTIONS))
         self.sentiment = torch.nn.Linear(d, len(SENTIMENTS))
-        for module in (florence.get_decoder(), florence.get_output_embeddings()):
+        # The BART decoder by its path: transformers 5's get_decoder() returns the whole
+        # encoder-decoder for Florence-2, and freezing that froze the encoder too.
+        for module in (florence.model.language_model.decoder,
+                       florence.get_output_embeddings()):
             for p in module.parameters():
                 p.requires_grad_(False)
         # The input embeddings are shared with the frozen decoder; keep them trainable.
@@ -49,7 +53,8 @@ class EmotionClassifier(torch.nn.Module):
         f = self.florence
         embeds = f.get_input_embeddings()(input_ids)
         if pixel_values is not None:
-            feats = f.get_image_features(pixel_values.to(embeds.dtype))
+            # The projected image tokens: transformers 5 returns them as the pooled output.
+            feats = f.get_image_features(pixel_values.to(embeds.dtype)).pooler_output
             mask = (input_ids == f.config.image_token_id).unsqueeze(-1).expand_as(embeds)
             embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
         return f.get_encoder()(inputs_embeds=embeds,
@@ -115,14 +120,10 @@ class EmotionClassifier(torch.nn.Module):
 
 
 def load_florence(snap: Path):
-    """Model and processor from a verified snapshot folder, never the network."""
-    from transformers import AutoProcessor, Florence2ForConditionalGeneration
-
-    # The snapshot folder itself, not the repo id: a folder never touches the network,
-    # even where huggingface_hub was imported before HF_HUB_OFFLINE was set.
-    model = Florence2ForConditionalGeneration.from_pretrained(snap, local_files_only=True)
-    processor = AutoProcessor.from_pretrained(snap, local_files_only=True)
-    return model, processor
+    """Model and processor from a verified snapshot folder, as data only, never the
+    network: the folder itself, not the repo id, is loaded (a folder never touches the
+    network, even where huggingface_hub was imported before HF_HUB_OFFLINE was set)."""
+    return load_florence_dir(snap)
 
 
 # A trained model's files and their SHA-256, written with them: checked before every use.
@@ -162,12 +163,9 @@ def verify_model_dir(path: str | Path) -> None:
 def load_trained(path: str | Path, device="cpu"):
     """(classifier, processor) saved by training, verified first; offline, from a plain
     folder."""
-    from transformers import AutoProcessor, Florence2ForConditionalGeneration
-
     path = Path(path)
     verify_model_dir(path)
-    florence = Florence2ForConditionalGeneration.from_pretrained(path, local_files_only=True)
-    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    florence, processor = load_florence_dir(path)
     model = EmotionClassifier(florence).load_heads(path / HEADS_FILE)
     return model.to(device).eval(), processor
 

@@ -100,7 +100,7 @@ class Recipe:
         self.model = EmotionClassifier(florence)
         self.model.freeze_unused(cfg.modalities, cfg.freeze_vision)
         if cfg.grad_checkpointing:
-            florence.gradient_checkpointing_enable()
+            florence.activation_checkpointing_enable()
         self.model.to(self.device)
         self.setup_data()
         params = [p for p in self.model.parameters() if p.requires_grad]
