@@ -121,7 +121,9 @@ def test_experiments_train_at_once_on_slurm(slurm_cluster, preprocessed, tmp_pat
     work = copy_preprocessed(preprocessed, tmp_path / "work")
     cfg_path = work / "config" / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
-    cfg["train"] |= {"modalities": "text", "epochs": 1, "tasks": 1}
+    # 20 epochs (a few seconds of steps): the cancel below must land while a trains, not
+    # while it is already saving its results (one epoch is 0.1 s of steps).
+    cfg["train"] |= {"modalities": "text", "epochs": 20, "tasks": 1}
     cfg["experiments"] = {"a": None, "b": {"context_turns": 1}}
     cfg_path.write_text(yaml.safe_dump(cfg))
     start = time.strftime("%Y-%m-%dT%H:%M:%S")
