@@ -1,7 +1,6 @@
 """The ``meldflow`` command: one subcommand per workflow step (the Snakemake rule of the
-same name runs it), plus staging, status, prediction and the sample.
-
-Each subcommand only parses and calls. Its settings flags are generated from
+same name runs it), plus staging, status, prediction and the sample. Each subcommand only
+parses and calls. Its settings flags are generated from
 ``meldflow.settings`` (``--frames-per-utterance`` is the config's ``frames_per_utterance``),
 its own arguments (the files it reads and writes) are declared beside it here.
 """
@@ -44,10 +43,8 @@ def cmd_frames(a: argparse.Namespace, s: Settings) -> None:
 
 def cmd_transcribe(a: argparse.Namespace, s: Settings) -> None:
     from meldflow.malloc import limit_malloc_arenas
-
-    limit_malloc_arenas()  # before the libraries below start their threads
+    limit_malloc_arenas()  # first: the imports below start threads (pyarrow, BLAS)
     from meldflow.model_cache.snapshots import use_offline_cache
-
     use_offline_cache(s.hf_home)  # before faster-whisper is imported
     from meldflow.preprocess.ingest import shard_rows
     from meldflow.preprocess.transcribe import run_transcribe
