@@ -123,9 +123,10 @@ def main() -> None:
                 for name, (python, src) in envs.items():
                     got[name].append(run_one(python, src, workload, args, work))
             new, old = (statistics.median(got[n]) for n in ("new", "old"))
+            pairs = zip(got["new"], got["old"], strict=True)
             print(f"{workload:10s} new/old {new / old:5.2f}x  (per second, medians of "
-                  f"{args.repeats}: new {new:.3g}, old {old:.3g}; each: "
-                  f"{', '.join(f'{a:.3g}/{b:.3g}' for a, b in zip(got['new'], got['old']))})")
+                  f"{args.repeats}: new {new:.3g}, old {old:.3g}; each new/old: "
+                  f"{', '.join(f'{a:.3g}/{b:.3g}' for a, b in pairs)})")
 
 
 if __name__ == "__main__":
