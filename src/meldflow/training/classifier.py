@@ -41,7 +41,7 @@ class EmotionClassifier(torch.nn.Module):
         self.emotion = torch.nn.Linear(d, len(EMOTIONS))
         self.sentiment = torch.nn.Linear(d, len(SENTIMENTS))
         # The BART decoder by its path: transformers 5's get_decoder() returns the whole
-        # encoder-decoder for Florence-2, and freezing that froze the encoder too.
+        # encoder-decoder for Florence-2, and freezing that would freeze the encoder too.
         for module in (florence.model.language_model.decoder,
                        florence.get_output_embeddings()):
             for p in module.parameters():
