@@ -83,7 +83,7 @@ def lock(home):
     return json.loads((home / "meldflow-stage.lock.json").read_text())
 
 
-def load_with_the_workflows_code(home, repo_id, revision):
+def load_with_the_workflows_code(home, repo_id, revision, env=None):
     """The staged model loaded as training loads it (verified snapshot, then offline)."""
     code = ("import sys; from types import SimpleNamespace as N;"
             "from meldflow.training.identity import florence_snapshot;"
@@ -92,7 +92,7 @@ def load_with_the_workflows_code(home, repo_id, revision):
             " florence_revision=sys.argv[3]));"
             "model, proc = load_florence(snap); print(type(model).__name__, len(files))")
     return subprocess.run([sys.executable, "-c", code, str(home), repo_id, revision],
-                          capture_output=True, text=True, env=env_with_venv())
+                          capture_output=True, text=True, env=env or env_with_venv())
 
 
 def test_a_pinned_revision_is_what_is_staged_recorded_and_loaded(hub, tmp_path):
@@ -240,14 +240,8 @@ def test_offline_nodes_never_touch_the_hub(hub, tmp_path):
                             "florence", "--florence-repo", REPO_ID], capture_output=True,
                            text=True, env=offline)
     assert again.returncode == 0, again.stderr[-2000:]
-    code = ("import sys; from types import SimpleNamespace as N;"
-            "from meldflow.training.identity import florence_snapshot;"
-            "from meldflow.training.classifier import load_florence;"
-            "snap, files = florence_snapshot(N(hf_home=sys.argv[1], florence_repo=sys.argv[2],"
-            " florence_revision='main')); load_florence(snap); print('loaded')")
-    loaded = subprocess.run([sys.executable, "-c", code, str(home), REPO_ID],
-                            capture_output=True, text=True, env=offline)
-    assert loaded.stdout.strip() == "loaded", loaded.stderr[-2000:]
+    loaded = load_with_the_workflows_code(home, REPO_ID, "main", env=offline)
+    assert loaded.stdout.startswith("Florence2ForConditionalGeneration"), loaded.stderr[-2000:]
     missing = subprocess.run([str(BIN / "meldflow"), "stage", "--hf-home", str(home),
                               "--models", "florence", "--florence-repo", "other/Florence-2"],
                              capture_output=True, text=True, env=offline)
