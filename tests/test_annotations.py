@@ -5,7 +5,7 @@ import pytest
 from helpers import MELD_HEADER, meld_csv, meld_row
 
 from meldflow import MeldflowError
-from meldflow.annotations import normalise_text, parse_time, read_annotations
+from meldflow.annotations import find_csv, normalise_text, parse_time, read_annotations
 from meldflow.labels import EMOTIONS, SENTIMENTS
 from meldflow.preprocess.ingest import ingest_split
 
@@ -127,3 +127,59 @@ def test_a_stray_quote_is_an_error_naming_the_line(tmp_path):
     with pytest.raises(MeldflowError, match=r"dev_sent_emo\.csv:3: ',' expected after '\"' "
                                             r"\(a quote inside a quoted field must be doubled"):
         read_annotations(path)
+
+
+def test_cr_only_line_ends_are_lines_decoded_one_by_one(tmp_path):
+    """Old Mac Excel ends lines with CR alone. Splitting on LF only made the file one line,
+    and one Windows-1252 byte then decoded the whole file as Windows-1252 ("Itâ€™s over
+    between us."), status ok, nothing flagged."""
+    rows = [meld_row(0, 0, "It\u2019s over between us."), meld_row(0, 1, "NOPE"),
+            meld_row(0, 2, "Un café?")]
+    path = meld_csv(tmp_path / "dev_sent_emo.csv", rows)
+    data = path.read_bytes().replace(b"\r\n", b"\r").replace(b"NOPE", b"I don\x92t know")
+    path.write_bytes(data)
+    a, b, c = read_annotations(path)
+    assert (a.utterance, a.flags) == ("It's over between us.", [])
+    assert (c.utterance, c.flags) == ("Un café?", [])
+    assert (b.utterance, b.flags) == ("I don't know", ["encoding_repaired"])
+    assert b.reasons == ["CSV line 3 is not UTF-8 like the rest of the file: decoded as "
+                         "Windows-1252"]
+
+
+def test_c1_control_characters_are_repaired_and_flagged(tmp_path):
+    """'he\\x92s lost it': a Windows-1252 file read as Latin-1 by another tool and saved as
+    UTF-8 holds C1 control characters; they went into the gold text unflagged."""
+    path = meld_csv(tmp_path / "dev_sent_emo.csv",
+                    [meld_row(0, 0, "he\x92s lost it"), meld_row(0, 1, "fine")])
+    a, b = read_annotations(path)
+    assert (a.utterance, a.flags) == ("he's lost it", ["encoding_repaired"])
+    assert "control character(s) U+0092" in a.reasons[0]
+    assert "Windows-1252" in a.reasons[0]
+    assert not b.flags
+
+
+def test_a_utf16_csv_is_named_as_such(tmp_path):
+    """A UTF-16 CSV's error showed the header with NULs and never said UTF-16."""
+    path = meld_csv(tmp_path / "dev_sent_emo.csv", [meld_row(0, 0)], encoding="utf-16")
+    with pytest.raises(MeldflowError) as exc:
+        read_annotations(path)
+    message = str(exc.value)
+    assert "UTF-16" in message and "UTF-8" in message and "\x00" not in message
+    assert str(path) in message
+
+
+def test_a_line_with_too_few_fields_says_so(tmp_path):
+    """A line holding only an invalid byte said "Emotion None is not one of …"."""
+    path = meld_csv(tmp_path / "dev_sent_emo.csv", [meld_row(0, 0), meld_row(0, 1)])
+    data = path.read_bytes().replace(b"\r\n", b"\r\n\xff\r\n", 1)
+    path.write_bytes(data)
+    with pytest.raises(MeldflowError) as exc:
+        read_annotations(path)
+    assert f"{path}:2: 1 field(s) where the header has 11" in str(exc.value)
+    assert "None" not in str(exc.value)
+
+
+def test_a_missing_meld_folder_is_named(tmp_path):
+    """A meld_dir that does not exist said "no annotation CSV"."""
+    with pytest.raises(MeldflowError, match=r"MELD folder not found: .*nowhere"):
+        find_csv(tmp_path / "nowhere", "dev")

@@ -48,18 +48,48 @@ def _cp1252(raw: bytes) -> tuple[str, str]:
     return raw.decode("cp1252", errors="replace"), note
 
 
-def decode_csv_bytes(data: bytes) -> tuple[str, dict[int, str]]:
+_LINE_END = re.compile(rb"(\r\n|\r|\n)")
+_C1 = re.compile("[\u0080-\u009f]")
+
+
+def _utf16(data: bytes) -> bool:
+    """A UTF-16 file: its byte-order mark, or a NUL beside every ASCII character."""
+    head = data[:200]
+    return head[:2] in (b"\xff\xfe", b"\xfe\xff") or (
+        len(head) >= 4 and head.count(0) * 3 >= len(head))
+
+
+def _c1_repaired(text: str) -> tuple[str, str]:
+    """C1 control characters (a Windows-1252 file read as Latin-1 by another tool, then
+    saved as UTF-8) mapped back to their Windows-1252 characters, and a note of them."""
+    found = sorted(set(_C1.findall(text)))
+    if not found:
+        return text, ""
+    fixed = _C1.sub(lambda m: bytes([ord(m.group())]).decode("cp1252", errors="replace"), text)
+    names = ", ".join(f"U+{ord(c):04X}" for c in found)
+    return fixed, (f"held control character(s) {names}: Windows-1252 read as Latin-1 "
+                   f"somewhere; mapped back to their Windows-1252 characters")
+
+
+def decode_csv_bytes(data: bytes, path: str | Path = "CSV") -> tuple[str, dict[int, str]]:
     """Decode a MELD CSV, never guessing a whole file from one byte: (text, {physical line
     number: why it was repaired}).
 
-    A UTF-8 file (with or without BOM) keeps its text. A file with no UTF-8 text beyond
-    ASCII at all is the raw tarball's Windows-1252, decoded whole (only bytes that stand
-    for no character are noted). A file mixing both (edited by hand, or two copies merged)
-    keeps its UTF-8 lines, and each line that is not UTF-8 is decoded as Windows-1252 and
-    noted: the rows on those lines are flagged ``encoding_repaired``.
+    Lines end in LF, CRLF or CR alone (old Mac Excel). A UTF-8 file (with or without BOM)
+    keeps its text. A file with no UTF-8 text beyond ASCII at all is the raw tarball's
+    Windows-1252, decoded whole (only bytes that stand for no character are noted). A file
+    mixing both (edited by hand, or two copies merged) keeps its UTF-8 lines, and each line
+    that is not UTF-8 is decoded as Windows-1252 and noted; so is a line holding C1 control
+    characters. The rows on noted lines are flagged ``encoding_repaired``. UTF-16 is an
+    error with the fix.
     """
+    if _utf16(data):
+        raise MeldflowError(
+            f"{path}: the file is UTF-16 (as Excel's \"Unicode text\" saves it); save it as "
+            f"\"CSV UTF-8\" or convert it: iconv -f UTF-16 -t UTF-8 IN > OUT")
     data = data.removeprefix(b"\xef\xbb\xbf")
-    lines = data.split(b"\n")
+    parts = _LINE_END.split(data)
+    lines, ends = parts[0::2], parts[1::2] + [b""]
     texts: list[str] = []
     bad: dict[int, bytes] = {}
     utf8_beyond_ascii = False
@@ -77,7 +107,12 @@ def decode_csv_bytes(data: bytes) -> tuple[str, dict[int, str]]:
             notes[n] = "is not UTF-8 like the rest of the file: decoded as Windows-1252" + note
         elif note:
             notes[n] = "decoded as Windows-1252" + note
-    return "\n".join(texts), notes
+    for n, text in enumerate(texts, 1):
+        if n not in bad:
+            texts[n - 1], note = _c1_repaired(text)
+            if note:
+                notes[n] = note
+    return "".join(t + e.decode("ascii") for t, e in zip(texts, ends)), notes
 
 
 def parse_time(value: str) -> float:
@@ -147,7 +182,7 @@ def read_annotations(path: str | Path) -> list[Annotation]:
     path = Path(path)
     if not path.is_file():
         raise MeldflowError(f"annotation file not found: {path}")
-    text, repaired = decode_csv_bytes(path.read_bytes())
+    text, repaired = decode_csv_bytes(path.read_bytes(), path)
     # strict: a stray quote inside a quoted field (a hand edit) is an error naming the line,
     # not a gold text that ends in '"'
     reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
@@ -196,6 +231,10 @@ def _annotation(row: dict, line: int, where: str, dyadic: bool) -> Annotation:
     error: the row's text and labels are still usable)."""
     if None in row:
         raise MeldflowError(f"{where}: more fields than the header has columns")
+    if None in row.values():
+        given = sum(v is not None for v in row.values())
+        raise MeldflowError(f"{where}: {given} field(s) where the header has {len(row)} "
+                            f"(a line cut short, or a stray line break)")
     emotion = _label(row, "Emotion", EMOTIONS, where)
     sentiment = _label(row, "Sentiment", SENTIMENTS, where)
     dia = _int(row["Dialogue_ID"], "Dialogue_ID", where)
@@ -249,6 +288,9 @@ def clip_dir(meld_dir: str | Path, split: str) -> Path:
 def find_csv(meld_dir: str | Path, split: str) -> Path:
     """The annotation CSV of ``split`` in a MELD.Raw folder (plain or Dyadic naming)."""
     meld_dir = Path(meld_dir)
+    if not meld_dir.is_dir():
+        raise MeldflowError(f"MELD folder not found: {meld_dir} (set meld_dir to the folder "
+                            f"holding MELD.Raw's CSVs and clip folders)")
     names = [f"{split}_sent_emo.csv", f"{split}_sent_emo_dya.csv", f"{split}.csv"]
     for name in names:
         if (meld_dir / name).is_file():
