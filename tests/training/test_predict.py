@@ -289,3 +289,20 @@ def test_a_damaged_model_folder_is_refused_naming_the_file(florence_home, tmp_pa
             predict(best, texts=["Joey: How you doin'?"], hf_home=florence_home)
         with pytest.raises(MeldflowError, match=rf"{name} is damaged"):
             compare_runs([damaged / "default" / "seed-0"], tmp_path / f"eval-{name}")
+
+
+@pytest.mark.parametrize("name", ["preprocessing.json", "meldflow_train.json"])
+def test_a_truncated_model_card_is_refused_naming_the_file(florence_home, tmp_path, name):
+    """A truncated best/preprocessing.json or meldflow_train.json gave a JSONDecodeError
+    traceback: it was read before the folder was verified."""
+    from helpers import train_config
+
+    from meldflow.training.loop import train
+    from meldflow.training.predict import predict
+
+    run = tmp_path / "default" / "seed-0"
+    train(train_config(florence_home, run, max_steps=1))
+    card = run / "best" / name
+    card.write_bytes(card.read_bytes()[: len(card.read_bytes()) // 2])
+    with pytest.raises(MeldflowError, match=rf"{name} is damaged"):
+        predict(run / "best", texts=["Joey: How you doin'?"], hf_home=florence_home)

@@ -39,13 +39,19 @@ class _NoContext:
 
 
 def read_model_card(model_dir: Path) -> tuple[TrainConfig, dict | None]:
-    """(training options, how the inputs were made) of a trained model folder."""
+    """(training options, how the inputs were made) of a trained model folder. A card that
+    does not parse is checked against the folder's hashes, which name the damaged file."""
     cfg_path = model_dir / OPTIONS_FILE
     if not cfg_path.is_file():
         raise MeldflowError(f"{model_dir} has no {OPTIONS_FILE}: not a trained model")
     prep_path = model_dir / PREPROCESSING_FILE
-    prep = json.loads(prep_path.read_text()) if prep_path.is_file() else None
-    return TrainConfig.from_json(cfg_path), prep
+    try:
+        prep = json.loads(prep_path.read_text()) if prep_path.is_file() else None
+        return TrainConfig.from_json(cfg_path), prep
+    except (ValueError, TypeError) as exc:
+        verify_model_dir(model_dir)
+        raise MeldflowError(f"{model_dir}: its {OPTIONS_FILE} or {PREPROCESSING_FILE} cannot "
+                            f"be read ({exc}): copy the whole folder again, or retrain") from None
 
 
 def _check_inputs(cfg: TrainConfig, prep: dict | None, clips: list[str], texts: list[str],
