@@ -83,3 +83,20 @@ def slurm_cluster():
         if IN_CI:
             pytest.fail(msg)
         pytest.skip(msg)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB file system of its own (tmpfs, as root), to fill or make read-only; fails
+    in CI, skips elsewhere, where it cannot be mounted."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True) if os.geteuid() == 0 else None
+    if proc is None or proc.returncode != 0:
+        msg = f"cannot mount a small tmpfs: {proc.stderr if proc else 'not root'}"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -325,3 +325,22 @@ def readme_recipe(work: Path) -> dict:
     finally:
         os.chdir(cwd)
     return found
+
+
+def fill_disk(mount: Path) -> None:
+    """Fill the file system at ``mount`` to its last byte."""
+    fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (65536, 1):
+            try:
+                while os.write(fd, b"\0" * size):
+                    pass
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+def read_only(mount: Path) -> None:
+    """Remount the file system at ``mount`` read-only."""
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)

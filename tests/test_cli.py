@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from helpers import BIN, env_with_venv
+from helpers import BIN, SAMPLE, env_with_venv, fill_disk, read_only
 
 
 def test_help_lists_every_step():
@@ -59,3 +59,35 @@ def test_the_job_options_default_to_what_the_library_does_on_its_own():
     assert _parsed("transcribe", *shard).threads == default(run_transcribe, "threads") \
         == default(Transcriber, "cpu_threads")
     assert _parsed("stage").source == default(stage_whisper, "source")
+
+
+def _meldflow(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "meldflow"), *args], capture_output=True, text=True,
+                          env=env_with_venv())
+
+
+def test_a_full_or_read_only_disk_is_one_line_and_loses_nothing(small_disk, tmp_path):
+    """`meldflow ingest` and `meldflow frames` on a full disk or a read-only folder gave
+    OSError [Errno 28] / [Errno 30] tracebacks."""
+    rows = tmp_path / "rows.parquet"
+    assert _meldflow("ingest", "--meld-dir", str(SAMPLE), "--split", "dev", "--out",
+                     str(rows)).returncode == 0
+    ingest = ["ingest", "--meld-dir", str(SAMPLE), "--split", "dev", "--out",
+              str(small_disk / "rows.parquet")]
+    frames = ["frames", "--rows", str(rows), "--shard", "0", "--out",
+              str(small_disk / "frames.parquet")]
+    (small_disk / "rows.parquet").write_bytes(b"earlier")
+    fill_disk(small_disk)
+    for args in (ingest, frames):
+        proc = _meldflow(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "the disk is full" in proc.stderr and str(small_disk) in proc.stderr
+        assert "free space" in proc.stderr
+    assert (small_disk / "rows.parquet").read_bytes() == b"earlier"
+    (small_disk / "filler").unlink()
+    read_only(small_disk)
+    for args in (ingest, frames):
+        proc = _meldflow(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "read-only" in proc.stderr and str(small_disk) in proc.stderr
+    assert (small_disk / "rows.parquet").read_bytes() == b"earlier"

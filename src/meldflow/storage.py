@@ -9,6 +9,7 @@ the temporary names come from, would otherwise leave every file 0600.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -19,6 +20,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from meldflow import MeldflowError
 
 _UMASK_LOCK = threading.Lock()
 
@@ -71,14 +74,51 @@ def temporary_beside(path: Path) -> Path:
     return Path(tmp)
 
 
+# Write errors a user fixes outside meldflow: what each means, and what to do.
+_WRITE_ERRORS = {
+    errno.ENOSPC: ("the disk is full", "free space there (df -h; du -sh) or write elsewhere"),
+    errno.EDQUOT: ("the disk quota is used up", "free space there (quota -s) or write "
+                   "elsewhere"),
+    errno.EROFS: ("the file system is read-only", "write elsewhere"),
+    errno.EACCES: ("permission denied", "make the folder writable, or write elsewhere"),
+}
+
+
+def write_error(exc: BaseException, path: str | os.PathLike) -> MeldflowError | None:
+    """A one-line error for a write to ``path`` that failed for want of room or rights,
+    (``None`` for other errors); pyarrow raises these with the errno in the message."""
+    code = getattr(exc, "errno", None)
+    if code not in _WRITE_ERRORS:
+        code = next((c for c in _WRITE_ERRORS if f"[errno {c}]" in str(exc).lower()), None)
+    if code is None:
+        return None
+    why, fix = _WRITE_ERRORS[code]
+    return MeldflowError(f"cannot write {path}: {why}; {fix}, then run the same command "
+                         f"again (files written before are as they were)")
+
+
+def _raise_write_error(exc: OSError, path: Path):
+    err = write_error(exc, path)
+    if err is None:
+        raise exc
+    raise err from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path`` to write to; renamed onto ``path`` on success."""
+    """Yield a temporary path beside ``path`` to write to; renamed onto ``path`` on success.
+    A full disk or a read-only folder is a MeldflowError naming ``path``; ``path`` keeps
+    what it held."""
     path = Path(path)
-    tmp = temporary_beside(path)
+    try:
+        tmp = temporary_beside(path)
+    except OSError as exc:
+        _raise_write_error(exc, path)
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        _raise_write_error(exc, path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -251,3 +251,21 @@ def test_killed_worker_is_a_dead_job_and_the_rerun_resumes(florence_home, tmp_pa
     assert metrics["steps"] > step
     logs = "".join(p.read_text() for p in (out / "submitit").glob("*_0_log.err"))
     assert f"at step {step} (its SHA-256 verified)" in logs
+
+
+def test_a_full_disk_at_a_checkpoint_is_named_and_the_last_one_kept(small_disk):
+    """torch's zip writer reported a full disk as "RuntimeError: [enforce fail at
+    inline_container.cc:672] . unexpected pos …"."""
+    import torch
+    from helpers import fill_disk
+
+    from meldflow.training import checkpoint
+
+    checkpoint.save({"w": torch.ones(1000)}, small_disk, "run-a", 1)
+    before = (small_disk / "state.pt").read_bytes()
+    fill_disk(small_disk)
+    with pytest.raises(MeldflowError, match=rf"cannot write {small_disk}/state.pt: the disk "
+                                            r"is full; free space there"):
+        checkpoint.save({"w": torch.zeros(200_000)}, small_disk, "run-a", 2)
+    assert (small_disk / "state.pt").read_bytes() == before
+    assert checkpoint.check(small_disk, checkpoint.NEWEST, "run-a") is None

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from meldflow import MeldflowError
-from meldflow.storage import sha256_file, temporary_beside, write_text
+from meldflow.storage import sha256_file, temporary_beside, write_error, write_text
 
 log = logging.getLogger("meldflow.training")
 
@@ -39,11 +39,16 @@ class _HashingWriter:
 
     def __init__(self, f):
         self.f, self.sha, self.size = f, hashlib.sha256(), 0
+        self.error: OSError | None = None  # torch's zip writer hides it ("unexpected pos")
 
     def write(self, data) -> int:
         self.sha.update(data)
         self.size += len(data)
-        return self.f.write(data)
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
 
     def flush(self) -> None:
         self.f.flush()
@@ -67,7 +72,12 @@ def save(obj: dict, folder: Path, identity: str, step: int) -> Path:
     try:
         with open(tmp, "wb") as f:
             writer = _HashingWriter(f)
-            torch.save(obj, writer)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError:
+                if writer.error is None:
+                    raise
+                raise writer.error from None
             f.flush()
             os.fsync(f.fileno())
         if new.exists():  # the newest so far is kept, with its record, as the fallback
@@ -76,6 +86,11 @@ def save(obj: dict, folder: Path, identity: str, step: int) -> Path:
             if _record_path(folder, NEWEST).exists():
                 os.replace(_record_path(folder, NEWEST), _record_path(folder, PREVIOUS))
         os.replace(tmp, new)
+    except OSError as exc:
+        err = write_error(exc, new)
+        if err is None:
+            raise
+        raise err from None
     finally:
         tmp.unlink(missing_ok=True)
     record = {"file": new.name, "sha256": writer.sha.hexdigest(), "bytes": writer.size,

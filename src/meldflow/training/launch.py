@@ -124,20 +124,33 @@ def task_error(log_text: str) -> str | None:
     return f"{name.rsplit('.', 1)[-1]}:{message}" if message else name.rsplit(".", 1)[-1]
 
 
+# A task that died of these dies again on a rerun until the user makes room.
+_WRITE_FAILURE = re.compile(r"cannot write |No space left|Disk quota exceeded|Read-only file "
+                            r"system|Permission denied|Errno (28|30|122|13)\b|unexpected pos "
+                            r"\d+ vs \d+")
+
+
 def failure_message(job, executor: str) -> str:
     """What a failed training job says in the terminal: each task's own error (never the
     warnings its log is full of), where the logs are, and what to do."""
     tasks = list(job._sub_jobs) or [job]
     lines = [f"training job {job.job_id} ({executor}) ended without a result "
              f"(state {job.state}):"]
+    disk = False
     for sub in tasks:
         err = sub.paths.stderr
         text = err.read_text(errors="replace") if err.is_file() else ""
         why = task_error(text) or ("no error written: the process was killed (by the "
                                    "out-of-memory killer, `kill -9`, or a lost node)")
+        disk |= bool(_WRITE_FAILURE.search(why))
         lines.append(f"  task {sub.task_id}: {why}  [log {err}]")
-    lines.append("Run the same command again: training resumes from its last checkpoint "
-                 "that verifies.")
+    if disk:  # torch reports a full disk while saving as "unexpected pos N vs M"
+        lines.append("The run could not write its files: free space where it writes "
+                     "(df -h; du -sh), or make the folder writable, then run the same "
+                     "command again: training resumes from its last checkpoint that verifies.")
+    else:
+        lines.append("Run the same command again: training resumes from its last checkpoint "
+                     "that verifies.")
     return "\n".join(lines)
 
 
