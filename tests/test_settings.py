@@ -203,6 +203,9 @@ def test_training_follows_the_workflows_executor_unless_a_config_says_otherwise(
     ({"train": {"epochs": 2.0}}, "config train: epochs: 2.0 is a float"),
     ({"experiments": {"a": {"exclude_max_wer": float("nan")}}},
      "config experiment a: exclude_max_wer: nan is not a number"),
+    ({"train": {"seed": 2**32}}, "config train: seed: 4294967296 is greater than the maximum "
+                                 "of 4294967295"),  # numpy's limit: failed in the job
+    ({"experiments": {"a": {"seed": -1}}}, "config experiment a: seed: -1 is less than"),
 ])
 def test_values_no_code_can_use_are_refused_where_they_enter(config, message):
     """NaN passes every range check (each comparison is false), and jsonschema counts 8.0
@@ -234,6 +237,7 @@ def test_flags_no_code_can_use_are_refused_without_a_traceback(tmp_path, flags, 
     ({"seeds": ["0", "00"]}, "config seeds: [0, 0] names a seed twice"),  # were one run
     ({"seeds": ["zero"]}, "config seeds: a list of whole numbers"),
     ({"seeds": [0, 1, 0]}, "config seeds: [0, 1, 0] names a seed twice"),
+    ({"seeds": [0, 2**32]}, "config seeds: 4294967296 is not a seed (0 to 4294967295)"),
 ])
 def test_a_config_of_the_wrong_shape_gets_one_line(tmp_path, hf_home, config, message):
     """Before: a misspelt key printed the whole schema (352 lines), a list of experiments
@@ -318,3 +322,16 @@ def test_the_training_settings_are_the_workflows_own():
     assert set(taken) == {f.name for f in step_fields("train")}
     for name, f in taken.items():
         assert f.name == name and f.default == setting_default(name)
+
+
+def test_a_number_given_for_a_text_setting_is_read_as_text():
+    """`--config florence_revision=1234567` (a commit) said "not of type 'string'":
+    Snakemake reads it as a number."""
+    from meldflow.config import typed_config
+    from meldflow.settings import Settings
+
+    read = Settings.from_config(typed_config({"florence_revision": 1234567}))
+    assert read.florence_revision == "1234567"
+    with pytest.raises(MeldflowError, match=r"florence_revision: 1e-05 is a number; this "
+                                            r"setting takes text: quote it"):
+        Settings.from_config(typed_config({"florence_revision": 1e-5}))

@@ -17,6 +17,7 @@ from meldflow.training.train_options import (
     EXPERIMENT_NAME,
     LaunchConfig,
     TrainConfig,
+    SEED_MAX,
     train_block_schema,
 )
 
@@ -40,7 +41,8 @@ def config_schema() -> dict:
         "type": ["array", "null"], "default": None, "minItems": 1, "uniqueItems": True,
         "description": "every experiment runs once with each of these seeds (default "
                        "train.seed); digits as strings are accepted (--config seeds=[0,1])",
-        "items": {"type": ["integer", "string"], "minimum": 0, "pattern": "^[0-9]+$"}}
+        "items": {"type": ["integer", "string"], "minimum": 0, "maximum": SEED_MAX,
+                  "pattern": "^[0-9]+$"}}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "description": "meldflow workflow configuration: generated from "
                            "meldflow.settings and meldflow.training.train_options (`meldflow "

@@ -83,6 +83,9 @@ def _unusable(schema: dict, value, key: str) -> str | None:
                f"are refused)"
     kinds = schema.get("type", [])
     kinds = [kinds] if isinstance(kinds, str) else kinds
+    if isinstance(value, float) and kinds == ["string"]:
+        return f"{key}: {value!r} is a number; this setting takes text: quote it " \
+               f"(--config '{key}=\"…\"', or in YAML {key}: \"…\")"
     if isinstance(value, float) and "integer" in kinds:
         fix = f"write {int(value)}" if value.is_integer() else "give a whole number"
         return f"{key}: {value!r} is a float, and {key} takes a whole number ({fix})"
@@ -101,10 +104,12 @@ def from_text(value, schema: dict):
         return {k: from_text(v, props.get(k, {})) for k, v in value.items()}
     if isinstance(value, list):
         return [from_text(v, schema.get("items", {})) for v in value]
-    if not isinstance(value, str):
-        return value
     kinds = schema.get("type", [])
     kinds = [kinds] if isinstance(kinds, str) else kinds
+    if kinds == ["string"] and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # a commit or tag of digits, which YAML reads as a number
+    if not isinstance(value, str):
+        return value
     text = value.strip()
     if "integer" in kinds and re.fullmatch(r"[+-]?\d+", text):
         return int(text)

@@ -29,6 +29,9 @@ def setting_field(name: str, **metadata):
     return field(default=setting_default(name), metadata={"setting": name, **metadata})
 
 
+SEED_MAX = 2**32 - 1  # numpy's generators take no larger seed
+
+
 @dataclass
 class TrainConfig:
     """What is trained, on what, and how. Paths first (set by the workflow or by hand)."""
@@ -70,7 +73,7 @@ class TrainConfig:
                                       "(less memory, same result)")
     bf16: bool = option(True, "bf16 autocast (on GPUs only)")
     seed: int = option(0, "seed of the initial heads, data order and augmentation",
-                      minimum=0)
+                      minimum=0, maximum=SEED_MAX)
     checkpoint_every: int = option(20, "optimizer steps between checkpoints (also at "
                                    "every epoch end)", minimum=1,
                                    identity=False)  # tested to leave the weights unchanged
@@ -321,6 +324,9 @@ def experiment_runs(train: dict, experiments: dict | None,
                             f"(got {seeds!r})")
     if seeds and len(set(seeds)) != len(seeds):
         raise MeldflowError(f"config seeds: {seeds} names a seed twice")
+    for seed in seeds or []:
+        if not 0 <= seed <= SEED_MAX:
+            raise MeldflowError(f"config seeds: {seed} is not a seed (0 to {SEED_MAX})")
     experiments = experiments or {"default": {}}
     runs: dict[tuple[str, int], dict] = {}
     for name, overrides in experiments.items():
