@@ -31,6 +31,7 @@ class Hub:
     repos: dict[str, Repo] = field(default_factory=dict)
     cuts: dict[str, list[int]] = field(default_factory=dict)  # file -> [bytes, times left]
     requests: list[str] = field(default_factory=list)
+    garbled: set[str] = field(default_factory=set)  # "repo/file" sent with one byte changed
 
     def add(self, repo_id: str, *commits: dict[str, bytes], gated: bool = False) -> list[str]:
         """A repository whose commits are the file sets given, oldest first; main is the
@@ -111,6 +112,11 @@ class Hub:
         content = repo.commits[commit].get(m[3])
         if content is None:
             return self._error(h, 404, "EntryNotFound", f"{m[3]} does not exist")
+        if f"{m[1]}/{m[3]}" in self.garbled:  # a broken mirror: same headers, other bytes
+            content = content[:-1] + bytes([content[-1] ^ 1])
+            self._send_file(h, m[3], commit, content, body,
+                            true=repo.commits[commit][m[3]])
+            return
         self._send_file(h, m[3], commit, content, body)
 
     @staticmethod
@@ -132,7 +138,10 @@ class Hub:
                             "pointerSize": 134}
         return entry
 
-    def _send_file(self, h, name: str, commit: str, content: bytes, body: bool) -> None:
+    def _send_file(self, h, name: str, commit: str, content: bytes, body: bool,
+                   true: bytes | None = None) -> None:
+        """Send ``content``; its hashes in the headers are those of ``true`` if given."""
+        true = content if true is None else true
         start = 0
         rng = re.fullmatch(r"bytes=(\d+)-", h.headers.get("Range", ""))
         if rng and body:
@@ -140,9 +149,9 @@ class Hub:
         h.send_response(206 if start else 200)
         h.send_header("X-Repo-Commit", commit)
         if name.endswith(LFS_SUFFIXES):
-            h.send_header("X-Linked-Etag", f'"{hashlib.sha256(content).hexdigest()}"')
+            h.send_header("X-Linked-Etag", f'"{hashlib.sha256(true).hexdigest()}"')
             h.send_header("X-Linked-Size", str(len(content)))
-        blob = hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+        blob = hashlib.sha1(b"blob %d\0" % len(true) + true).hexdigest()
         h.send_header("ETag", f'"{blob}"')
         h.send_header("Accept-Ranges", "bytes")
         h.send_header("Content-Length", str(len(content) - start))

@@ -36,6 +36,10 @@ def hub(tmp_path_factory):
     server_hub.add("meta-llama/Gated-Florence", new, gated=True)
     for name, files in code_asking_repos(new).items():
         server_hub.add(f"evil/{name}", files)
+    server_hub.add("broken/no-weights", {k: v for k, v in new.items()
+                                         if k != "model.safetensors"})
+    server_hub.add("broken/mirror", new)
+    server_hub.garbled.add("broken/mirror/config.json")
     server, url = server_hub.start()
     yield server_hub, url, commits
     server.shutdown()
@@ -186,6 +190,24 @@ def test_a_misspelt_gated_or_unknown_revision_gets_one_line(hub, tmp_path, repo,
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
     assert {"meta-llama/Gated-Florence": "is gated", REPO_ID: "has no revision 'v9.9'"}.get(
         repo, "misspelt") in errors[0]
+
+
+@pytest.mark.parametrize("repo, message, fix", [
+    ("broken/no-weights", "broken/no-weights at main has no model.safetensors",
+     "a native-transformers Florence-2 checkpoint"),
+    ("broken/mirror", "config.json: its bytes do not match the hash the server gave",
+     "HF_ENDPOINT"),
+])
+def test_a_repository_that_does_not_verify_says_which_file_and_what_to_do(hub, tmp_path, repo,
+                                                                        message, fix):
+    """It said "does not verify (see the warnings above)" with no warning above, or "stage
+    it again with --source hub" (a Whisper flag; the rerun failed the same way)."""
+    _, url, _ = hub
+    proc = stage(url, tmp_path / "hf", "--models", "florence", "--florence-repo", repo)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and message in errors[0] and fix in errors[0], proc.stderr[-2000:]
+    assert "--source" not in errors[0] and "warnings above" not in errors[0]
 
 
 @pytest.mark.parametrize("name", sorted(CODE_REFUSALS))

@@ -234,12 +234,40 @@ def _damaged(snap: Path | None) -> bool:
     return snap is not None and bool(verify_snapshot(snap)[1])
 
 
+# What each kind of model must be, for a message about a repository that is not one.
+_KINDS = {"Whisper model": "a faster-whisper (CTranslate2) model",
+          "Florence-2 model": "a native-transformers Florence-2 checkpoint "
+                              "(florence-community/Florence-2-base or -large)"}
+
+
+def _verify(entry: dict, required: tuple, what: str) -> dict[str, str]:
+    """The staged snapshot's file hashes, or a MeldflowError naming the file and the fix
+    for where it came from (a repository without it, a mirror sending other bytes, a
+    damaged copy)."""
+    path, repo = Path(entry["path"]), entry["repo_id"]
+    rev = entry.get("requested_revision", entry["revision"])
+    from_hub = entry["source"] == "hub"
+    missing = missing_files(path, required)
+    if missing and from_hub:
+        raise MeldflowError(f"{what} {repo} at {rev} has no {', '.join(missing)}: it is not "
+                            f"{_KINDS[what]}; use one that is")
+    files, problems = verify_snapshot(path) if not missing else ({}, [])
+    if problems and from_hub:
+        raise MeldflowError(f"{what} {repo} from {hub_endpoint()}: {problems[0].split(':')[0]}: "
+                            f"its bytes do not match the hash the server gave (a broken mirror "
+                            f"or proxy); run `meldflow stage` again later (it fetches the file "
+                            f"again), or set HF_ENDPOINT to another mirror (unset: huggingface.co)")
+    if missing or problems:
+        raise MeldflowError(f"{what} staged into {path} is "
+                            + (f"missing {', '.join(missing)}" if missing else problems[0])
+                            + f" ({entry['source']}); run `meldflow stage` again: damaged or "
+                              f"missing files are made again")
+    return files
+
+
 def _finish(hf_home: Path, key: str, entry: dict, required: tuple, what: str) -> dict:
-    ok, files = _checked(Path(entry["path"]), required)
-    if not ok:
-        raise MeldflowError(f"{what} staged into {entry['path']} does not verify "
-                            f"(see the warnings above); stage it again with --source hub")
-    entry["files"] = files
+    """Verify a staged model, then record it in the lock file."""
+    entry["files"] = _verify(entry, required, what)
     entry["verified_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return _update_lock(hf_home, key, entry)
 
@@ -342,6 +370,7 @@ def stage_florence(hf_home: str | Path, florence_repo: str = setting_default("fl
             path = download(repo_id, revision, hf_home, force=_damaged(snap))
             entry = {"repo_id": repo_id, "revision": path.name, "source": "hub",
                      "path": str(path), "requested_revision": revision}
+    _verify(entry, FLORENCE_FILES, "Florence-2 model")  # damaged bytes are not read as code
     refuse_code(entry["path"], f"Florence-2 model {repo_id}")
     entry["staged_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return _finish(hf_home, key, entry, FLORENCE_FILES, "Florence-2 model")
