@@ -112,7 +112,7 @@ def decode_csv_bytes(data: bytes, path: str | Path = "CSV") -> tuple[str, dict[i
             texts[n - 1], note = _c1_repaired(text)
             if note:
                 notes[n] = note
-    return "".join(t + e.decode("ascii") for t, e in zip(texts, ends)), notes
+    return "".join(t + e.decode("ascii") for t, e in zip(texts, ends, strict=True)), notes
 
 
 def parse_time(value: str) -> float:

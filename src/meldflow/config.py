@@ -15,9 +15,9 @@ from meldflow.options import from_text, option_fields, options_table
 from meldflow.settings import Settings, settings_schema
 from meldflow.training.train_options import (
     EXPERIMENT_NAME,
+    SEED_MAX,
     LaunchConfig,
     TrainConfig,
-    SEED_MAX,
     train_block_schema,
 )
 
