@@ -72,7 +72,7 @@ ALIGNED_SCHEMA = pa.schema(
 # rule params, so a new version redoes the shards an older meldflow made (Snakemake reruns
 # a job whose params changed), and each shard records it. Bump it when a change to the
 # code gives other values for the same clips and settings.
-METHOD_VERSIONS = {"transcribe": "dialogue-window-1", "frames": "1"}
+METHOD_VERSIONS = {"transcribe": "dialogue-window-1", "frames": "2"}
 
 # The metadata key under which each step's shard records which rows it was made from:
 # {"split", "shard", "digest"}, the digest being the ingest plan's for that shard. A shard

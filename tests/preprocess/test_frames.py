@@ -60,3 +60,19 @@ def test_split_jpegs():
     a, b = b"\xff\xd8abc\xff\xd9", b"\xff\xd8de\xff\x00f\xff\xd9"
     assert split_jpegs(a + b) == [a, b]
     assert split_jpegs(b"") == []
+
+
+@pytest.mark.parametrize("fps", [25, 100])
+def test_a_clip_of_one_frame_gives_that_frame(tmp_path, fps):
+    """MELD has clips of a few hundredths of a second: one video frame, at 0 s. Every
+    target time was above it, so the clip was `unreadable_video`."""
+    clip = tmp_path / "one.mp4"
+    subprocess.run([need_tool("ffmpeg"), "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi",
+                    "-i", f"testsrc=s=64x48:r={fps}", "-f", "lavfi", "-i",
+                    "sine=frequency=440:sample_rate=16000", "-frames:v", "1", "-t",
+                    f"{1 / fps:.3f}", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                    str(clip)], check=True)
+    res = extract_frames(clip, frames_per_utterance=8, frame_size=64, max_clip_seconds=30.0)
+    assert res.status == "ok", res.reason
+    assert len(res.frames) == 8 and len(set(res.frames)) == 1
+    assert res.frame_times == [0.0] * 8

@@ -70,6 +70,24 @@ def errors_example(stderr: bytes) -> str:
     return line.split("[error]", 1)[1].strip()
 
 
+def _decode(path: str | Path, span: float, select: str, size: int, jpeg_quality: int,
+            threads: int) -> tuple[list[bytes], list[float], bytes]:
+    """(JPEG images, their times, ffmpeg's log) of the frames ``select`` keeps in the
+    clip's first ``span`` seconds, scaled to fit ``size``."""
+    stream = (
+        ffmpeg.input(str(path), t=f"{span + 0.05:.3f}", threads=threads)
+        .video.filter("select", select)
+        .filter("showinfo")
+        .filter("scale", size, size, force_original_aspect_ratio="decrease",
+                force_divisible_by=2)
+        .output("pipe:", format="image2pipe", vcodec="mjpeg", fps_mode="passthrough",
+                **{"q:v": jpeg_quality})
+        .global_args("-nostdin", "-hide_banner", "-loglevel", "level+info")
+    )
+    out, err = stream.run(capture_stdout=True, capture_stderr=True)
+    return split_jpegs(out), [float(m) for m in _PTS_RE.findall(err)], err
+
+
 def extract_frames(path: str | Path, frames_per_utterance: int, frame_size: int,
                    max_clip_seconds: float, jpeg_quality: int = 3,
                    threads: int = 0) -> FrameResult:
@@ -98,23 +116,14 @@ def extract_frames(path: str | Path, frames_per_utterance: int, frame_size: int,
     if span <= 0:
         span = 1.0 / 30  # a zero-length header still holds at least one frame
     targets = target_times(span, k)
-    stream = (
-        ffmpeg.input(str(path), t=f"{span + 0.05:.3f}", threads=threads)
-        .video.filter("select", _select_expr(targets))
-        .filter("showinfo")
-        .filter("scale", size, size, force_original_aspect_ratio="decrease",
-                force_divisible_by=2)
-        .output("pipe:", format="image2pipe", vcodec="mjpeg", fps_mode="passthrough",
-                **{"q:v": jpeg_quality})
-        .global_args("-nostdin", "-hide_banner", "-loglevel", "level+info")
-    )
     try:
-        out, err = stream.run(capture_stdout=True, capture_stderr=True)
+        images, pts, err = _decode(path, span, _select_expr(targets), size, jpeg_quality,
+                                   threads)
+        if not images:  # every frame precedes the first target (a clip of one frame)
+            images, pts, err = _decode(path, span, "1", size, jpeg_quality, threads)
     except ffmpeg.Error as exc:
         return FrameResult(status="unreadable_video", clip_duration_s=info.duration,
                            reason=f"ffmpeg failed: {last_line(exc.stderr)}")
-    images = split_jpegs(out)
-    pts = [float(m) for m in _PTS_RE.findall(err)]
     if not images:
         return FrameResult(status="unreadable_video", clip_duration_s=info.duration,
                            reason=f"no frame decoded: {last_line(err)}")
