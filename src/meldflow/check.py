@@ -24,8 +24,11 @@ def merged_config(configfiles: list[str]) -> dict:
                 isinstance(out.get(key), dict) else value
         return out
 
+    from meldflow.config import check_config_file
+
     config: dict = {}
     for path in ["config/config.yaml", *configfiles]:
+        check_config_file(path)  # a key given twice: Snakemake refuses it too
         try:
             config = merge(config, yaml.safe_load(Path(path).read_text()) or {})
         except (OSError, yaml.YAMLError) as exc:
@@ -47,6 +50,28 @@ def training_asks(runs: dict, workflow_executor: str = "slurm") -> list:
             seen.add(dataclasses.replace(ask, who=""))
             asks.append(ask)
     return asks
+
+
+def gpu_problems(settings, runs: dict,
+                 workflow_executor: str = "slurm") -> tuple[list[str], list[str]]:
+    """(problems, notes): training runs on SLURM that ask no GPU. Florence-2 would train for
+    days on CPUs: a problem; the tiny model trains on CPUs: a note. ``gpus_per_node: 0`` says
+    it on purpose."""
+    from meldflow.settings import TINY_FLORENCE
+    from meldflow.training.train_options import launch_config, resolve_executor
+
+    found = []
+    for (name, seed), options in runs.items():
+        how = launch_config(options)
+        if resolve_executor(how.executor, workflow_executor) == "slurm" and \
+                how.gpus_per_node is None:
+            found.append(f"training {name}/seed-{seed}: no GPU asked (train.slurm."
+                         f"gpus_per_node is null): it would train on the partition's CPUs; "
+                         f"set train.slurm's EDIT lines in config/config.yaml (partition, "
+                         f"gpus_per_node), or gpus_per_node: 0 to train on CPUs on purpose")
+    found = found[:1] + ([f"(and {len(found) - 1} more run(s) the same)"] if found[1:] else [])
+    tiny = settings.florence_repo == TINY_FLORENCE
+    return ([], found) if tiny else (found, [])
 
 
 def model_problems(settings, stageable_ok: bool = False) -> list[str]:
@@ -103,7 +128,9 @@ def run_check(profile: str, configfiles: list[str]) -> tuple[list[str], list[str
     found = check_cluster(asks_from_profile(profile) + training_asks(runs))
     notes = [f"on its last try: {line}" for line in
              check_cluster(asks_from_profile(profile, last_try=True)) if line not in found]
-    return found + model_problems(settings) + data_problems(settings, runs), notes
+    gpu, gpu_notes = gpu_problems(settings, runs)
+    return (found + gpu + model_problems(settings) + data_problems(settings, runs),
+            notes + [f"note: {line}" for line in gpu_notes])
 
 
 def check_and_say(profile: str, configfiles: list[str]) -> None:

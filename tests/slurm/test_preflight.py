@@ -1,5 +1,6 @@
 """The preflight: `meldflow check` and the workflow's start on a site-like local cluster."""
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -8,9 +9,10 @@ import pytest
 import yaml
 from helpers import BIN, REPO, env_with_venv, make_workdir
 
-from meldflow.slurm.preflight import Ask, Partition, minutes_of, problems
+from meldflow import MeldflowError
+from meldflow.slurm.preflight import Ask, Partition, asks_from_profile, minutes_of, problems
 
-pytestmark = pytest.mark.slurm
+# Tests that use the cluster are marked slurm by conftest.py; the rest are fast.
 
 
 def test_time_limits_in_every_slurm_form():
@@ -44,6 +46,40 @@ def test_each_mismatch_is_one_line_naming_the_setting():
         "partition gpu has (64000 MB)",
         "training t/seed-0: CPUs per node 32 (train.slurm) is more than any node of partition "
         "gpu has (16)"]
+
+
+def _profile(tmp_path, default: dict, rules: dict | None = None):
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump({"retries": 2, "default-resources": default,
+                                    "set-resources": rules or {}}))
+    return path
+
+
+def test_a_profile_read_as_snakemake_reads_it(tmp_path):
+    """`runtime: "2h"` (Snakemake: 120 min) was a TypeError traceback, and `mem: 100GB`
+    without mem_mb was never compared with the nodes."""
+    path = _profile(tmp_path, {"runtime": "2h", "mem": "100GB", "slurm_partition": "cpu"},
+                    {"frames": {"runtime": "1.5h", "mem_mb": "2000 * attempt"},
+                     "transcribe": {"mem": "'4 GB'", "runtime": "45"}})
+    shard, frames, transcribe = asks_from_profile(str(path))
+    assert (shard.minutes, shard.mem_mb) == (120, 100_000)
+    assert (frames.minutes, frames.mem_mb) == (90, 2000)
+    assert (transcribe.minutes, transcribe.mem_mb) == (45, 4000)
+    assert asks_from_profile(str(path), last_try=True)[1].mem_mb == 6000
+    parts = {"cpu": Partition("cpu", True, 240, [(0, 8000, 4)])}
+    assert problems([shard], parts, None) == [
+        f"shard jobs: memory per node 100000 MB ({path} default-resources) is more than any "
+        f"node of partition cpu has (8000 MB)"]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("runtime", "two hours", "runtime 'two hours' is not a time (minutes, or e.g. \"2h\")"),
+    ("mem", "lots", "mem 'lots' is not a size (e.g. \"16GB\")"),
+])
+def test_a_profile_value_snakemake_would_refuse_is_named(tmp_path, key, value, message):
+    path = _profile(tmp_path, {key: value})
+    with pytest.raises(MeldflowError, match=re.escape(f"{path} default-resources: {message}")):
+        asks_from_profile(str(path))
 
 
 def _misconfigured(root, hf_home):

@@ -167,7 +167,7 @@ onstart:
     # write the same outputs as this run's: they are cancelled before anything is
     # submitted (docs/slurm-faults.md).
     if workflow_executor() == "slurm":
-        from meldflow.check import model_problems, training_asks
+        from meldflow.check import gpu_problems, model_problems, training_asks
         from meldflow.slurm.orphans import cancel_orphaned_jobs
         from meldflow.slurm.preflight import asks_from_jobs, check_cluster
 
@@ -180,7 +180,10 @@ onstart:
         later = [workflow.get_rule(name) for name in SHARD_RULES] if any(
             job.rule.name in ("ingest", "manifest") for job in jobs) else []
         found = check_cluster(asks_from_jobs(jobs, later) + training_asks(RUNS))
-        found += model_problems(SETTINGS, stageable_ok=True)
+        gpu, gpu_notes = gpu_problems(SETTINGS, RUNS)
+        found += gpu + model_problems(SETTINGS, stageable_ok=True)
+        for note in gpu_notes:
+            print(f"meldflow: note: {note}", file=sys.stderr)
         if found:
             raise WorkflowError("meldflow: this run asks the cluster for what it does not "
                                 "offer; nothing was submitted:\n  " + "\n  ".join(found))

@@ -134,15 +134,43 @@ def _value(expr, attempt: int):
         return expr
     try:
         return eval(expr, {"__builtins__": {}}, {"attempt": attempt})  # noqa: S307
-    except Exception:  # a plain name such as a partition
+    except Exception:  # a plain name such as a partition, or "2h"
         return expr
+
+
+# Snakemake's size resources in MB (``mem`` is a size with its unit, or MB).
+_MEM_MB = {"mem_mb": 1.0, "mem_mib": 1.048576, "mem_gb": 1000.0, "mem_gib": 1073.741824}
+
+
+def _human(value, where: str, key: str, kind: str):
+    """A time (minutes) or size (MB) as Snakemake reads it: a number as is, text such as
+    "2h" or "16GB" through humanfriendly, as Snakemake parses it."""
+    import humanfriendly
+
+    if not isinstance(value, str):
+        return value
+    text = value.strip().strip("'\"")
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    try:
+        if kind == "time":
+            return max(round(humanfriendly.parse_timespan(text)) / 60, 1)
+        return max(humanfriendly.parse_size(text) / 1e6, 1)
+    except (humanfriendly.InvalidTimespan, humanfriendly.InvalidSize):
+        example = '"2h"' if kind == "time" else '"16GB"'
+        what = "a time (minutes, or e.g. " if kind == "time" else "a size (e.g. "
+        raise MeldflowError(f"{where}: {key} {value!r} is not {what}{example})") from None
 
 
 def _ask(who: str, where: str, resources: dict, attempt: int = 1) -> Ask:
     v = {k: _value(x, attempt) for k, x in resources.items()}
+    mem_mb = next((_human(v[k], where, k, "size") * f for k, f in _MEM_MB.items() if k in v),
+                  None)
+    if mem_mb is None and "mem" in v:
+        mem_mb = _human(v["mem"], where, "mem", "size")
+    runtime = _human(v["runtime"], where, "runtime", "time") if "runtime" in v else None
     return Ask(who, where, partition=v.get("slurm_partition"), account=v.get("slurm_account"),
-               minutes=v.get("runtime"), mem_mb=v.get("mem_mb"),
-               cpus_per_node=v.get("cpus_per_task"))
+               minutes=runtime, mem_mb=mem_mb, cpus_per_node=v.get("cpus_per_task"))
 
 
 def asks_from_profile(profile: str, last_try: bool = False) -> list[Ask]:
