@@ -206,6 +206,8 @@ def test_training_follows_the_workflows_executor_unless_a_config_says_otherwise(
     ({"train": {"seed": 2**32}}, "config train: seed: 4294967296 is greater than the maximum "
                                  "of 4294967295"),  # numpy's limit: failed in the job
     ({"experiments": {"a": {"seed": -1}}}, "config experiment a: seed: -1 is less than"),
+    ({"splits": []}, "config: splits: [] should be non-empty"),
+    ({"splits": ["dev", "dev"]}, "config: splits: ['dev', 'dev'] has non-unique elements"),
 ])
 def test_values_no_code_can_use_are_refused_where_they_enter(config, message):
     """NaN passes every range check (each comparison is false), and jsonschema counts 8.0
@@ -238,6 +240,7 @@ def test_flags_no_code_can_use_are_refused_without_a_traceback(tmp_path, flags, 
     ({"seeds": ["zero"]}, "config seeds: a list of whole numbers"),
     ({"seeds": [0, 1, 0]}, "config seeds: [0, 1, 0] names a seed twice"),
     ({"seeds": [0, 2**32]}, "config seeds: 4294967296 is not a seed (0 to 4294967295)"),
+    ({"splits": ["dev", "dev"]}, "config: splits: ['dev', 'dev'] has non-unique elements"),
 ])
 def test_a_config_of_the_wrong_shape_gets_one_line(tmp_path, hf_home, config, message):
     """Before: a misspelt key printed the whole schema (352 lines), a list of experiments

@@ -28,7 +28,6 @@ def config_schema() -> dict:
     props = settings_schema()["properties"]
     for f in option_fields(Settings):
         props[f.name]["description"] = f.metadata["help"]
-    props["splits"] |= {"minItems": 1, "uniqueItems": True}
     props["train"] = train_block_schema() | {"description": "training options: see "
                                     "meldflow.training.train_options (`meldflow train --help`)"}
     props["experiments"] = {

@@ -23,7 +23,8 @@ from meldflow import MeldflowError
 
 def option(default: Any, help: str, **meta: Any):
     """A dataclass field that is a user-facing setting. ``meta``: ``choices``, ``type``
-    (when the default is None), ``minimum``, ``maximum``, ``exclusive_minimum``, ``steps``
+    (when the default is None), ``minimum``, ``maximum``, ``exclusive_minimum``,
+    ``min_items``, ``unique_items`` (lists), ``steps``
     (the subcommands that take it as a flag), ``recorded`` (the steps whose output records
     its value, and which ``meldflow predict`` repeats), ``identity`` (False: not part of a
     training run's identity), ``group``."""
@@ -44,7 +45,8 @@ def default_of(f: dataclasses.Field) -> Any:
 
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string",
                list: "array", dict: "object"}
-_RANGES = {"minimum": "minimum", "maximum": "maximum", "exclusive_minimum": "exclusiveMinimum"}
+_RANGES = {"minimum": "minimum", "maximum": "maximum", "exclusive_minimum": "exclusiveMinimum",
+           "min_items": "minItems", "unique_items": "uniqueItems"}
 
 
 def option_schema(f: dataclasses.Field) -> dict:
@@ -193,7 +195,9 @@ def options_table(fields: list[dataclasses.Field], prefix: str = "",
     lines = ["| key | default | " + "".join(f"{heads[c]} | " for c in facts) + "meaning |",
              "|---|---|" + "---|" * len(facts) + "---|"]
     for f in fields:
-        checks = [f"{k.replace('_', ' ')} {v}" for k, v in f.metadata.items() if k in _RANGES]
+        said = {"min_items": "at least {} item(s)", "unique_items": "no item twice"}
+        checks = [said[k].format(v) if k in said else f"{k.replace('_', ' ')} {v}"
+                  for k, v in f.metadata.items() if k in _RANGES]
         if f.metadata.get("choices"):
             checks.append("one of " + ", ".join(map(str, f.metadata["choices"])))
         extra = f" ({'; '.join(checks)})" if checks else ""

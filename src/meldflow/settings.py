@@ -44,7 +44,7 @@ class Settings:
                            " the default is meldflow's own small sample",
                            steps=("ingest", "stage"))
     splits: list = option(["train", "dev", "test"], "the splits to process (any subset)",
-                          choices=("train", "dev", "test"))
+                          choices=("train", "dev", "test"), min_items=1, unique_items=True)
     shard_size: int = option(1000, "utterances per shard job; dialogues are never split",
                              minimum=1, steps=("ingest",))
     # --- frames

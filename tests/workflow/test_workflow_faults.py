@@ -199,6 +199,7 @@ def test_a_config_reading_only_gold_lines_needs_no_clips(tmp_path, hf_home):
     proc = run_snakemake(work)
     out = proc.stdout + proc.stderr
     assert "train: clip folder" in out and "no transcribe or frames job for train" in out
+    assert ".;" not in out  # "…clips.; no transcribe or frames job"
     assert "rule transcribe" not in out and "rule frames" not in out and "rule align" not in out
     rows = pq.read_table(work / "results" / "manifest" / "dev.parquet").to_pylist()
     assert len(rows) == len(csv_keys("dev")) and {r["status"] for r in rows} == {"missing_video"}

@@ -39,7 +39,7 @@ try:
         if _warning:
             CLIPLESS.add(_split)
             if workflow.is_main_process:  # not again in each SLURM job
-                print(f"meldflow: WARNING: {_warning}; no transcribe or frames job for "
+                print(f"meldflow: WARNING: {_warning.rstrip('.')}; no transcribe or frames job for "
                       f"{_split}", file=sys.stderr)
 except MeldflowError as exc:
     raise WorkflowError(str(exc)) from None
