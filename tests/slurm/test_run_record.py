@@ -10,7 +10,14 @@ import time
 
 from helpers import BIN
 
-from meldflow.slurm.run_record import alive, read_runs, submitted
+from meldflow.slurm.run_record import (
+    RUNS_DIR,
+    RunRecord,
+    alive,
+    read_runs,
+    stale_lock,
+    submitted,
+)
 
 SNAKEFILE = """
 rule all:
@@ -69,11 +76,26 @@ def test_a_killed_snakemake_stops_beating_and_its_run_is_not_alive(tmp_path):
     time.sleep(0.5)
     (run,) = read_runs(tmp_path)
     assert alive(run) and run["ended"] is None and run["heartbeat"] > run["started"]
+    locks, holder = stale_lock(tmp_path)
+    assert locks and holder == "alive"
     os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its job's shell
     proc.wait()
     time.sleep(0.7)  # three heartbeats of 0.2 s missed
     (run,) = read_runs(tmp_path)
     assert not alive(run) and run["ended"] is None
+    assert stale_lock(tmp_path) == (locks, "dead")  # its locks hold nothing any more
+
+
+def test_a_lock_no_run_record_explains_is_unknown(tmp_path):
+    assert stale_lock(tmp_path) == ([], None)
+    ended = RunRecord(tmp_path / RUNS_DIR, "0123456789abcdef")
+    ended.end()
+    ended.write()
+    time.sleep(1.5)
+    lock = tmp_path / ".snakemake" / "locks" / "0.input.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("a\n")  # left by a run without the logger
+    assert stale_lock(tmp_path) == ([lock], "unknown")
 
 
 def test_the_plugin_keeps_no_record_inside_a_cluster_job(tmp_path):

@@ -11,6 +11,7 @@ from meldflow.settings import Settings, flags, step_fields, step_flags
 from meldflow.shard_schema import METHOD_VERSIONS, SHARD_INDEX
 from meldflow.slurm.live import SHARD_RULES
 from meldflow.slurm.plugin import patch_slurm_plugin
+from meldflow.slurm.run_record import stale_lock
 from meldflow.annotations import find_csv
 from meldflow.preprocess.layout import check_clip_folder
 from meldflow.training.train_options import (EXPERIMENT_NAME, experiment_runs, launch_config,
@@ -43,6 +44,21 @@ try:
                       f"{_split}", file=sys.stderr)
 except MeldflowError as exc:
     raise WorkflowError(str(exc)) from None
+
+# A Snakemake killed in this folder (kill -9, a dropped login session) leaves its lock: when
+# its run record shows it dead (heartbeats missed), the lock is removed and the run goes on.
+if workflow.is_main_process:
+    _locks, _holder = stale_lock(Path.cwd())
+    if _holder == "dead":
+        for _lock in _locks:
+            _lock.unlink(missing_ok=True)
+        print("meldflow: removed the lock of an earlier Snakemake in this folder that was "
+              "killed (its run record missed its heartbeats)", file=sys.stderr)
+    elif _holder == "unknown":
+        print("meldflow: .snakemake/locks holds a lock that no run record explains (a run "
+              "without the SLURM profile's logger). If no Snakemake runs in this folder now "
+              "(`ps -ef | grep snakemake`, on every login node), `snakemake --unlock` is safe; "
+              "then run the same command again", file=sys.stderr)
 
 # The schema is generated from the same definitions (`meldflow schema`).
 validate(config, schema="../schemas/config.schema.yaml")

@@ -106,3 +106,25 @@ def alive(run: dict, now: float | None = None) -> bool:
     Jobs still queued or running under a run that is not alive are watched by nobody."""
     late = (now or time.time()) - run["heartbeat"]
     return run["ended"] is None and late <= MISSED_BEATS * run.get("heartbeat_s", HEARTBEAT_S)
+
+
+LOCKS_DIR = Path(".snakemake") / "locks"
+
+
+def stale_lock(workdir: str | Path, now: float | None = None) -> tuple[list[Path], str | None]:
+    """(Snakemake's lock files in ``workdir``, what is known of their holder).
+
+    The holder is the latest run whose record started before the locks were written and
+    beat after. Its state: ``alive``; ``dead`` (it never ended and missed its heartbeats:
+    Snakemake was killed, and the locks are stale); ``unknown`` (no such record: a run
+    without the profile's logger). ``None`` when no lock is held.
+    """
+    locks = sorted((Path(workdir) / LOCKS_DIR).glob("*.lock"))
+    if not locks:
+        return [], None
+    taken = min(p.stat().st_mtime for p in locks)
+    holders = [r for r in read_runs(workdir) if r["started"] <= taken + 1]
+    holder = holders[-1] if holders else None
+    if holder is None or holder["ended"] is not None or holder["heartbeat"] < taken - 1:
+        return locks, "unknown"
+    return locks, "alive" if alive(holder, now) else "dead"
