@@ -354,3 +354,23 @@ def test_status_json_gives_numbers_under_its_schema(tmp_path):
     assert frames == {"done": 2, "running": 1, "pending": 0, "failed": 0, "total": 4,
                       "fraction_done": 0.5, "eta_s": 60}  # 2 left at 30 s, one at a time
     assert doc["progress"]["fraction_done"] == 0.5 and doc["progress"]["eta_s"] == 60
+
+
+def test_status_with_accounting_down_names_sacct_and_what_the_run_record_knows(tmp_path):
+    """sacct failing printed an empty table naming only squeue."""
+    import time
+
+    now = time.time()
+    run_record(tmp_path, "uuid-a", now - 3600, jobs=["transcribe", "frames", "align"])
+    env = fake_slurm(tmp_path, [], [])
+    (tmp_path / "bin" / "sacct").write_text(
+        "#!/bin/sh\necho 'sacct: error: Problem talking to the database: Connection "
+        "refused' >&2\nexit 1\n")
+    proc = status_cli(tmp_path, env)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    out = proc.stdout
+    assert "SLURM accounting (sacct) is unreachable" in out
+    assert "Problem talking to the database" in out
+    assert "rule " not in out and "jobs: \n" not in out + "\n"  # no empty table
+    assert "squeue sees none of its jobs queued or running" in out
+    assert "the run record says: 3 job(s) submitted" in out

@@ -101,6 +101,16 @@ def submitted(run: dict) -> int:
                if not job["local"] or job["rule"] in SUBMITTING_RULES)
 
 
+def record_summary(run: dict) -> str:
+    """What a run record knows of its cluster jobs' tries, in one line."""
+    tries = [t for job in run["jobs"].values()
+             if not job["local"] or job["rule"] in SUBMITTING_RULES for t in job["tries"]]
+    ok = sum(t["ok"] is True for t in tries)
+    failed = sum(t["ok"] is False for t in tries)
+    return (f"the run record says: {len(tries)} job(s) submitted, {ok} ended ok, {failed} "
+            f"failed, {len(tries) - ok - failed} not seen to end")
+
+
 def alive(run: dict, now: float | None = None) -> bool:
     """Whether a Snakemake runs ``run`` now: it has not ended and its heartbeat is fresh.
     Jobs still queued or running under a run that is not alive are watched by nobody."""

@@ -33,7 +33,7 @@ from meldflow.slurm.live import (
     training_labels,
     unwatched_note,
 )
-from meldflow.slurm.run_record import alive, read_runs
+from meldflow.slurm.run_record import alive, read_runs, record_summary
 from meldflow.slurm.states import TERMINAL, slurm_state
 from meldflow.slurm.status_json import status_json
 
@@ -232,7 +232,8 @@ def collect(workdir: str | Path, run_id: str | None, tail_lines: int) -> Snapsho
                        or r["JobIDRaw"].split(".")[0].split("_")[0] in train_ids]
     except (MeldflowError, subprocess.TimeoutExpired) as exc:
         note = "; ".join(filter(None, [note, (
-            f"SLURM accounting is unreachable ({str(exc).splitlines()[0][:200]}): finished "
+            f"SLURM accounting (sacct) is unreachable ({str(exc).splitlines()[0][:200]}): "
+            f"finished "
             f"jobs cannot be shown until slurmdbd answers again; below is what squeue sees "
             f"still queued or running") + (f" ({queue_note})" if queue_note else "")]))
         rows = job_rows(join_queue([], queue, run_id, train_ids), None,
@@ -268,11 +269,18 @@ def _fmt_mem(row: JobRow) -> str:
 
 
 def format_table(run_id: str | None, rows: list[JobRow], note: str = "",
-                 off_cluster: list[str] | None = None, progress: str = "") -> str:
+                 off_cluster: list[str] | None = None, progress: str = "",
+                 record_says: str = "") -> str:
     """A fixed-width table, then each failed try explained, with its log tail; training
-    runs that ran off the cluster are named."""
+    runs that ran off the cluster are named. ``record_says``: what the run record knows,
+    shown instead of an empty table when accounting is down."""
     local = ("\ntrained off the cluster (not SLURM jobs): " + "; ".join(off_cluster)
              if off_cluster else "")
+    if not rows and record_says:  # accounting down and nothing queued: no empty table
+        return "\n".join([f"SLURM run {run_id}" if run_id else "SLURM jobs",
+                          f"NOTE: {note}" if note else "",
+                          f"squeue sees none of its jobs queued or running; {record_says}"]
+                         ).replace("\n\n", "\n") + local
     if not rows and not note:
         return (f"no SLURM jobs found for run {run_id}" if run_id else
                 "no SLURM run found: no .snakemake/log/ with a SLURM run ID here "
@@ -327,7 +335,9 @@ def status(workdir: str | Path, run_id: str | None, as_json: bool, watch: float,
         else:
             if watch:
                 print("\033[2J\033[H", end="")
-            print(format_table(snap.run_id, snap.rows, note, local, progress_text(numbers)))
+            says = record_summary(snap.run) if not snap.accounted and snap.run else ""
+            print(format_table(snap.run_id, snap.rows, note, local, progress_text(numbers),
+                               says))
         runs = read_runs(workdir)
         done = (snap.accounted and not (runs and alive(runs[-1]))
                 and all(r.state in TERMINAL for r in snap.rows))
