@@ -225,7 +225,7 @@ def test_accounting_outage_and_controller_restart_are_survived(slurm_cluster, pr
     assert "the job status query failed" in text and "answers again after" in text
     # during the outage, meldflow status said so and showed what squeue saw
     assert status.returncode == 0, status.stderr
-    assert "accounting is unreachable" in status.stdout
+    assert "accounting (sacct) is unreachable" in status.stdout
 
     assert re.search(rf"\b{marker.read_text().strip()}\s+n\d\s+RUNNING\b", status.stdout), \
         status.stdout
