@@ -142,18 +142,18 @@ def cmd_status(a: argparse.Namespace, s: Settings) -> None:
 
 
 def cmd_predict(a: argparse.Namespace, s: Settings) -> None:
-    from meldflow.training.predict import predict
+    from meldflow.training.predict import predict, predictions_table
 
     rows = predict(a.model, a.clips, a.text, a.device, a.hf_home, a.speaker)
-    for r in rows:
-        heard = f'  "{r["transcript"]}"' if "transcript" in r else ""
-        heard += f" ({', '.join(r['transcript_flags'])})" if r.get("transcript_flags") else ""
-        print(f"{r['emotion']:>9s} {r['p_emotion'][r['emotion']]:.2f}  {r['sentiment']:>8s}  "
-              f"{r['input']}{heard}")
+    print(predictions_table(rows))
     if a.out:
         from meldflow.storage import write_text
 
         write_text(json.dumps(rows, indent=1) + "\n", a.out)
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        raise MeldflowError(f"{len(failed)} of {len(rows)} input(s) could not be read, the "
+                            f"others are predicted (first: {failed[0]['reason']})")
 
 
 def cmd_make_sample(a: argparse.Namespace, s: Settings) -> None:

@@ -132,9 +132,11 @@ def test_predict_transcribes_with_the_runs_whisper_model(transcript_model, hf_ho
     silent = tmp_path / "silent.mp4"
     subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-i", clips[0], "-an",
                     "-c:v", "copy", str(silent)], check=True)
-    with pytest.raises(MeldflowError, match=r"silent\.mp4: no_audio: this model reads "
-                                            r"Whisper's transcript"):
-        predict(out / "best", clips=[str(silent)], hf_home=hf_home, speakers=["Ross"])
+    bad, good = predict(out / "best", clips=[str(silent), clips[0]], hf_home=hf_home,
+                        speakers=["Ross", rows[0][0]["speaker"]])
+    assert (bad["status"], "emotion" in bad) == ("no_audio", False)
+    assert "silent.mp4: this model reads Whisper's transcript" in bad["reason"]
+    assert good["status"] == "ok" and good["emotion"] in good["p_emotion"]
     # another Whisper model than the run's is refused
     other = tmp_path / "other-best"
     shutil.copytree(out / "best", other)
@@ -306,3 +308,30 @@ def test_a_truncated_model_card_is_refused_naming_the_file(florence_home, tmp_pa
     card.write_bytes(card.read_bytes()[: len(card.read_bytes()) // 2])
     with pytest.raises(MeldflowError, match=rf"{name} is damaged"):
         predict(run / "best", texts=["Joey: How you doin'?"], hf_home=florence_home)
+
+
+@pytest.mark.integration
+def test_one_bad_clip_is_a_row_of_its_own_and_the_batch_goes_on(florence_home, shards_4x128,
+                                                                tmp_path):
+    """`meldflow predict` aborted the whole batch on one bad clip, and its table had no
+    header."""
+    out = _train(florence_home, shards_4x128, tmp_path / "run", modalities="vision")
+    clips = [c for _, c in _dev_rows(shards_4x128)[:2]]
+    damaged = tmp_path / "dia9_utt9.mp4"
+    damaged.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 4000)
+    args = [sys.executable, "-m", "meldflow.cli", "predict", "--model", str(out / "best"),
+            "--out", str(tmp_path / "p.json"), "--clips"]
+    alone = subprocess.run(args + clips, capture_output=True, text=True, env=env_with_venv())
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    mixed = subprocess.run(args + [clips[0], str(damaged), str(tmp_path / "gone.mp4"),
+                                   clips[1]], capture_output=True, text=True,
+                           env=env_with_venv())
+    assert mixed.returncode == 2 and "Traceback" not in mixed.stderr, mixed.stderr[-2000:]
+    lines = mixed.stdout.splitlines()
+    assert lines[0].split() == ["emotion", "p", "sentiment", "input"]
+    assert [lines[1], lines[4]] == alone.stdout.splitlines()[1:]  # as without the bad ones
+    assert "dia9_utt9.mp4  (unreadable_video: " in lines[2]
+    assert "gone.mp4  (missing_video: clip not found" in lines[3]
+    assert "2 of 4 input(s) could not be read, the others are predicted" in mixed.stderr
+    written = json.loads((tmp_path / "p.json").read_text())
+    assert [r["status"] for r in written] == ["ok", "unreadable_video", "missing_video", "ok"]

@@ -63,11 +63,16 @@ def _check_inputs(cfg: TrainConfig, prep: dict | None, clips: list[str], texts: 
     if blank:
         raise MeldflowError(f"--text: utterance(s) {', '.join(map(str, blank))} are empty; "
                             f'give "Speaker: line" or just the line')
+    unreadable = []
     for clip in clips:
         try:
             check_clip_file(clip)
         except ClipError as exc:
-            raise MeldflowError(f"--clips: {exc}") from None
+            unreadable.append(exc)
+    if clips and len(unreadable) == len(clips):  # nothing to predict: an error, at once
+        raise MeldflowError(f"--clips: {unreadable[0]}" if len(clips) == 1 else
+                            f"--clips: none of the {len(clips)} clips can be read (first: "
+                            f"{unreadable[0]})")
     if clips and texts and len(clips) != len(texts):
         raise MeldflowError(f"{len(clips)} clips but {len(texts)} texts")
     if "vision" in cfg.modalities:
@@ -105,8 +110,10 @@ def clip_dialogues(clips: list[str]) -> list[tuple[int, int]]:
 
 
 def transcribe_clips(clips: list[str], whisper: dict, hf_home: str | Path | None,
-                     fallback_home: str, device: str) -> list[tuple[str, list[str]]]:
-    """(transcript, flags) of each clip, made as the training transcripts were: the same
+                     fallback_home: str, device: str
+                     ) -> list[tuple[str, list[str]] | ClipError]:
+    """(transcript, flags) of each clip (a ClipError for a clip Whisper could not read),
+    made as the training transcripts were: the same
     Whisper model (checked by its file hashes) and decoding settings, the clips of one
     dialogue sharing windows (:func:`clip_dialogues`)."""
     home = hf_home or (fallback_home if Path(fallback_home).is_dir() else None) \
@@ -139,18 +146,20 @@ def transcribe_clips(clips: list[str], whisper: dict, hf_home: str | Path | None
                      "utterance_id": [u for _, u in keys], "clip_path": [str(c) for c in clips],
                      "status": ["ok"] * n, "utterance": [""] * n})
     table = transcribe_rows(rows, asr).to_pylist()
+    out = []
     for clip, row in zip(clips, table, strict=True):
         if row["asr_status"] != "ok":  # an empty transcript would be predicted from, silently
-            raise MeldflowError(f"{clip}: {row['asr_status']}: this model reads Whisper's "
-                                f"transcript of the clip; give --text \"Speaker: line\" for it "
-                                f"instead")
+            out.append(ClipError(f"{clip}: this model reads Whisper's transcript of the clip "
+                                 f"({row['asr_reason'] or row['asr_status']}); give --text "
+                                 f"\"Speaker: line\" for it instead", row["asr_status"]))
+            continue
         if not row["transcript"]:
             log.warning("%s: %s: this model of transcripts predicts it from an empty "
                         "transcript, as training did for such clips", clip,
                         "no speech in it" if "no_speech" in row["asr_flags"]
                         else "Whisper heard no words")
-    return [(row["transcript"], [f for f in row["asr_flags"] if f != "no_gold_text"])
-            for row in table]
+        out.append((row["transcript"], [f for f in row["asr_flags"] if f != "no_gold_text"]))
+    return out
 
 
 def clip_frames(clip: str, prep: dict) -> list[bytes]:
@@ -159,7 +168,7 @@ def clip_frames(clip: str, prep: dict) -> list[bytes]:
 
     res = extract_frames(clip, **{k: prep[k] for k in FRAME_SETTINGS})
     if res.status != "ok":
-        raise MeldflowError(f"{clip}: {res.status} ({res.reason})")
+        raise ClipError(f"{clip}: {res.reason}", res.status)
     return res.frames
 
 
@@ -167,7 +176,9 @@ def predict(model_dir: str | Path, clips: list[str] | None = None,
             texts: list[str] | None = None, device: str = "cpu",
             hf_home: str | Path | None = None, speakers: list[str] | None = None
             ) -> list[dict]:
-    """Emotion and sentiment probabilities for new clips and/or utterances.
+    """Emotion and sentiment probabilities for new clips and/or utterances, one row each
+    in input order, with its ``status``: ``ok``, or why the clip could not be read (with a
+    ``reason``; the other rows are predicted as without it).
 
     ``texts`` are "Speaker: line" (or just the line); clips are framed (and, for a model of
     Whisper transcripts without ``texts``, transcribed) as the training data was.
@@ -180,7 +191,13 @@ def predict(model_dir: str | Path, clips: list[str] | None = None,
     if cfg.context_turns:
         log.warning("the model was trained with %d earlier turns in the prompt; new "
                     "utterances come without them", cfg.context_turns)
-    transcripts = None
+    bad: dict[int, ClipError] = {}  # a clip that cannot be read is its row's status
+    for i, clip in enumerate(clips):
+        try:
+            check_clip_file(clip)
+        except ClipError as exc:
+            bad[i] = exc
+    heard: dict[int, tuple[str, list[str]]] | None = None
     if "text" in cfg.modalities and not texts:
         # training's prompts name each line's speaker: so do these (required, as given)
         speakers = list(speakers or [])
@@ -189,25 +206,62 @@ def predict(model_dir: str | Path, clips: list[str] | None = None,
                 f"this model's prompts name the speaker, as in training (\"Speaker: "
                 f"transcript\"): give --speaker NAME for each of the {len(clips)} clip(s), "
                 f"in the same order")
-        heard = transcribe_clips(clips, prep["whisper"], hf_home, cfg.hf_home, device)
-        transcripts = [t for t, _ in heard]
-        texts = [f"{who}: {t}" for who, t in zip(speakers, transcripts, strict=True)]
+        usable = [i for i in range(len(clips)) if i not in bad]
+        got = transcribe_clips([clips[i] for i in usable], prep["whisper"], hf_home,
+                               cfg.hf_home, device) if usable else []
+        heard = {}
+        for i, result in zip(usable, got, strict=True):
+            if isinstance(result, ClipError):
+                bad[i] = result
+            else:
+                heard[i] = result
+        texts = [f"{who}: {heard[i][0]}" if i in heard else "" for i, who in enumerate(speakers)]
     model, processor = load_trained(model_dir, device)
-    rows = []
+    rows, order = [], []
     for i in range(max(len(clips), len(texts))):
+        if i in bad:
+            continue
         text = texts[i] if texts else ""
         speaker, _, line = text.partition(": ") if ": " in text else ("", "", text)
-        frames = clip_frames(clips[i], prep) if "vision" in cfg.modalities else []
+        try:
+            frames = clip_frames(clips[i], prep) if "vision" in cfg.modalities else []
+        except ClipError as exc:
+            bad[i] = exc
+            continue
+        order.append(i)
         rows.append({"dialogue_id": -1, "utterance_id": i, "speaker": speaker or "Speaker",
                      "utterance": line, "transcript": line, "frames": frames})
-    emo_p, sen_p = predict_rows(model, processor, cfg, _NoContext(), rows, device)
+    emo_p, sen_p = predict_rows(model, processor, cfg, _NoContext(), rows, device) \
+        if rows else ([], [])
+    done = dict(zip(order, zip(emo_p, sen_p, strict=True), strict=True))
     out = []
-    for i, (pe, ps) in enumerate(zip(emo_p, sen_p, strict=True)):
-        out.append({"input": clips[i] if clips else texts[i],
-                    "emotion": EMOTIONS[max(range(len(pe)), key=pe.__getitem__)],
-                    "sentiment": SENTIMENTS[max(range(len(ps)), key=ps.__getitem__)],
-                    "p_emotion": dict(zip(EMOTIONS, pe, strict=True)),
-                    "p_sentiment": dict(zip(SENTIMENTS, ps, strict=True))}
+    for i in range(max(len(clips), len(texts))):
+        row = {"input": clips[i] if clips else texts[i]}
+        if i in bad:
+            out.append(row | {"status": bad[i].status, "reason": str(bad[i])})
+            continue
+        pe, ps = done[i]
+        out.append(row | {"status": "ok",
+                          "emotion": EMOTIONS[max(range(len(pe)), key=pe.__getitem__)],
+                          "sentiment": SENTIMENTS[max(range(len(ps)), key=ps.__getitem__)],
+                          "p_emotion": dict(zip(EMOTIONS, pe, strict=True)),
+                          "p_sentiment": dict(zip(SENTIMENTS, ps, strict=True))}
                    | ({"transcript": heard[i][0], "transcript_flags": heard[i][1]}
-                      if transcripts is not None else {}))
+                      if heard is not None else {}))
     return out
+
+
+def predictions_table(rows: list[dict]) -> str:
+    """:func:`predict`'s rows as the terminal shows them, under a header; a clip that could
+    not be read is a row of its own with why."""
+    lines = [f"{'emotion':>9s} {'p':>4s}  {'sentiment':>9s}  input"]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"{'-':>9s} {'-':>4s}  {'-':>9s}  {r['input']}  ({r['status']}: "
+                         f"{r['reason']})")
+            continue
+        heard = f'  "{r["transcript"]}"' if "transcript" in r else ""
+        heard += f" ({', '.join(r['transcript_flags'])})" if r.get("transcript_flags") else ""
+        lines.append(f"{r['emotion']:>9s} {r['p_emotion'][r['emotion']]:.2f}  "
+                     f"{r['sentiment']:>9s}  {r['input']}{heard}")
+    return "\n".join(lines)
