@@ -374,3 +374,53 @@ def test_status_with_accounting_down_names_sacct_and_what_the_run_record_knows(t
     assert "rule " not in out and "jobs: \n" not in out + "\n"  # no empty table
     assert "squeue sees none of its jobs queued or running" in out
     assert "the run record says: 3 job(s) submitted" in out
+
+
+SLURM_JOB_LOG = """
+SNAKEMAKE
+=========
+  Date: 2026-12-06 21:04:56
+  Snakemake version: 9.27.1
+
+Building DAG of jobs...
+Select jobs to execute...
+Shell command: meldflow frames --out {out} > results/logs/frames/train/shard-0000.log 2>&1
+slurmstepd-n1: error: Detected 1 oom-kill event(s) in StepId=16.0.
+srun: error: n1: task 0: Out Of Memory
+[Sun Dec  6 21:05:01 2026]
+Error in rule frames:
+    message: None
+    jobid: 0
+    log: results/logs/frames/train/shard-0000.log (check log file(s) for error details)
+Removing output files of failed job frames since they might be corrupted:
+Shutting down, this might take some time.
+Exiting because a job execution failed. Look above for error messages
+WorkflowError:
+At least one job did not complete successfully.
+"""
+
+
+def test_a_failed_tries_excerpt_is_the_jobs_own_error(tmp_path):
+    """The excerpt showed the end of the SLURM log: Snakemake's "Shutting down" and
+    "WorkflowError" lines, never the job's own error, which goes to the rule's log."""
+    slurm = tmp_path / "results" / "logs" / "slurm"
+    for job_id in ("21", "22"):
+        log = slurm / "rule_frames" / "train_0000" / f"{job_id}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(SLURM_JOB_LOG)
+    rule_log = tmp_path / "results" / "logs" / "frames" / "train" / "shard-0000.log"
+    rule_log.parent.mkdir(parents=True)
+    rule_log.write_text("INFO reading\nERROR meldflow: cannot write results/frames/x: the "
+                        "disk is full\n")
+    c = "rule_frames_wildcards_train_0000"
+    records = [job(j, c, "FAILED", elapsed=5) | {"Submit": f"T{j}"} for j in ("21", "22")]
+    first, last = job_rows(records, slurm, tail_lines=3, workdir=tmp_path)
+    assert last.log_tail == [
+        "slurmstepd-n1: error: Detected 1 oom-kill event(s) in StepId=16.0.",
+        "srun: error: n1: task 0: Out Of Memory",
+        "results/logs/frames/train/shard-0000.log:",
+        "  INFO reading",
+        "  ERROR meldflow: cannot write results/frames/x: the disk is full"]
+    # try 2 rewrote the rule's log: try 1 shows what SLURM said and its own log's end
+    assert "disk is full" not in "\n".join(first.log_tail)
+    assert first.log_tail[:2] == last.log_tail[:2]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meldflow import MeldflowError
-from meldflow.logs import tail
+from meldflow.logs import job_log_excerpt
 from meldflow.slurm.accounting import (
     gpus_in,
     sacct_records,
@@ -64,7 +64,7 @@ class JobRow:
 
 def job_rows(records: list[dict], logdir: Path | None = None, reasons: dict | None = None,
              tail_lines: int = 5, labels: dict[str, tuple[str, str]] | None = None,
-             run_goes_on: bool = False) -> list[JobRow]:
+             run_goes_on: bool = False, workdir: Path | None = None) -> list[JobRow]:
     """Allocation lines merged with their steps, attempts numbered per (rule, wildcards).
 
     ``labels`` names jobs without a Snakemake comment (the training jobs, every try);
@@ -114,8 +114,7 @@ def job_rows(records: list[dict], logdir: Path | None = None, reasons: dict | No
             cpu_efficiency=round(cpu / (elapsed * cpus), 3) if elapsed and cpus else None,
             max_rss_mb=round(rss[raw], 1) if raw in rss else None,
             req_mem_mb=to_mb(rec.get("ReqMem", "")), reason=(reasons or {}).get(raw, ""),
-            log=log, log_tail=tail(Path(log), tail_lines)
-            if log and state not in ("COMPLETED", "RUNNING", "PENDING") else [],
+            log=log,
             node=rec.get("NodeList", "") if rec.get("NodeList") != "None assigned" else "",
             gpus=gpus_in(rec.get("AllocTRES", "")), time_limit=rec.get("Timelimit", "")))
     tries: dict[tuple[str, str], list[JobRow]] = {}
@@ -125,6 +124,9 @@ def job_rows(records: list[dict], logdir: Path | None = None, reasons: dict | No
     for seq in tries.values():
         for row, after in zip(seq, seq[1:] + [None], strict=True):
             row.explanation = explain(row, after, run_goes_on)
+            if row.log and row.state not in ("COMPLETED", "RUNNING", "PENDING"):
+                row.log_tail = job_log_excerpt(Path(row.log), tail_lines,
+                                               workdir or Path.cwd(), after is None)
     return rows
 
 
@@ -241,7 +243,7 @@ def collect(workdir: str | Path, run_id: str | None, tail_lines: int) -> Snapsho
         return Snapshot(run_id, run, mark_unwatched(rows, run), note, accounted=False)
     records = join_queue(records, queue, run_id, train_ids)
     rows = job_rows(records, slurm_logdir(workdir), pending_reasons(queue), tail_lines,
-                    labels, goes_on)
+                    labels, goes_on, workdir)
     note = "; ".join(filter(None, [note, queue_note and f"live state unknown: {queue_note}"]))
     return Snapshot(run_id, run, mark_unwatched(rows, run), note, accounted=not queue_note)
 
