@@ -72,6 +72,19 @@ def test_a_profile_read_as_snakemake_reads_it(tmp_path):
         f"node of partition cpu has (8000 MB)"]
 
 
+def test_a_value_a_rule_inherits_is_blamed_on_the_default(tmp_path):
+    """A too-long default runtime was blamed on `set-resources: transcribe` and `frames`,
+    which set none (and said once for each)."""
+    path = _profile(tmp_path, {"runtime": 500, "slurm_partition": "cpu"},
+                    {"transcribe": {"mem_mb": 4000}, "frames": {"runtime": 300}})
+    parts = {"cpu": Partition("cpu", True, 240, [(0, 8000, 4)])}
+    assert problems(asks_from_profile(str(path)), parts, None) == [
+        f"shard jobs: a time limit of 500 min ({path} default-resources) is over partition "
+        f"cpu's MaxTime of 240 min",
+        f"rule frames: a time limit of 300 min ({path} set-resources: frames) is over "
+        f"partition cpu's MaxTime of 240 min"]
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("runtime", "two hours", "runtime 'two hours' is not a time (minutes, or e.g. \"2h\")"),
     ("mem", "lots", "mem 'lots' is not a size (e.g. \"16GB\")"),

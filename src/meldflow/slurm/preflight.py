@@ -10,6 +10,7 @@ problem stops the run before any job is queued.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import re
 import subprocess
@@ -31,7 +32,11 @@ class Ask:
     gpus_per_node: int | None = None
     mem_mb: float | None = None
     cpus_per_node: int | None = None
-    time_where: str = ""  # where the time limit is set, when elsewhere
+    elsewhere: tuple[tuple[str, str], ...] = ()  # (field, where) for values set elsewhere
+
+    def where_of(self, name: str) -> str:
+        """Where this ask's value of field ``name`` is set."""
+        return dict(self.elsewhere).get(name, self.where)
 
 
 @dataclass
@@ -93,29 +98,44 @@ def problems(asks: list[Ask], partitions: dict[str, Partition],
         part = partitions.get(name or "")
         if part is None and ("partition", name) not in told:
             told.add(("partition", name))
-            lines.append(f"{ask.who}: partition {name!r} ({ask.where}) does not exist "
+            lines.append(f"{ask.who}: partition {name!r} ({ask.where_of('partition')}) "
+                         f"does not exist "
                          f"here; partitions: {', '.join(sorted(partitions)) or 'none'} "
                          f"(sinfo)")
         if ask.account and accounts is not None and ask.account not in accounts \
                 and ("account", ask.account) not in told:
             told.add(("account", ask.account))
-            lines.append(f"{ask.who}: account {ask.account!r} ({ask.where}) is not one this "
+            lines.append(f"{ask.who}: account {ask.account!r} ({ask.where_of('account')}) is "
+                         f"not one this "
                          f"user may use: {', '.join(sorted(accounts)) or 'none'} "
                          f"(sacctmgr show assoc user={getpass.getuser()})")
         if part is None:
             continue
-        if ask.minutes and part.max_minutes is not None and ask.minutes > part.max_minutes:
+        if ask.minutes and part.max_minutes is not None and ask.minutes > part.max_minutes \
+                and _once(told, ask, "minutes", part):
             lines.append(f"{ask.who}: a time limit of {ask.minutes:.0f} min "
-                         f"({ask.time_where or ask.where}) is "
+                         f"({ask.where_of('minutes')}) is "
                          f"over partition {part.name}'s MaxTime of {part.max_minutes:.0f} min")
-        for label, asked, index, unit in (("GPUs per node", ask.gpus_per_node, 0, ""),
-                                          ("memory per node", ask.mem_mb, 1, " MB"),
-                                          ("CPUs per node", ask.cpus_per_node, 2, "")):
+        for label, key, index, unit in (("GPUs per node", "gpus_per_node", 0, ""),
+                                        ("memory per node", "mem_mb", 1, " MB"),
+                                        ("CPUs per node", "cpus_per_node", 2, "")):
             best = max((node[index] for node in part.nodes), default=0)
-            if asked and asked > best:
-                lines.append(f"{ask.who}: {label} {asked:g}{unit} ({ask.where}) is more than "
+            asked = getattr(ask, key)
+            if asked and asked > best and _once(told, ask, key, part):
+                lines.append(f"{ask.who}: {label} {asked:g}{unit} ({ask.where_of(key)}) is "
+                             f"more than "
                              f"any node of partition {part.name} has ({best:g}{unit})")
     return lines
+
+
+def _once(told: set, ask: Ask, key: str, part: Partition) -> bool:
+    """Whether a value set in one place is told for the first time (a default that every
+    rule inherits is one problem, said once)."""
+    seen = (key, ask.where_of(key), getattr(ask, key), part.name)
+    if seen in told:
+        return False
+    told.add(seen)
+    return True
 
 
 def check_cluster(asks: list[Ask]) -> list[str]:
@@ -137,6 +157,11 @@ def _value(expr, attempt: int):
     except Exception:  # a plain name such as a partition, or "2h"
         return expr
 
+
+# The Ask field each profile resource sets.
+_FIELDS = {"slurm_partition": "partition", "slurm_account": "account", "runtime": "minutes",
+           "mem_mb": "mem_mb", "mem_mib": "mem_mb", "mem_gb": "mem_mb", "mem_gib": "mem_mb",
+           "mem": "mem_mb", "cpus_per_task": "cpus_per_node"}
 
 # Snakemake's size resources in MB (``mem`` is a size with its unit, or MB).
 _MEM_MB = {"mem_mb": 1.0, "mem_mib": 1.048576, "mem_gb": 1000.0, "mem_gib": 1073.741824}
@@ -191,10 +216,15 @@ def asks_from_profile(profile: str, last_try: bool = False) -> list[Ask]:
 
     attempt = int(cfg.get("retries", 0)) + 1 if last_try else 1
     base = mapping(cfg.get("default-resources"))
-    asks = [_ask("shard jobs", f"{path} default-resources", base, attempt)]
+    default_where = f"{path} default-resources"
+    asks = [_ask("shard jobs", default_where, base, attempt)]
     for rule, res in (cfg.get("set-resources") or {}).items():
-        asks.append(_ask(f"rule {rule}", f"{path} set-resources: {rule}",
-                         base | mapping(res), attempt))
+        own = mapping(res)
+        inherited = {_FIELDS[k] for k in base if k in _FIELDS} - {
+            _FIELDS[k] for k in own if k in _FIELDS}
+        ask = _ask(f"rule {rule}", f"{path} set-resources: {rule}", base | own, attempt)
+        asks.append(dataclasses.replace(
+            ask, elsewhere=tuple((f, default_where) for f in sorted(inherited))))
     return asks
 
 

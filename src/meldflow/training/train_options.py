@@ -157,7 +157,8 @@ class LaunchConfig:
         """What this launch asks of a SLURM cluster (for the preflight check)."""
         from meldflow.slurm.preflight import Ask
 
-        return Ask(who, "train.slurm", time_where="train.time_min", partition=self.partition,
+        return Ask(who, "train.slurm", elsewhere=(("minutes", "train.time_min"),),
+                   partition=self.partition,
                    account=self.account, minutes=self.time_min,
                    gpus_per_node=self.gpus_per_node,
                    mem_mb=self.mem_gb * 1024 if self.mem_gb else None,
