@@ -112,6 +112,12 @@ def test_whole_workflow_on_slurm_matches_local_run(slurm_cluster, trained, hf_ho
     assert len(shard_rows) >= 10 and status["run_id"] == workflow_jobs[0][1]
     assert "submitted no job (nothing to do)" in status["note"]
     assert status["progress"]["rules"]["frames"]["fraction_done"] == 1.0
+    # the README's last cluster command: the HTML report of the cluster run (no job)
+    report = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"),
+                             "--report", "results/report.html"], capture_output=True,
+                            text=True, env=env_with_venv(), cwd=work)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (work / "results" / "report.html").stat().st_size > 10_000
 
 
 def test_experiments_train_at_once_on_slurm(slurm_cluster, preprocessed, tmp_path):

@@ -191,6 +191,11 @@ def test_experiments_times_seeds_give_one_comparison_table(preprocessed, tmp_pat
     # a third seed trains only the two new runs; the four finished ones are kept
     more = run_snakemake(work, "-n", "--config", "seeds=[0,1,2]").stdout
     assert more.count("rule train:") == 2 and more.count("seed-2/metrics.json") >= 2
+    # a changed option retrains every run, and says so in a line (it dumped the whole
+    # options dict, several KB, for each run)
+    changed = run_snakemake(work, "-n", "--config", "train={lr: 0.00123}").stdout
+    reasons = [ln for ln in changed.splitlines() if "Params have changed" in ln]
+    assert len(reasons) == 4 and max(map(len, reasons)) < 300, reasons[:1]
     # every run's TensorBoard events: loss per step, dev metrics per epoch, confusion images
     events = tensorboard_events(res / "train" / "text+context" / "seed-1")
     assert len(events.Scalars("train/loss")) == runs[("text+context", 1)]["steps"]

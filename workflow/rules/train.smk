@@ -39,13 +39,14 @@ rule train_options:
     output:
         "results/train/{experiment}/seed-{seed}.yaml",
     params:
-        options=train_options,
+        # a digest: Snakemake prints a changed param whole (the options are several KB)
+        options=lambda w: options_digest(train_options(w)),
     log:
         "results/logs/train_options/{experiment}/seed-{seed}.log",
     run:
         from meldflow.training.train_options import write_options_file
 
-        write_options_file(params.options, output[0], log[0])
+        write_options_file(train_options(wildcards), output[0], log[0])
 
 
 rule train:

@@ -242,6 +242,14 @@ def off_cluster_runs(runs: dict[tuple[str, int], dict]) -> list[str]:
             if launch_config(options).executor in ("local", "debug")]
 
 
+def options_digest(options: dict) -> str:
+    """A short name of one run's options, which changes whenever any of them does."""
+    import hashlib
+
+    text = json.dumps(options, sort_keys=True, default=str)
+    return f"options sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
 def write_options_file(options: dict, path: str | Path, log: str | Path | None = None) -> None:
     """The workflow's options file for ``meldflow train --options`` (checked when the
     Snakefile was read, and again by ``meldflow train``, where it enters that process)."""
