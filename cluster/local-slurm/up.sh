@@ -9,7 +9,8 @@
 # ends FAILED. Each node offers all of the machine's CPUs (they are shared) and 1/N of
 # its memory. Like a real site: two partitions, cpu (the default, 4 h) and gpu (1 day);
 # accounting enforced (an unknown account or partition makes sbatch fail; root's
-# association with account meldflow is made here); and 2 GPUs per node as generic
+# association with account meldflow is made here, under QOS site: at most 20 jobs submitted
+# per user, 12 h per job, 4 GPUs per user); and 2 GPUs per node as generic
 # resources, backed by device files that exist without a GPU (/dev/tty0, /dev/tty1), so
 # SLURM schedules, counts (AllocTRES gres/gpu) and binds them and sets each job's
 # CUDA_VISIBLE_DEVICES.
@@ -33,8 +34,12 @@ else
   LIMITS=overmemorykill
   PROCTRACK=proctrack/linuxproc TASK=task/none GATHER_PARAMS=OverMemoryKill
 fi
-CONF_VERSION="meldflow local-slurm configuration v5, $NODES node(s), memory limits by $LIMITS"
+CONF_VERSION="meldflow local-slurm configuration v6, $NODES node(s), memory limits by $LIMITS"
 GPUS_PER_NODE=2
+QOS=site                # the test account's QOS and its limits
+QOS_MAX_SUBMIT=${MELDFLOW_SLURM_MAX_SUBMIT:-20}
+QOS_MAX_WALL=12:00:00
+QOS_MAX_GPUS=4
 GPU_FILES="/dev/tty[0-1]"  # stand-ins: SLURM only needs device files that exist
 
 log() { echo "[local-slurm] $*"; }
@@ -149,7 +154,7 @@ DefMemPerCPU=3000
 SchedulerType=sched/backfill
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
-AccountingStorageEnforce=associations,limits
+AccountingStorageEnforce=associations,limits,qos
 AccountingStorageTRES=gres/gpu
 GresTypes=gpu
 JobAcctGatherType=jobacct_gather/linux
@@ -188,6 +193,14 @@ sacctmgr -n list account format=account%30 | grep -qw "$ACCOUNT" \
   || sacctmgr -i add account "$ACCOUNT" Cluster="$CLUSTER" Description=meldflow Organization=meldflow >/dev/null
 sacctmgr -n list user root format=user,defaultaccount%30 | grep -qw "$ACCOUNT" \
   || sacctmgr -i add user root Account="$ACCOUNT" DefaultAccount="$ACCOUNT" >/dev/null
+# A site's QOS on the test account: a submit limit, a wall-clock limit and a GPU limit per
+# user, as real sites set them (sbatch refuses a job over the first two; one over the GPU
+# limit waits with reason QOSMaxGRESPerUser).
+sacctmgr -n -P show qos format=name | grep -qx "$QOS" || sacctmgr -i add qos "$QOS" >/dev/null
+sacctmgr -i modify qos "$QOS" set MaxSubmitJobsPerUser="$QOS_MAX_SUBMIT" \
+  MaxWall="$QOS_MAX_WALL" MaxTRESPerUser=gres/gpu="$QOS_MAX_GPUS" >/dev/null || true
+sacctmgr -i modify user root where account="$ACCOUNT" set qos="$QOS" defaultqos="$QOS" \
+  >/dev/null || true
 
 cat > "$ETC/cgroup.conf" <<CONF
 # Written by cluster/local-slurm/up.sh: jobs are held to the memory they ask for.
@@ -214,4 +227,4 @@ for _ in $(seq 300); do
   sleep 0.2
 done
 [ "$(nodes_up)" = "$NODES" ] || die "nodes not ready: $(sinfo -h -N 2>&1) ($STATE/log/)"
-log "up: cluster $CLUSTER, $NODES node(s) n[1-$NODES] on $HOST ($CPUS CPUs, $NODE_MEM MB and $GPUS_PER_NODE stand-in GPUs each, memory limits by $LIMITS), partitions cpu (default) and gpu, account $ACCOUNT enforced"
+log "up: cluster $CLUSTER, $NODES node(s) n[1-$NODES] on $HOST ($CPUS CPUs, $NODE_MEM MB and $GPUS_PER_NODE stand-in GPUs each, memory limits by $LIMITS), partitions cpu (default) and gpu, account $ACCOUNT enforced, QOS $QOS (MaxSubmitJobsPU $QOS_MAX_SUBMIT, MaxWall $QOS_MAX_WALL, MaxTRESPU gres/gpu=$QOS_MAX_GPUS)"
