@@ -36,6 +36,14 @@ def merged_config(configfiles: list[str]) -> dict:
     return config
 
 
+def slurm_runs(runs: dict, workflow_executor: str = "slurm") -> list[tuple[str, int]]:
+    """The (experiment, seed) runs that train as SLURM jobs."""
+    from meldflow.training.train_options import launch_config, resolve_executor
+
+    return [run for run, options in runs.items()
+            if resolve_executor(launch_config(options).executor, workflow_executor) == "slurm"]
+
+
 def training_asks(runs: dict, workflow_executor: str = "slurm") -> list:
     """What each distinct training launch of the runs asks of the cluster."""
     from meldflow.training.train_options import launch_config, resolve_executor
@@ -118,16 +126,19 @@ def run_check(profile: str, configfiles: list[str]) -> tuple[list[str], list[str
     would meet; notes for what only a job's last try (more memory and time) would meet."""
     from meldflow.config import typed_config
     from meldflow.settings import Settings
-    from meldflow.slurm.preflight import asks_from_profile, check_cluster
+    from meldflow.slurm.preflight import asks_from_profile, check_cluster, profile_plan
     from meldflow.training.train_options import experiment_runs
 
     config = typed_config(merged_config(configfiles))
     settings = Settings.from_config(config)
     runs = experiment_runs(config.get("train", {}), config.get("experiments"),
                            config.get("seeds"))
-    found = check_cluster(asks_from_profile(profile) + training_asks(runs))
-    notes = [f"on its last try: {line}" for line in
-             check_cluster(asks_from_profile(profile, last_try=True)) if line not in found]
+    trainings = training_asks(runs)
+    plan = profile_plan(profile, len(slurm_runs(runs)))
+    found, notes = check_cluster(asks_from_profile(profile) + trainings, plan)
+    notes = [f"note: {line}" for line in notes] + [
+        f"on its last try: {line}" for line in
+        check_cluster(asks_from_profile(profile, last_try=True))[0] if line not in found]
     gpu, gpu_notes = gpu_problems(settings, runs)
     return (found + gpu + model_problems(settings) + data_problems(settings, runs),
             notes + [f"note: {line}" for line in gpu_notes])

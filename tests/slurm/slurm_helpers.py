@@ -38,12 +38,12 @@ def slurm_workdir(root, hf_home, **overrides):
     return make_workdir(root, hf_home, **overrides)
 
 
-def start_snakemake(work, log_path, *args, env=None):
+def start_snakemake(work, log_path, *args, env=None, profile=REPO / "cluster" / "slurm"):
     """Snakemake with the SLURM profile in the background, its output in ``log_path``."""
     with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores",
-             "2", "--profile", str(REPO / "cluster" / "slurm"), *args],
+             "2", "--profile", str(profile), *args],
             cwd=work, env=env or env_with_venv(), stdout=log, stderr=subprocess.STDOUT)
 
 

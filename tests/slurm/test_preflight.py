@@ -10,15 +10,9 @@ import yaml
 from helpers import BIN, REPO, env_with_venv, make_workdir
 
 from meldflow import MeldflowError
-from meldflow.slurm.preflight import Ask, Partition, asks_from_profile, minutes_of, problems
+from meldflow.slurm.preflight import Ask, Partition, asks_from_profile, problems
 
 # Tests that use the cluster are marked slurm by conftest.py; the rest are fast.
-
-
-def test_time_limits_in_every_slurm_form():
-    assert minutes_of("4:00:00") == 240 and minutes_of("1-00:00:00") == 1440
-    assert minutes_of("30") == 30 and minutes_of("1-12") == 2160
-    assert minutes_of("infinite") is None and minutes_of("UNLIMITED") is None
 
 
 def test_each_mismatch_is_one_line_naming_the_setting():
@@ -106,6 +100,10 @@ def _misconfigured(root, hf_home):
     profile["default-resources"] |= {"slurm_partition": "gpux", "slurm_account": "nosuch"}
     # A shard rule's own ask: its jobs are known only after ingest (a checkpoint).
     profile["set-resources"]["transcribe"] |= {"slurm_partition": "cpu", "runtime": 500}
+    # A QOS the account may not use: only sbatch --test-only knows it.
+    profile["set-resources"]["frames"] |= {"slurm_partition": "cpu", "slurm_account":
+                                           "meldflow", "qos": "normal"}
+    profile["jobs"] = 100  # the site's QOS allows 20 submitted jobs a user
     (work / "cluster" / "slurm").mkdir(parents=True)
     (work / "cluster" / "slurm" / "config.yaml").write_text(yaml.safe_dump(profile))
     return work
@@ -131,6 +129,14 @@ def test_meldflow_check_names_every_problem_of_a_misconfigured_profile(slurm_clu
     assert "GPUs per node 4 (train.slurm" in out and "partition gpu has (2)" in out
     assert "rule transcribe: a time limit of 500 min (cluster/slurm/config.yaml " \
            "set-resources: transcribe) is over partition cpu's MaxTime of 240 min" in out
+    # the site's QOS (issue 36): its submit limit, its MaxWall, and what sbatch refuses
+    assert "this run may have 100 (cluster/slurm/config.yaml jobs) and 1 (training runs, at " \
+           "most local-cores 32 at once) jobs submitted at once: 101 is over QOS site's " \
+           "MaxSubmitJobsPU of 20" in out and "set jobs: 19 or fewer" in out
+    assert "training default/seed-0: a time limit of 3000 min (train.time_min) is over QOS " \
+           "site's MaxWall of 720 min: the job would wait forever" in out
+    assert "rule frames: sbatch --test-only refuses what it asks (cluster/slurm/config.yaml " \
+           "set-resources: frames): allocation failure: Invalid qos specification" in out
     assert "hf_home: Whisper model" in out and "meldflow stage" in out
     assert "problem(s): fix them before submitting" in proc.stderr
 
@@ -143,7 +149,8 @@ def test_the_workflow_stops_before_any_job_on_a_misconfigured_profile(slurm_clus
     cfg = yaml.safe_load((work / "config" / "config.yaml").read_text())
     cfg["whisper_model"] = "small.en"  # not in hf_home, and offline only tiny.en is staged
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    before = subprocess.run(["sacct", "-n", "-X", "-o", "JobID", "-S", "now-1hours"],
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 3600))
+    before = subprocess.run(["sacct", "-n", "-X", "-o", "JobID", "-S", since],
                             capture_output=True, text=True).stdout.split()
     start = time.monotonic()
     proc = subprocess.run(
@@ -156,10 +163,11 @@ def test_the_workflow_stops_before_any_job_on_a_misconfigured_profile(slurm_clus
     assert "GPUs per node 4" in text
     assert "rule transcribe: a time limit of 500 min (the profile's resources) is over " \
            "partition cpu's MaxTime of 240 min" in text
+    assert "over QOS site's MaxSubmitJobsPU of 20" in text
     assert "hf_home: Whisper model Systran/faster-whisper-small.en is not in" in text
     assert "Florence-2" not in text  # the tiny one: the stage rule builds it here
     assert time.monotonic() - start < 60
-    after = subprocess.run(["sacct", "-n", "-X", "-o", "JobID", "-S", "now-1hours"],
+    after = subprocess.run(["sacct", "-n", "-X", "-o", "JobID", "-S", since],
                            capture_output=True, text=True).stdout.split()
     assert after == before
     assert not list((work / "results").rglob("*.parquet")) if (work / "results").exists() \
@@ -178,3 +186,41 @@ def test_the_shipped_profile_passes_on_the_local_cluster(slurm_cluster, tmp_path
                           cwd=work, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert os.path.exists(work / "cluster" / "slurm" / "config.yaml")
+
+
+def test_a_run_under_a_tight_submit_limit_completes(slurm_cluster, tmp_path, hf_home):
+    """Account meldflow-tight's QOS allows 2 submitted jobs a user; the run has four shard
+    jobs ready at once. With jobs: 100 the preflight stops it before any job; with
+    jobs: 2 it completes, never more than 2 jobs submitted at once, none lost or failed."""
+    from slurm_helpers import start_snakemake
+
+    work = make_workdir(tmp_path / "work", hf_home, splits=["train", "dev"])
+    profile = yaml.safe_load((REPO / "cluster" / "slurm" / "config.yaml").read_text())
+    profile["default-resources"]["slurm_account"] = "meldflow-tight"
+    (work / "cluster" / "slurm").mkdir(parents=True)
+    path = work / "cluster" / "slurm" / "config.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    check = subprocess.run([str(BIN / "meldflow"), "check"], capture_output=True, text=True,
+                           cwd=work, env=env_with_venv())
+    assert check.returncode == 2 and "16 (cluster/slurm/config.yaml jobs) jobs submitted at " \
+        "once: 16 is over QOS tight's MaxSubmitJobsPU of 2" in check.stdout, check.stdout
+    profile["jobs"] = 2
+    path.write_text(yaml.safe_dump(profile))
+    start = time.strftime("%Y-%m-%dT%H:%M:%S")
+    proc = start_snakemake(work, tmp_path / "run.log", "preprocess",
+                           profile=work / "cluster" / "slurm")
+    assert proc.wait(timeout=900) == 0, (tmp_path / "run.log").read_text()[-4000:]
+    out = subprocess.run(["sacct", "-X", "-P", "-n", "-S", start, "-o",
+                          "JobIDRaw,State,Submit,End,Account,WorkDir%400"],
+                         capture_output=True, text=True, check=True).stdout
+    jobs = [r.split("|") for r in out.splitlines() if r.endswith(str(work))]
+    assert len(jobs) >= 8 and {j[1] for j in jobs} == {"COMPLETED"}, jobs
+    assert {j[4] for j in jobs} == {"meldflow-tight"}
+    events = sorted([(j[2], 1) for j in jobs] + [(j[3], -1) for j in jobs],
+                    key=lambda e: (e[0], e[1]))
+    at_once = peak = 0
+    for _, step in events:
+        at_once += step
+        peak = max(peak, at_once)
+    assert peak == 2, peak  # the limit was pressed, never passed
+    assert "Job violates accounting/QOS policy" not in (tmp_path / "run.log").read_text()

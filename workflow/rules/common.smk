@@ -187,6 +187,7 @@ onstart:
         from meldflow.check import gpu_problems, model_problems, training_asks
         from meldflow.slurm.orphans import cancel_orphaned_jobs
         from meldflow.slurm.preflight import asks_from_jobs, check_cluster
+        from meldflow.slurm.site_limits import SubmitPlan
 
         # The preflight (`meldflow check`, less what the stage rules will stage here): a
         # partition, account, time limit or GPU count the cluster does not offer, or a
@@ -196,10 +197,18 @@ onstart:
         jobs = list(workflow.dag.needrun_jobs())
         later = [workflow.get_rule(name) for name in SHARD_RULES] if any(
             job.rule.name in ("ingest", "manifest") for job in jobs) else []
-        found = check_cluster(asks_from_jobs(jobs, later) + training_asks(RUNS))
+        # Against the site's submit limit: Snakemake's own jobs (at most --jobs), and one
+        # training job per train rule that runs (at most --local-cores at once).
+        settings = workflow.resource_settings
+        trainings = sum(job.rule.name == "train" for job in jobs)
+        plan = SubmitPlan(settings.nodes or 1, "the profile's jobs",
+                          min(trainings, settings.local_cores or trainings),
+                          "training runs, at most local-cores at once")
+        found, limit_notes = check_cluster(asks_from_jobs(jobs, later) + training_asks(RUNS),
+                                           plan)
         gpu, gpu_notes = gpu_problems(SETTINGS, RUNS)
         found += gpu + model_problems(SETTINGS, stageable_ok=True)
-        for note in gpu_notes:
+        for note in limit_notes + gpu_notes:
             print(f"meldflow: note: {note}", file=sys.stderr)
         if found:
             raise WorkflowError("meldflow: this run asks the cluster for what it does not "

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from meldflow import MeldflowError
 from meldflow.slurm.accounting import run_command
+from meldflow.slurm.site_limits import SiteLimits, SubmitPlan, limit_problems, minutes_of, test_only
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class Ask:
     gpus_per_node: int | None = None
     mem_mb: float | None = None
     cpus_per_node: int | None = None
+    qos: str | None = None
+    nodes: int = 1
     elsewhere: tuple[tuple[str, str], ...] = ()  # (field, where) for values set elsewhere
 
     def where_of(self, name: str) -> str:
@@ -45,20 +48,6 @@ class Partition:
     default: bool
     max_minutes: float | None  # None: no limit
     nodes: list[tuple[int, float, int]] = field(default_factory=list)  # (GPUs, MB, CPUs)
-
-
-def minutes_of(limit: str) -> float | None:
-    """A SLURM time limit (``4:00:00``, ``1-00:00:00``, ``30``, ``infinite``) in minutes."""
-    if limit.strip().lower() in ("infinite", "unlimited", "", "n/a"):
-        return None
-    days, _, rest = limit.rpartition("-")
-    parts = [float(p) for p in rest.split(":")]
-    if days:  # days-hours[:minutes[:seconds]]
-        parts += [0.0] * (3 - len(parts))
-        return float(days) * 1440 + parts[0] * 60 + parts[1] + parts[2] / 60
-    if len(parts) == 3:
-        return parts[0] * 60 + parts[1] + parts[2] / 60
-    return parts[0] + (parts[1] / 60 if len(parts) == 2 else 0.0)
 
 
 GRES_GPU = re.compile(r"gpu(?::[^:,(]+)?:(\d+)")
@@ -76,16 +65,6 @@ def cluster_partitions() -> dict[str, Partition]:
         gpus = sum(int(n) for n in GRES_GPU.findall(gres))
         p.nodes.append((gpus, float(mem.rstrip("+") or 0), int(cpus.rstrip("+") or 0)))
     return parts
-
-
-def user_accounts() -> set[str] | None:
-    """The accounts this user has an association with, or None without accounting."""
-    try:
-        out = run_command(["sacctmgr", "-n", "-P", "show", "assoc", "where",
-                           f"user={getpass.getuser()}", "format=account"])
-    except (MeldflowError, subprocess.TimeoutExpired, FileNotFoundError):
-        return None
-    return {line.strip() for line in out.splitlines() if line.strip()}
 
 
 def problems(asks: list[Ask], partitions: dict[str, Partition],
@@ -138,14 +117,32 @@ def _once(told: set, ask: Ask, key: str, part: Partition) -> bool:
     return True
 
 
-def check_cluster(asks: list[Ask]) -> list[str]:
-    """The problems of ``asks`` on the cluster this host submits to."""
+def check_cluster(asks: list[Ask], plan: SubmitPlan | None = None
+                  ) -> tuple[list[str], list[str]]:
+    """(problems, notes) of ``asks`` on the cluster this host submits to: partitions,
+    accounts and nodes (sinfo, sacctmgr), the site's QOS and association limits (with
+    ``plan``: how many jobs the run may have submitted at once), then ``sbatch
+    --test-only`` once for each distinct ask that has no problem yet."""
     try:
         partitions = cluster_partitions()
     except (MeldflowError, subprocess.TimeoutExpired, FileNotFoundError) as exc:
         return [f"the cluster does not answer (sinfo: {str(exc)[:200]}): is this a login "
-                f"node of a SLURM cluster?"]
-    return problems(asks, partitions, user_accounts())
+                f"node of a SLURM cluster?"], []
+    site = SiteLimits.read()
+    found = problems(asks, partitions, set(site.assoc) or None)
+    over, notes = limit_problems(asks, site, plan)
+    found += over
+    tried = set()
+    for ask in asks:
+        key = dataclasses.replace(ask, who="", where="", elsewhere=())
+        if key in tried or any(line.startswith(f"{ask.who}:") for line in found):
+            continue
+        tried.add(key)
+        refused = test_only(ask)
+        if refused:
+            found.append(f"{ask.who}: sbatch --test-only refuses what it asks ({ask.where}): "
+                         f"{refused}")
+    return found, notes
 
 
 def _value(expr, attempt: int):
@@ -161,7 +158,7 @@ def _value(expr, attempt: int):
 # The Ask field each profile resource sets.
 _FIELDS = {"slurm_partition": "partition", "slurm_account": "account", "runtime": "minutes",
            "mem_mb": "mem_mb", "mem_mib": "mem_mb", "mem_gb": "mem_mb", "mem_gib": "mem_mb",
-           "mem": "mem_mb", "cpus_per_task": "cpus_per_node"}
+           "mem": "mem_mb", "cpus_per_task": "cpus_per_node", "qos": "qos"}
 
 # Snakemake's size resources in MB (``mem`` is a size with its unit, or MB).
 _MEM_MB = {"mem_mb": 1.0, "mem_mib": 1.048576, "mem_gb": 1000.0, "mem_gib": 1073.741824}
@@ -195,7 +192,8 @@ def _ask(who: str, where: str, resources: dict, attempt: int = 1) -> Ask:
         mem_mb = _human(v["mem"], where, "mem", "size")
     runtime = _human(v["runtime"], where, "runtime", "time") if "runtime" in v else None
     return Ask(who, where, partition=v.get("slurm_partition"), account=v.get("slurm_account"),
-               minutes=runtime, mem_mb=mem_mb, cpus_per_node=v.get("cpus_per_task"))
+               minutes=runtime, mem_mb=mem_mb, cpus_per_node=v.get("cpus_per_task"),
+               qos=v.get("qos"))
 
 
 def asks_from_profile(profile: str, last_try: bool = False) -> list[Ask]:
@@ -216,6 +214,8 @@ def asks_from_profile(profile: str, last_try: bool = False) -> list[Ask]:
 
     attempt = int(cfg.get("retries", 0)) + 1 if last_try else 1
     base = mapping(cfg.get("default-resources"))
+    if cfg.get("slurm-qos") and "qos" not in base:  # the plugin's setting for every job
+        base["qos"] = repr(str(cfg["slurm-qos"]))
     default_where = f"{path} default-resources"
     asks = [_ask("shard jobs", default_where, base, attempt)]
     for rule, res in (cfg.get("set-resources") or {}).items():
@@ -236,7 +236,7 @@ def asks_from_jobs(jobs, later_rules=()) -> list[Ask]:
 
     def add(name: str, resources) -> None:
         res = {k: resources.get(k) for k in ("slurm_partition", "slurm_account", "runtime",
-                                             "mem_mb", "cpus_per_task")}
+                                             "mem_mb", "cpus_per_task", "qos")}
         asks[name] = _ask(f"rule {name}", "the profile's resources",
                           {k: v for k, v in res.items() if v is not None})
 
@@ -248,3 +248,17 @@ def asks_from_jobs(jobs, later_rules=()) -> list[Ask]:
             add(rule.name, rule.expand_resources(dict.fromkeys(rule.wildcard_names, "0"),
                                                  None, 1))
     return list(asks.values())
+
+
+def profile_plan(profile: str, trainings: int) -> SubmitPlan:
+    """How many jobs a run with ``profile`` may have submitted at once: ``jobs`` shard jobs,
+    and one per training run on SLURM up to ``local-cores`` (each waits in a local rule)."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(profile) / "config.yaml" if Path(profile).is_dir() else Path(profile)
+    cfg = yaml.safe_load(path.read_text()) or {}
+    cores = int(cfg.get("local-cores", 10**6))
+    return SubmitPlan(int(cfg.get("jobs", 1)), f"{path} jobs", min(trainings, cores),
+                      f"training runs, at most local-cores {cores} at once")

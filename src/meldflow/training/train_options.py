@@ -158,7 +158,7 @@ class LaunchConfig:
         from meldflow.slurm.preflight import Ask
 
         return Ask(who, "train.slurm", elsewhere=(("minutes", "train.time_min"),),
-                   partition=self.partition,
+                   partition=self.partition, qos=self.sbatch.get("qos"), nodes=self.nodes,
                    account=self.account, minutes=self.time_min,
                    gpus_per_node=self.gpus_per_node,
                    mem_mb=self.mem_gb * 1024 if self.mem_gb else None,
