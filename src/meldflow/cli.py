@@ -8,7 +8,6 @@ its own arguments (the files it reads and writes) are declared beside it here.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -136,24 +135,20 @@ def cmd_evaluate(a: argparse.Namespace, s: Settings) -> None:
 
 
 def cmd_status(a: argparse.Namespace, s: Settings) -> None:
+    from meldflow.slurm.sizing import resources_report
     from meldflow.slurm.status_report import status
 
+    if a.resources:
+        print(resources_report(a.dir, a.run))
+        return
     status(a.dir, a.run, a.json, a.watch, a.lines)
 
 
 def cmd_predict(a: argparse.Namespace, s: Settings) -> None:
-    from meldflow.training.predict import predict, predictions_table
+    from meldflow.training.predict import predict, report_predictions
 
-    rows = predict(a.model, a.clips, a.text, a.device, a.hf_home, a.speaker)
-    print(predictions_table(rows))
-    if a.out:
-        from meldflow.storage import write_text
-
-        write_text(json.dumps(rows, indent=1) + "\n", a.out)
-    failed = [r for r in rows if r["status"] != "ok"]
-    if failed:
-        raise MeldflowError(f"{len(failed)} of {len(rows)} input(s) could not be read, the "
-                            f"others are predicted (first: {failed[0]['reason']})")
+    report_predictions(predict(a.model, a.clips, a.text, a.device, a.hf_home, a.speaker),
+                       a.out)
 
 
 def cmd_make_sample(a: argparse.Namespace, s: Settings) -> None:
@@ -286,6 +281,8 @@ def _status_args(p: argparse.ArgumentParser) -> None:
                    "SECONDS until every job has ended and no Snakemake runs")
     p.add_argument("--json", action="store_true", help="numbers (schema: docs/cluster.md)")
     p.add_argument("--lines", type=int, default=5, help="log lines shown per failed job")
+    p.add_argument("--resources", action="store_true", help="per rule: memory and time its "
+                   "jobs asked for and used, and the profile's set-resources block that fits")
 
 
 def _make_sample_args(p: argparse.ArgumentParser) -> None:

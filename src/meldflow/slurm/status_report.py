@@ -59,6 +59,7 @@ class JobRow:
     gpus: int | None = None  # GPUs allocated (AllocTRES gres/gpu)
     time_limit: str = ""
     explanation: str = ""  # for a failed try: what happened, and what was done about it
+    cpus: int = 0  # CPUs allocated
     watched: bool = True  # False: queued or running, but no Snakemake watches its run
 
 
@@ -116,7 +117,8 @@ def job_rows(records: list[dict], logdir: Path | None = None, reasons: dict | No
             req_mem_mb=to_mb(rec.get("ReqMem", "")), reason=(reasons or {}).get(raw, ""),
             log=log,
             node=rec.get("NodeList", "") if rec.get("NodeList") != "None assigned" else "",
-            gpus=gpus_in(rec.get("AllocTRES", "")), time_limit=rec.get("Timelimit", "")))
+            gpus=gpus_in(rec.get("AllocTRES", "")), time_limit=rec.get("Timelimit", ""),
+            cpus=cpus))
     tries: dict[tuple[str, str], list[JobRow]] = {}
     for row in rows:  # in submission order
         tries.setdefault((row.rule, row.wildcards), []).append(row)

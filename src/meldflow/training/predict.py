@@ -20,6 +20,7 @@ from meldflow.model_cache.snapshots import use_offline_cache
 from meldflow.preprocess.probe import ClipError, check_clip_file
 from meldflow.settings import Settings, recorded_settings
 from meldflow.shard_schema import METHOD_VERSIONS
+from meldflow.storage import write_text
 from meldflow.training.classifier import (
     OPTIONS_FILE,
     PREPROCESSING_FILE,
@@ -265,3 +266,15 @@ def predictions_table(rows: list[dict]) -> str:
         lines.append(f"{r['emotion']:>9s} {r['p_emotion'][r['emotion']]:.2f}  "
                      f"{r['sentiment']:>9s}  {r['input']}{heard}")
     return "\n".join(lines)
+
+
+def report_predictions(rows: list[dict], out: str | None) -> None:
+    """``meldflow predict``'s output: the table, the rows as JSON in ``out``, and then a
+    MeldflowError when an input could not be read (the others are predicted)."""
+    print(predictions_table(rows))
+    if out:
+        write_text(json.dumps(rows, indent=1) + "\n", out)
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        raise MeldflowError(f"{len(failed)} of {len(rows)} input(s) could not be read, the "
+                            f"others are predicted (first: {failed[0]['reason']})")
