@@ -118,6 +118,49 @@ def test_whole_workflow_on_slurm_matches_local_run(slurm_cluster, trained, hf_ho
                             text=True, env=env_with_venv(), cwd=work)
     assert report.returncode == 0, report.stderr[-3000:]
     assert (work / "results" / "report.html").stat().st_size > 10_000
+    check_resources_sized_from_the_run(work, hf_home, tmp_path)
+
+
+def check_resources_sized_from_the_run(work, hf_home, tmp_path):
+    """`meldflow status --resources` after the run: the block it prints, pasted into the
+    profile, runs the sample's shard jobs again with no OOM and no failed job (issue 36)."""
+    import yaml
+    from slurm_helpers import tries_of
+
+    def sized():
+        proc = subprocess.run([sys.executable, "-m", "meldflow.cli", "status", "--dir",
+                               str(work), "--resources"], capture_output=True, text=True,
+                              env=env_with_venv())
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        return proc.stdout
+
+    out = sized()
+    assert "shard size 24" in out and "sacct samples memory every 2 s" in out
+    for rule in ("ingest", "transcribe", "frames", "align"):
+        assert any(line.split()[:1] == [rule] and "%" in line for line in out.splitlines())
+    block = yaml.safe_load(out.split("default-resources stays for rules not listed):", 1)[1])
+    assert block["set-resources"]["transcribe"]["mem_mb"].endswith(" * attempt")
+    config = work / "config" / "config.yaml"
+    config.write_text(config.read_text().replace("shard_size: 24", "shard_size: 200"))
+    assert "WARNING: config/config.yaml now has shard_size 200, but these figures come from " \
+           "shards of 24" in sized()
+    # pasted into the profile: the sample's shard jobs again, each asking what was printed
+    profile = yaml.safe_load((REPO / "cluster" / "slurm" / "config.yaml").read_text())
+    profile["set-resources"] = block["set-resources"]
+    (tmp_path / "sized" / "cluster" / "slurm").mkdir(parents=True)
+    (tmp_path / "sized" / "cluster" / "slurm" / "config.yaml").write_text(
+        yaml.safe_dump(profile))
+    again = slurm_workdir(tmp_path / "sized" / "work", hf_home)
+    start = time.strftime("%Y-%m-%dT%H:%M:%S")
+    proc = start_snakemake(again, tmp_path / "sized.log", "preprocess",
+                           profile=tmp_path / "sized" / "cluster" / "slurm")
+    assert proc.wait(timeout=900) == 0, (tmp_path / "sized.log").read_text()[-4000:]
+    tries = tries_of(start, again)
+    assert len(tries) >= 10 and all(len(seq) == 1 and seq[0][1] == "COMPLETED"
+                                    for seq in tries.values()), tries
+    asked = {c: seq[0][2] for c, seq in tries.items() if c.startswith("rule_transcribe")}
+    mem = int(block["set-resources"]["transcribe"]["mem_mb"].split()[0])
+    assert set(asked.values()) == {f"{mem}M"}, asked  # the pasted ask, not the old one
 
 
 def test_experiments_train_at_once_on_slurm(slurm_cluster, preprocessed, tmp_path):
