@@ -113,9 +113,10 @@ def test_whole_workflow_on_slurm_matches_local_run(slurm_cluster, trained, hf_ho
     assert "submitted no job (nothing to do)" in status["note"]
     assert status["progress"]["rules"]["frames"]["fraction_done"] == 1.0
     # the README's last cluster command: the HTML report of the cluster run (no job)
-    report = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"),
-                             "--report", "results/report.html"], capture_output=True,
-                            text=True, env=env_with_venv(), cwd=work)
+    cmd = readme_command("snakemake --report results/report.html")
+    assert cmd[0] == ".venv/bin/snakemake"
+    report = subprocess.run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), *cmd[1:]],
+                            capture_output=True, text=True, env=env_with_venv(), cwd=work)
     assert report.returncode == 0, report.stderr[-3000:]
     assert (work / "results" / "report.html").stat().st_size > 10_000
     check_resources_sized_from_the_run(work, hf_home, tmp_path)
@@ -127,10 +128,12 @@ def check_resources_sized_from_the_run(work, hf_home, tmp_path):
     import yaml
     from slurm_helpers import tries_of
 
-    def sized():
-        proc = subprocess.run([sys.executable, "-m", "meldflow.cli", "status", "--dir",
-                               str(work), "--resources"], capture_output=True, text=True,
-                              env=env_with_venv())
+    cmd = readme_command("meldflow status --resources")
+    assert cmd[0] == ".venv/bin/meldflow"
+
+    def sized():  # the README's command, in the run's folder
+        proc = subprocess.run([str(BIN / "meldflow"), *cmd[1:]], capture_output=True,
+                              text=True, env=env_with_venv(), cwd=work)
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         return proc.stdout
 
