@@ -88,8 +88,11 @@ def test_a_wrong_clip_folder_is_an_error_before_any_job(tmp_path):
     with pytest.raises(MeldflowError, match=r"dev: only 1 of the 20 clips that .*"
                                             r"dev_sent_emo\.csv names are in"):
         check_clip_folder(meld, "dev")
-    with pytest.raises(MeldflowError, match=r"no annotation CSV for split 'test' in .*nowhere "
+    (meld / "test_sent_emo.csv").unlink()
+    with pytest.raises(MeldflowError, match=r"no annotation CSV for split 'test' in .*meld "
                                             r"\(looked for test_sent_emo\.csv"):
+        check_clip_folder(meld, "test")
+    with pytest.raises(MeldflowError, match=r"MELD folder not found: .*nowhere"):
         check_clip_folder(tmp_path / "nowhere", "test")
 
 

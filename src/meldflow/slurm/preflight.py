@@ -18,28 +18,8 @@ from dataclasses import dataclass, field
 
 from meldflow import MeldflowError
 from meldflow.slurm.accounting import run_command
+from meldflow.slurm.ask import Ask
 from meldflow.slurm.site_limits import SiteLimits, SubmitPlan, limit_problems, minutes_of, test_only
-
-
-@dataclass(frozen=True)
-class Ask:
-    """What one kind of job asks of the cluster, and where each value is set."""
-
-    who: str  # "rule transcribe", "training text/seed-0"
-    where: str  # the setting to change: "cluster/slurm/config.yaml", "train.slurm"
-    partition: str | None = None
-    account: str | None = None
-    minutes: float | None = None
-    gpus_per_node: int | None = None
-    mem_mb: float | None = None
-    cpus_per_node: int | None = None
-    qos: str | None = None
-    nodes: int = 1
-    elsewhere: tuple[tuple[str, str], ...] = ()  # (field, where) for values set elsewhere
-
-    def where_of(self, name: str) -> str:
-        """Where this ask's value of field ``name`` is set."""
-        return dict(self.elsewhere).get(name, self.where)
 
 
 @dataclass

@@ -16,13 +16,10 @@ import math
 import re
 import subprocess
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from meldflow import MeldflowError
 from meldflow.slurm.accounting import run_command
-
-if TYPE_CHECKING:  # preflight imports this module
-    from meldflow.slurm.preflight import Ask
+from meldflow.slurm.ask import Ask
 
 _FAILED = (MeldflowError, subprocess.TimeoutExpired, FileNotFoundError)
 

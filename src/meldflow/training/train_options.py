@@ -155,7 +155,7 @@ class LaunchConfig:
 
     def cluster_ask(self, who: str):
         """What this launch asks of a SLURM cluster (for the preflight check)."""
-        from meldflow.slurm.preflight import Ask
+        from meldflow.slurm.ask import Ask
 
         return Ask(who, "train.slurm", elsewhere=(("minutes", "train.time_min"),),
                    partition=self.partition, qos=self.sbatch.get("qos"), nodes=self.nodes,
