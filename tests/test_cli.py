@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import pytest
 from helpers import BIN, SAMPLE, env_with_venv, fill_disk, read_only
 
 
@@ -66,6 +67,7 @@ def _meldflow(*args: str) -> subprocess.CompletedProcess:
                           env=env_with_venv())
 
 
+@pytest.mark.integration  # five `meldflow` processes on a file system of its own
 def test_a_full_or_read_only_disk_is_one_line_and_loses_nothing(small_disk, tmp_path):
     """`meldflow ingest` and `meldflow frames` on a full disk or a read-only folder gave
     OSError [Errno 28] / [Errno 30] tracebacks."""
