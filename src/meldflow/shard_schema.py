@@ -74,6 +74,10 @@ ALIGNED_SCHEMA = pa.schema(
 # code gives other values for the same clips and settings.
 METHOD_VERSIONS = {"transcribe": "dialogue-window-1", "frames": "2"}
 
+# The workflow's rules of one job per split and shard, once ingest has planned the shards
+# (workflow/rules/preprocess.smk; the workflow's start checks their asks by this name).
+SHARD_RULES = ("transcribe", "frames", "align")
+
 # The metadata key under which each step's shard records which rows it was made from:
 # {"split", "shard", "digest"}, the digest being the ingest plan's for that shard. A shard
 # whose digest is not the current plan's belongs to an older layout (moved aside by ingest).

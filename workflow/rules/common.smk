@@ -8,8 +8,7 @@ from snakemake.utils import validate
 from meldflow import MeldflowError
 from meldflow.config import check_config_file, typed_config
 from meldflow.settings import Settings, flags, step_fields, step_flags
-from meldflow.shard_schema import METHOD_VERSIONS, SHARD_INDEX
-from meldflow.slurm.live import SHARD_RULES
+from meldflow.shard_schema import METHOD_VERSIONS, SHARD_INDEX, SHARD_RULES
 from meldflow.slurm.plugin import patch_slurm_plugin
 from meldflow.slurm.run_record import stale_lock
 from meldflow.annotations import find_csv

@@ -165,13 +165,10 @@ def frames_for_rows(rows: pa.Table, settings: Settings, workers: int = 1) -> pa.
     return step_table(recs, results, FRAMES_SCHEMA, "frame_")
 
 
-FRAME_SETTINGS = recorded_settings("frames")
-
-
 def frame_settings(settings: Settings) -> dict:
     """The settings that decide a clip's frames, by name: what the shards record, and what
     ``meldflow predict`` repeats for new clips."""
-    return {name: getattr(settings, name) for name in FRAME_SETTINGS}
+    return {name: getattr(settings, name) for name in recorded_settings("frames")}
 
 
 def run_frames(rows: pa.Table, out: str | Path, settings: Settings,

@@ -363,11 +363,6 @@ def check_not_deaf(results: list[AsrResult], transcriber: Transcriber) -> None:
         )
 
 
-# The settings a transcript depends on, by name: recorded in the shards, repeated by
-# `meldflow predict` for a model trained on transcripts.
-WHISPER_SETTINGS = recorded_settings("transcribe")
-
-
 def run_transcribe(rows: pa.Table, out: str | Path, settings: Settings,
                    threads: int = 0) -> pa.Table:
     if os.environ.get("HF_HUB_OFFLINE") != "1":
@@ -376,7 +371,8 @@ def run_transcribe(rows: pa.Table, out: str | Path, settings: Settings,
     table = transcribe_rows(rows, transcriber)
     # What made this file: the model's verified files, and every option that shapes it.
     write_table(table, out, metadata={"meldflow_transcribe": {
-        **{name: getattr(settings, name) for name in WHISPER_SETTINGS},
+        # the settings a transcript depends on: what predict repeats
+        **{name: getattr(settings, name) for name in recorded_settings("transcribe")},
         "model_files": transcriber.model_files, "snapshot": transcriber.path.name,
         "device": transcriber.device, "compute_type": transcriber.compute_type,
         "batch_size": transcriber.batch_size,  # as used: 0 (packed windows) on the CPU

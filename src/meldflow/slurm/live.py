@@ -13,15 +13,13 @@ import re
 import time
 from pathlib import Path
 
+from meldflow.shard_schema import SHARD_RULES
 from meldflow.slurm.accounting import latest_run_id
 from meldflow.slurm.run_record import alive, read_runs, submitted
 from meldflow.slurm.states import TERMINAL
 
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT"}
 WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED"}
-# The workflow's rules of one job per split and shard, once ingest has planned the shards
-# (workflow/rules/preprocess.smk; the workflow's start checks their asks by this name).
-SHARD_RULES = ("transcribe", "frames", "align")
 
 
 def join_queue(records: list[dict], queue: dict[str, dict], run_id: str | None,

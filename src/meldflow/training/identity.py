@@ -13,6 +13,7 @@ from meldflow import MeldflowError
 from meldflow.model_cache.snapshots import snapshot_verified_before, verified_snapshot
 from meldflow.model_cache.stage import FLORENCE_FILES
 from meldflow.provenance import run_identity
+from meldflow.settings import recorded_settings
 
 
 def florence_snapshot(cfg) -> tuple[Path, dict[str, str]]:
@@ -51,8 +52,6 @@ def preprocessing_of(cfg) -> dict:
 
     if not (cfg.train or cfg.dev or cfg.test):
         return {"source": "annotation CSVs", "text_source": cfg.text_source}
-    from meldflow.preprocess.frames import FRAME_SETTINGS
-    from meldflow.preprocess.transcribe import WHISPER_SETTINGS
 
     seen: dict[str, tuple[str, dict]] = {}
     for path in [*cfg.train, *cfg.dev, *cfg.test]:
@@ -61,9 +60,10 @@ def preprocessing_of(cfg) -> dict:
         if frames is None or asr is None or "whisper_model" not in asr:
             raise MeldflowError(f"{path} does not record how it was made (written by an older "
                                 f"meldflow): delete it and run the preprocess target again")
-        record = {k: frames[k] for k in FRAME_SETTINGS}
+        record = {k: frames[k] for k in recorded_settings("frames")}
         if cfg.text_source == "whisper":
-            record["whisper"] = {k: asr.get(k) for k in (*WHISPER_SETTINGS, "model_files",
+            record["whisper"] = {k: asr.get(k) for k in (*recorded_settings("transcribe"),
+                                                         "model_files",
                                                          "method")}
         seen.setdefault(repr(sorted(record.items())), (path, record))
     if len(seen) > 1:

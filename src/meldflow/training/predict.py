@@ -165,9 +165,9 @@ def transcribe_clips(clips: list[str], whisper: dict, hf_home: str | Path | None
 
 def clip_frames(clip: str, prep: dict) -> list[bytes]:
     """The clip's frames exactly as the training shards hold them."""
-    from meldflow.preprocess.frames import FRAME_SETTINGS, extract_frames
+    from meldflow.preprocess.frames import extract_frames
 
-    res = extract_frames(clip, **{k: prep[k] for k in FRAME_SETTINGS})
+    res = extract_frames(clip, **{k: prep[k] for k in recorded_settings("frames")})
     if res.status != "ok":
         raise ClipError(f"{clip}: {res.reason}", res.status)
     return res.frames
