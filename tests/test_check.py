@@ -7,7 +7,7 @@ from helpers import REPO
 from meldflow import MeldflowError
 from meldflow.check import gpu_problems, merged_config
 from meldflow.settings import TINY_FLORENCE, Settings
-from meldflow.training.train_options import experiment_runs
+from meldflow.training.runs import experiment_runs
 
 
 def test_a_duplicate_key_in_a_config_file_is_refused(tmp_path, monkeypatch):

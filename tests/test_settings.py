@@ -15,7 +15,9 @@ from helpers import (
 
 from meldflow import MeldflowError
 from meldflow.options import default_of, option_fields
-from meldflow.training.train_options import LaunchConfig, TrainConfig, read_options_file
+from meldflow.training.launch import submitit_parameters
+from meldflow.training.runs import read_options_file
+from meldflow.training.train_options import LaunchConfig, TrainConfig
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 
@@ -59,7 +61,7 @@ def test_every_option_has_a_flag_and_files_and_flags_combine(tmp_path):
     assert cfg.epochs == default_of(next(f for f in option_fields(TrainConfig)
                                          if f.name == "epochs"))
     assert how.executor == "debug" and how.partition == "gpu" and how.sbatch == {"qos": "high"}
-    slurm = dataclasses.replace(how, executor="slurm").submitit_parameters()
+    slurm = submitit_parameters(dataclasses.replace(how, executor="slurm"))
     assert slurm == {"timeout_min": 60, "tasks_per_node": 2, "nodes": 1,
                      "slurm_partition": "gpu", "slurm_additional_parameters": {"qos": "high"}}
     options.write_text(yaml.safe_dump({"learning_rate": 1}))
@@ -77,7 +79,7 @@ def test_every_option_has_a_flag_and_files_and_flags_combine(tmp_path):
 def test_experiments_are_checked_like_the_train_block(override, message):
     """An experiment's overrides ran (epochs 0: an untrained model's figures, exit 0) or
     failed after preprocessing; now one check refuses them, with the train: block's words."""
-    from meldflow.training.train_options import experiment_runs
+    from meldflow.training.runs import experiment_runs
 
     train = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"]
     with pytest.raises(MeldflowError) as bad_experiment:
@@ -177,7 +179,7 @@ def test_a_bad_setting_is_refused_where_it_enters(tmp_path):
 def test_training_follows_the_workflows_executor_unless_a_config_says_otherwise():
     """`auto` (the default) is a SLURM job under the SLURM executor and local processes
     otherwise; an explicit local is kept (and named, for the warning at the start)."""
-    from meldflow.training.train_options import experiment_runs, off_cluster_runs, resolve_executor
+    from meldflow.training.runs import experiment_runs, off_cluster_runs, resolve_executor
 
     assert default_of(next(f for f in option_fields(LaunchConfig)
                            if f.name == "executor")) == "auto"
@@ -213,7 +215,7 @@ def test_values_no_code_can_use_are_refused_where_they_enter(config, message):
     """NaN passes every range check (each comparison is false), and jsonschema counts 8.0
     as an integer that argparse then refused in every job: both are refused at once."""
     from meldflow.settings import Settings
-    from meldflow.training.train_options import experiment_runs
+    from meldflow.training.runs import experiment_runs
 
     with pytest.raises(MeldflowError, match=re.escape(message)):
         Settings.from_config({k: v for k, v in config.items() if k not in ("train",

@@ -11,6 +11,19 @@ import dataclasses
 from pathlib import Path
 
 from meldflow import MeldflowError
+from meldflow.config import check_config_file, typed_config
+from meldflow.model_cache.stage import PACKAGED_WHISPER, hub_unreachable, whisper_repo_id
+from meldflow.model_cache.whisper import model_dir
+from meldflow.preprocess.layout import check_clip_folder
+from meldflow.settings import TINY_FLORENCE, Settings
+from meldflow.slurm.preflight import (
+    asks_from_profile,
+    check_cluster,
+    profile_plan,
+    training_ask,
+)
+from meldflow.training.identity import florence_snapshot
+from meldflow.training.runs import experiment_runs, launch_config, needs_clips, resolve_executor
 
 
 def merged_config(configfiles: list[str]) -> dict:
@@ -24,7 +37,6 @@ def merged_config(configfiles: list[str]) -> dict:
                 isinstance(out.get(key), dict) else value
         return out
 
-    from meldflow.config import check_config_file
 
     config: dict = {}
     for path in ["config/config.yaml", *configfiles]:
@@ -38,7 +50,6 @@ def merged_config(configfiles: list[str]) -> dict:
 
 def slurm_runs(runs: dict, workflow_executor: str = "slurm") -> list[tuple[str, int]]:
     """The (experiment, seed) runs that train as SLURM jobs."""
-    from meldflow.training.train_options import launch_config, resolve_executor
 
     return [run for run, options in runs.items()
             if resolve_executor(launch_config(options).executor, workflow_executor) == "slurm"]
@@ -46,14 +57,13 @@ def slurm_runs(runs: dict, workflow_executor: str = "slurm") -> list[tuple[str, 
 
 def training_asks(runs: dict, workflow_executor: str = "slurm") -> list:
     """What each distinct training launch of the runs asks of the cluster."""
-    from meldflow.training.train_options import launch_config, resolve_executor
 
     asks, seen = [], set()
     for (name, seed), options in runs.items():
         how = launch_config(options)
         if resolve_executor(how.executor, workflow_executor) != "slurm":
             continue
-        ask = how.cluster_ask(f"training {name}/seed-{seed}")
+        ask = training_ask(how, f"training {name}/seed-{seed}")
         if dataclasses.replace(ask, who="") not in seen:
             seen.add(dataclasses.replace(ask, who=""))
             asks.append(ask)
@@ -65,8 +75,6 @@ def gpu_problems(settings, runs: dict,
     """(problems, notes): training runs on SLURM that ask no GPU. Florence-2 would train for
     days on CPUs: a problem; the tiny model trains on CPUs: a note. ``gpus_per_node: 0`` says
     it on purpose."""
-    from meldflow.settings import TINY_FLORENCE
-    from meldflow.training.train_options import launch_config, resolve_executor
 
     found = []
     for (name, seed), options in runs.items():
@@ -87,10 +95,6 @@ def model_problems(settings, stageable_ok: bool = False) -> list[str]:
     ``stageable_ok`` (the workflow's start: its stage rules run on this host), a model
     this host can still stage is no problem: the tiny ones offline, any from a Hub that
     answers."""
-    from meldflow.model_cache.stage import PACKAGED_WHISPER, hub_unreachable, whisper_repo_id
-    from meldflow.model_cache.whisper import model_dir
-    from meldflow.settings import TINY_FLORENCE
-    from meldflow.training.identity import florence_snapshot
 
     lines = []
     for offline, verify in (
@@ -108,8 +112,6 @@ def model_problems(settings, stageable_ok: bool = False) -> list[str]:
 
 def data_problems(settings, runs: dict) -> list[str]:
     """meld_dir: every split's annotation CSV and clip folder."""
-    from meldflow.preprocess.layout import check_clip_folder
-    from meldflow.training.train_options import needs_clips
 
     needed = "train" not in settings.splits or any(map(needs_clips, runs.values()))
     lines = []
@@ -124,10 +126,6 @@ def data_problems(settings, runs: dict) -> list[str]:
 def run_check(profile: str, configfiles: list[str]) -> tuple[list[str], list[str]]:
     """(problems, notes): every problem a run with ``profile`` and these config files
     would meet; notes for what only a job's last try (more memory and time) would meet."""
-    from meldflow.config import typed_config
-    from meldflow.settings import Settings
-    from meldflow.slurm.preflight import asks_from_profile, check_cluster, profile_plan
-    from meldflow.training.train_options import experiment_runs
 
     config = typed_config(merged_config(configfiles))
     settings = Settings.from_config(config)

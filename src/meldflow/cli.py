@@ -107,7 +107,8 @@ def train_configs_of(a: argparse.Namespace):
     """`meldflow train`'s command line (_train_args) as (TrainConfig, LaunchConfig)."""
     from meldflow.options import given, option_fields
     from meldflow.settings import step_fields
-    from meldflow.training.train_options import LaunchConfig, TrainConfig, train_configs
+    from meldflow.training.launch import train_configs
+    from meldflow.training.train_options import LaunchConfig, TrainConfig
 
     splits = ("train", "dev", "test")
     return train_configs(

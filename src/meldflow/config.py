@@ -13,8 +13,8 @@ from pathlib import Path
 from meldflow import MeldflowError
 from meldflow.options import from_text, option_fields, options_table
 from meldflow.settings import Settings, settings_schema
+from meldflow.training.runs import EXPERIMENT_NAME
 from meldflow.training.train_options import (
-    EXPERIMENT_NAME,
     SEED_MAX,
     LaunchConfig,
     TrainConfig,

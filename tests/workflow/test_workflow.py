@@ -24,7 +24,8 @@ from helpers import (
 from PIL import Image
 
 from meldflow.options import option_fields
-from meldflow.training.train_options import TrainConfig, read_options_file
+from meldflow.training.runs import read_options_file
+from meldflow.training.train_options import TrainConfig
 
 pytestmark = pytest.mark.integration
 

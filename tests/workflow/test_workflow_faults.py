@@ -22,7 +22,7 @@ from helpers import (
 
 from meldflow.model_cache.snapshots import cached_snapshot
 from meldflow.model_cache.stage import stage_whisper, whisper_repo_id
-from meldflow.training.train_options import read_options_file
+from meldflow.training.runs import read_options_file
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ from meldflow.slurm.plugin import patch_slurm_plugin
 from meldflow.slurm.run_record import stale_lock
 from meldflow.annotations import find_csv
 from meldflow.preprocess.layout import check_clip_folder
-from meldflow.training.train_options import (EXPERIMENT_NAME, experiment_runs, launch_config,
-                                       needs_clips, off_cluster_runs, options_digest,
-                                       resolve_executor)
+from meldflow.training.runs import (EXPERIMENT_NAME, experiment_runs, launch_config,
+                                    needs_clips, off_cluster_runs, options_digest,
+                                    resolve_executor)
 
 # Before any work, with the checks `meldflow` applies to its own flags: the settings, and
 # every run's training options (train: with each experiment's overrides). sacct reports a

@@ -44,7 +44,7 @@ rule train_options:
     log:
         "results/logs/train_options/{experiment}/seed-{seed}.log",
     run:
-        from meldflow.training.train_options import write_options_file
+        from meldflow.training.runs import write_options_file
 
         write_options_file(train_options(wildcards), output[0], log[0])
 

@@ -208,6 +208,16 @@ def asks_from_profile(profile: str, last_try: bool = False) -> list[Ask]:
     return asks
 
 
+def training_ask(how, who: str) -> Ask:
+    """What one training launch (a ``LaunchConfig``) asks of the cluster; its time limit is
+    ``train.time_min``, the rest ``train.slurm``."""
+    return Ask(who, "train.slurm", elsewhere=(("minutes", "train.time_min"),),
+               partition=how.partition, account=how.account, qos=how.sbatch.get("qos"),
+               nodes=how.nodes, minutes=how.time_min, gpus_per_node=how.gpus_per_node,
+               mem_mb=how.mem_gb * 1024 if how.mem_gb else None,
+               cpus_per_node=how.cpus_per_task * how.tasks if how.cpus_per_task else None)
+
+
 def asks_from_jobs(jobs, later_rules=()) -> list[Ask]:
     """What the workflow's SLURM jobs ask (one per rule), from Snakemake's jobs, and from
     ``later_rules``: rules whose jobs are not known yet (they follow a checkpoint), at a

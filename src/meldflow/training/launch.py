@@ -17,20 +17,63 @@ from pathlib import Path
 
 from meldflow import MeldflowError
 from meldflow.model_cache.snapshots import use_offline_cache
+from meldflow.preprocess.align import read_shard_index
 from meldflow.provenance import claim_run_dir, read_run
 from meldflow.slurm.states import TERMINAL
 from meldflow.training.checkpoint import CHECKPOINT_DIR, check_writable
+from meldflow.training.dataset import open_parquet
 from meldflow.training.identity import identity_of
-from meldflow.training.train_options import LaunchConfig, TrainConfig, resolve_executor
+from meldflow.training.runs import read_options_file, resolve_executor
+from meldflow.training.train_options import LaunchConfig, TrainConfig
 
 log = logging.getLogger("meldflow.training")
 RUN_LOG = "train.log"  # in the run folder: what `meldflow train` said at every try
 
-# submitit's states that mean nothing runs any more, beside SLURM's own (monitor.TERMINAL):
+# submitit's states that mean nothing runs any more, beside SLURM's own (states.TERMINAL):
 # its local executor says FINISHED, INTERRUPTED, or, for a job it did not start itself,
 # "NO PROCESS AND NO RESULT" (the first word is what counts; a live local job is then
 # recognised by its controller's pid, see _local_job_alive).
 ENDED = TERMINAL | {"FINISHED", "INTERRUPTED", "UNKNOWN", "NO"}
+
+def train_configs(out: str, options_file: str | None, aligned_dir: str | None,
+                  shards: dict[str, list[str] | None], csvs: dict[str, str | None],
+                  train_flags: dict, launch_flags: dict) -> tuple[TrainConfig, LaunchConfig]:
+    """`meldflow train`'s (TrainConfig, LaunchConfig): the definitions' defaults < the
+    options file < the flags given (``shards`` and ``csvs`` by split, None where not given;
+    ``aligned_dir`` stands for every split's shards). Shards are checked readable here,
+    before anything is submitted."""
+    train_kw, launch_kw = read_options_file(options_file) if options_file else ({}, {})
+    train_kw |= {name: path for name, path in csvs.items() if path is not None}
+    for split, paths in shards.items():
+        if paths is not None:
+            train_kw[split] = list(paths)
+        elif aligned_dir and (Path(aligned_dir) / split).is_dir():
+            train_kw[split] = read_shard_index(Path(aligned_dir) / split)
+    cfg = TrainConfig(out=out, **(train_kw | train_flags))
+    cfg.hf_home = str(Path(cfg.hf_home).resolve())
+    for p in cfg.train + cfg.dev + cfg.test:  # a damaged shard fails here, named, early
+        if not Path(p).is_file():
+            raise MeldflowError(f"aligned shard not found: {p}; run the preprocess target")
+        open_parquet(p)
+    return cfg, LaunchConfig(**(launch_kw | launch_flags))
+
+
+def submitit_parameters(how: LaunchConfig) -> dict:
+    """A launch's settings in submitit's names (``time_min`` is its ``timeout_min``; SLURM
+    settings that are not set are left to the cluster's defaults)."""
+    params: dict = {"timeout_min": how.time_min}
+    if how.executor != "debug":
+        params |= {"tasks_per_node": how.tasks, "nodes": how.nodes}
+    if how.executor == "slurm":
+        names = {"partition": "slurm_partition", "account": "slurm_account",
+                 "gpus_per_node": "gpus_per_node", "cpus_per_task": "cpus_per_task",
+                 "mem_gb": "mem_gb"}
+        params |= {names[k]: getattr(how, k) for k in names
+                   if getattr(how, k) is not None}
+        if how.sbatch:
+            params["slurm_additional_parameters"] = dict(how.sbatch)
+    return params
+
 
 class TrainJob:
     """What submitit runs on every task; requeued on timeout or preemption (the
@@ -266,7 +309,7 @@ def _submit_or_restore(cfg: TrainConfig, how: LaunchConfig, out: Path, executor:
     job = running_job(out, executor, how.tasks)  # a restarted workflow reattaches
     if job is None:
         ex = submitit.AutoExecutor(folder=out / "submitit", cluster=executor)
-        ex.update_parameters(**how.submitit_parameters())
+        ex.update_parameters(**submitit_parameters(how))
         job = ex.submit(TrainJob(cfg, identity))
         record_job(out, job.job_id, executor, how.tasks, identity["digest"])
         log.info("submitted training job %s (%s, %d task(s)), run %s", job.job_id, executor,
