@@ -145,3 +145,45 @@ def test_the_import_check_finds_a_cycle_and_an_upward_import():
     assert any(p.startswith("cycle: ") and "meldflow.training.train_options" in p for p in found)
     found = layering_problems(graph | {"meldflow.provenance": {"meldflow.model_cache.snapshots"}})
     assert found == ["upward: meldflow.provenance -> meldflow.model_cache.snapshots"]
+
+
+def test_imports_are_at_the_top_but_where_a_heavy_library_would_load():
+    """In-package imports inside functions only in the CLI's entry points and, at most 12
+    times, where the module would otherwise load a heavy library (each says why, on the
+    import's line or the line above); standard-library imports always at the top."""
+    import sys
+
+    lazy, std = [], []
+    for path in sorted(SRC.rglob("*.py")):
+        rel, lines = str(path.relative_to(SRC)), path.read_text().splitlines()
+        for fn in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if not isinstance(node, ast.Import | ast.ImportFrom):
+                    continue
+                mod = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+                if mod.split(".")[0] in sys.stdlib_module_names:
+                    std.append(f"{rel}:{node.lineno} {mod}")
+                elif mod.startswith("meldflow") and rel != "cli.py":
+                    said = "#" in lines[node.end_lineno - 1] or \
+                        lines[node.lineno - 2].strip().startswith("#")
+                    lazy.append((f"{rel}:{node.lineno} {mod}", said))
+    assert std == []
+    assert len(lazy) <= 12 and all(said for _, said in lazy), lazy
+
+
+def test_meldflow_help_is_quick_and_loads_no_heavy_library():
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, time; t = time.perf_counter(); from meldflow.cli import build_parser;"
+            " build_parser().format_help(); print(time.perf_counter() - t); print(*sorted("
+            "m for m in ('torch', 'transformers', 'faster_whisper', 'submitit', 'av', "
+            "'pyarrow') if m in sys.modules))")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert time.perf_counter() - start < 2.0  # the interpreter's start included
+    assert float(out[0]) < 0.3 and out[1:] in ([], [""]), out

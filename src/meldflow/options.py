@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 from dataclasses import field
 from typing import Any
 
@@ -68,8 +70,6 @@ def _unusable(schema: dict, value, key: str) -> str | None:
     """What JSON schema lets through and no code can use: NaN and infinities (every range
     check is false for NaN), and a float where a whole number is wanted (``8.0``, ``1e2``:
     jsonschema counts them as integers, argparse then refuses them in every job)."""
-    import math
-
     if isinstance(value, dict):
         props = schema.get("properties", {})
         for k, v in value.items():
@@ -99,8 +99,6 @@ def from_text(value, schema: dict):
     asks for: Snakemake's ``--config 'train={epochs: 2}'`` hands nested values over as text
     ('2'). The one conversion, the same from a file or a command line; anything else is
     left for :func:`check` to refuse."""
-    import re
-
     if isinstance(value, dict):
         props = schema.get("properties", {})
         return {k: from_text(v, props.get(k, {})) for k, v in value.items()}

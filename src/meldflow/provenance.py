@@ -21,11 +21,12 @@ import platform
 import shutil
 import subprocess
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from meldflow import MeldflowError, __version__
-from meldflow.storage import sha256_file
+from meldflow.storage import sha256_file, write_text
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,6 @@ def read_run(out: Path) -> dict | None:
 
 def record_in_run(out: Path, key: str, entry: dict) -> None:
     """Append ``entry`` to the list ``key`` of the run's run.json (what happened to it)."""
-    from meldflow.storage import write_text
-
     run = read_run(out) or {}
     run[key] = [*run.get(key, []), entry]
     write_text(json.dumps(run, indent=1), out / RUN_FILE)
@@ -119,8 +118,6 @@ def claim_run_dir(out: Path, identity: dict) -> Path | None:
     run from before identities were recorded: everything in ``out`` moves to
     :func:`archive_dir`, with a log line that says what differs.
     """
-    from meldflow.storage import write_text
-
     out.mkdir(parents=True, exist_ok=True)
     old = read_run(out)
     if old is not None and old["digest"] == identity["digest"]:
@@ -172,8 +169,6 @@ def _cpu_model() -> str:
 
 def environment(world: int = 1) -> dict:
     """meldflow and library versions, the git commit and the hardware of this process."""
-    from importlib import metadata
-
     versions = {"meldflow": __version__, "python": platform.python_version()}
     for pkg in ("torch", "transformers", "tokenizers", "huggingface-hub", "submitit",
                 "faster-whisper", "ctranslate2", "pyarrow", "numpy"):

@@ -13,6 +13,7 @@ import random
 import shutil
 import subprocess
 import tempfile
+import wave
 from pathlib import Path
 
 from meldflow import MeldflowError
@@ -99,7 +100,6 @@ def make_clip(out: Path, text: str, speaker: str, emotion: str, rng: random.Rand
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "speech.wav"
         _run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav), text])
-        import wave
 
         with wave.open(str(wav)) as w:
             duration = w.getnframes() / w.getframerate() + extra_seconds

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +102,6 @@ class Settings:
     def from_config(cls, config: dict) -> Settings:
         """The settings of a workflow config (its top-level keys but train:, experiments:
         and seeds:), checked; absent keys take their defaults."""
-        import difflib
-
         names = {f.name for f in dataclasses.fields(cls)}
         for key in set(config) - names - set(WORKFLOW_ONLY):
             near = difflib.get_close_matches(str(key), sorted(names | set(WORKFLOW_ONLY)), 1)

@@ -10,8 +10,10 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from meldflow import MeldflowError
 from meldflow.model_cache.data_only import refuse_code
@@ -64,8 +66,6 @@ def hub_endpoint() -> str:
 def hub_unreachable(timeout: float = 3.0) -> str | None:
     """Why the Hub cannot be reached from here (``None``: it accepts a connection), decided
     in seconds (compute nodes often hang on connect)."""
-    from urllib.parse import urlsplit
-
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return "HF_HUB_OFFLINE=1 is set in this environment (unset it to download)"
     url = urlsplit(hub_endpoint())
@@ -345,7 +345,6 @@ def stage_florence(hf_home: str | Path, florence_repo: str = setting_default("fl
         else:
             if meld_dir is None:
                 meld_dir = SAMPLE_DIR
-            import tempfile
 
             with tempfile.TemporaryDirectory() as tmp:
                 build_tiny_florence(tmp, sample_texts(meld_dir))

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 from meldflow import MeldflowError
+from meldflow.annotations import read_annotations
+from meldflow.labels import EMOTIONS, SENTIMENTS
 
 TINY_IMAGE_SIZE = 64  # the vision tower's total stride is 32: 2x2 patches + 1 token
 
@@ -31,7 +33,6 @@ def build_tiny_florence(out: str | Path, texts: list[str], seed: int = 0,
         Florence2Processor,
     )
 
-    from meldflow.labels import EMOTIONS, SENTIMENTS
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,8 +81,6 @@ def build_tiny_florence(out: str | Path, texts: list[str], seed: int = 0,
 
 def sample_texts(meld_dir: str | Path) -> list[str]:
     """Every utterance of the annotation CSVs in ``meld_dir`` (tokenizer training text)."""
-    from meldflow.annotations import read_annotations
-
     texts = []
     for csv_path in sorted(Path(meld_dir).glob("*_sent_emo*.csv")):
         texts += [f"{a.speaker}: {a.utterance}" for a in read_annotations(csv_path)]

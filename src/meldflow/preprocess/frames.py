@@ -6,6 +6,7 @@ Owns ``results/frames/{split}/shard-NNNN.parquet``.
 from __future__ import annotations
 
 import re
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,8 +182,6 @@ def run_frames(rows: pa.Table, out: str | Path, settings: Settings,
 
 
 def ffmpeg_version() -> str:
-    import subprocess
-
     try:
         out = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout
     except OSError:

@@ -6,6 +6,7 @@ Owns ``results/manifest/summary.{tsv,txt,png}`` (the `summary` rule).
 from __future__ import annotations
 
 import collections
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -71,8 +72,6 @@ def run_summary(manifest_paths: list[str | Path], unused_paths: list[str | Path]
                 out_tsv: str | Path, audit_max_wer: float, out_png: str | Path | None = None,
                 ingest_infos: list[str | Path] | None = None, audit_out: str | Path | None = None,
                 txt_out: str | Path | None = None) -> str:
-    import json
-
     unused = {}
     for p in unused_paths:
         lines = Path(p).read_text().splitlines()[1:]

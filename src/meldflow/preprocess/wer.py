@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections import Counter
 
 from meldflow.annotations import normalise_text
 
@@ -40,9 +42,6 @@ def words_moved(reference: list[str], hypothesis: list[str | None],
     pair a word with its namesake in the next clip. A word heard wrongly is an error for
     WER, not a move.
     """
-    import difflib
-    from collections import Counter
-
     def clip_words(texts: list[str | None]) -> list[tuple[str, int]]:
         return [(w, i) for i, t in enumerate(texts) for w in normalise_for_wer(t or "").split()]
 

@@ -15,6 +15,7 @@ import getpass
 import re
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from meldflow import MeldflowError
 from meldflow.slurm.accounting import run_command
@@ -179,8 +180,6 @@ def _ask(who: str, where: str, resources: dict, attempt: int = 1) -> Ask:
 def asks_from_profile(profile: str, last_try: bool = False) -> list[Ask]:
     """What a Snakemake SLURM profile's jobs ask at their first try, or at their last
     (``retries`` + 1: the most memory and time)."""
-    from pathlib import Path
-
     import yaml
 
     path = Path(profile) / "config.yaml" if Path(profile).is_dir() else Path(profile)
@@ -243,8 +242,6 @@ def asks_from_jobs(jobs, later_rules=()) -> list[Ask]:
 def profile_plan(profile: str, trainings: int) -> SubmitPlan:
     """How many jobs a run with ``profile`` may have submitted at once: ``jobs`` shard jobs,
     and one per training run on SLURM up to ``local-cores`` (each waits in a local rule)."""
-    from pathlib import Path
-
     import yaml
 
     path = Path(profile) / "config.yaml" if Path(profile).is_dir() else Path(profile)

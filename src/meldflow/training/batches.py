@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from dataclasses import dataclass
 
 from meldflow.labels import EMOTIONS
@@ -111,8 +112,6 @@ class MicroBatches:
 
 
 def _worker_init(_: int) -> None:
-    import signal
-
     import torch
 
     # SLURM signals every process of the step; only the main process may checkpoint and

@@ -25,6 +25,7 @@ import torch
 from meldflow import MeldflowError
 from meldflow.labels import EMOTIONS, SENTIMENTS
 from meldflow.model_cache.data_only import load_florence_dir
+from meldflow.storage import honour_umask, sha256_file
 
 HEADS_FILE = "heads.safetensors"
 OPTIONS_FILE = "meldflow_train.json"  # the training options
@@ -93,7 +94,6 @@ class EmotionClassifier(torch.nn.Module):
         and how the inputs were prepared (for predict); atomically, modes from the umask."""
         from safetensors.torch import save_file
 
-        from meldflow.storage import honour_umask
 
         tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -131,8 +131,6 @@ CHECKSUMS_FILE = "checksums.json"
 
 
 def _file_hashes(folder: Path) -> dict[str, str]:
-    from meldflow.storage import sha256_file
-
     return {p.name: sha256_file(p) for p in sorted(folder.iterdir())
             if p.is_file() and p.name != CHECKSUMS_FILE}
 

@@ -6,9 +6,12 @@ are rare, so macro F1 and per-class figures are reported beside it.
 
 from __future__ import annotations
 
+import json
+import statistics
 from pathlib import Path
 
-from meldflow.storage import atomic_path
+from meldflow import MeldflowError
+from meldflow.storage import atomic_path, write_text
 
 
 def classification_metrics(gold: list[str], pred: list[str], labels: tuple[str, ...]) -> dict:
@@ -120,8 +123,6 @@ HEADLINE = ("weighted_f1", "macro_f1", "accuracy")
 
 def _mean_sd(values: list[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (None for a single seed)."""
-    import statistics
-
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
@@ -135,9 +136,6 @@ def read_runs(run_dirs: list[str | Path]) -> dict[str, list[dict]]:
     A run folder ``…/{experiment}/seed-{n}`` belongs to ``experiment``; any other folder
     is an experiment of its own. Each metrics dict gains ``_dir``.
     """
-    import json
-
-    from meldflow import MeldflowError
 
     runs: dict[str, list[dict]] = {}
     for d in map(Path, run_dirs):
@@ -250,8 +248,6 @@ def plot_experiments(runs: dict[str, list[dict]], split: str, out: str | Path) -
 def plot_run_curves(runs: dict[str, list[dict]], out: str | Path) -> Path:
     """Every run's training loss per step and dev weighted F1 per epoch, coloured by
     experiment."""
-    import json
-
     plt = _pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
     for i, (name, ms) in enumerate(runs.items()):
@@ -291,12 +287,9 @@ def plot_confusions(runs: dict[str, list[dict]], split: str, out: str | Path) ->
 
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> str:
     """Tables, plots and the printed summary of finished runs, grouped by experiment."""
-    from meldflow import MeldflowError
-    from meldflow.storage import write_text
-
     if not run_dirs:
         raise MeldflowError("no training runs given")
-    from meldflow.training.classifier import verify_model_dir
+    from meldflow.training.classifier import verify_model_dir  # torch: only to verify runs
 
     for run in run_dirs:  # the models handed on are what training wrote
         if (Path(run) / "best").is_dir():

@@ -14,6 +14,7 @@ from meldflow.model_cache.snapshots import snapshot_verified_before, verified_sn
 from meldflow.model_cache.stage import FLORENCE_FILES
 from meldflow.provenance import run_identity
 from meldflow.settings import recorded_settings
+from meldflow.storage import read_metadata
 
 
 def florence_snapshot(cfg) -> tuple[Path, dict[str, str]]:
@@ -48,8 +49,6 @@ def preprocessing_of(cfg) -> dict:
     the Whisper model (with its file hashes), decoding options and transcription method.
     Shards made with different settings are an error: one model cannot have been trained
     on both."""
-    from meldflow.storage import read_metadata
-
     if not (cfg.train or cfg.dev or cfg.test):
         return {"source": "annotation CSVs", "text_source": cfg.text_source}
 

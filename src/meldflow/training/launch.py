@@ -20,6 +20,7 @@ from meldflow.model_cache.snapshots import use_offline_cache
 from meldflow.preprocess.align import read_shard_index
 from meldflow.provenance import claim_run_dir, read_run
 from meldflow.slurm.states import TERMINAL
+from meldflow.storage import write_text
 from meldflow.training.checkpoint import CHECKPOINT_DIR, check_writable
 from meldflow.training.dataset import open_parquet
 from meldflow.training.identity import identity_of
@@ -219,8 +220,6 @@ def finished_metrics(out: Path) -> dict | None:
     deletes metrics.json before it reruns training, also when the run's inputs came out
     byte for byte the same (an upstream job forced): then it is restored from run.json,
     and no job is submitted."""
-    from meldflow.storage import write_text
-
     metrics = out / "metrics.json"
     if metrics.is_file():
         return json.loads(metrics.read_text())
@@ -285,8 +284,6 @@ def record_job(out: Path, job_id: str, executor: str, tasks: int, digest: str) -
     """``{out}/job.json``: the job now training the run (a restarted workflow reattaches
     to it) and, appended, every job submitted for the run, so a cancelled or failed try
     stays in ``meldflow status``'s history beside the one that followed it."""
-    from meldflow.storage import write_text
-
     path = out / "job.json"
     try:
         tries = json.loads(path.read_text()).get("tries", []) if path.is_file() else []

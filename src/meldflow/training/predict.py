@@ -17,6 +17,7 @@ from meldflow import MeldflowError
 from meldflow.annotations import CLIP_RE
 from meldflow.labels import EMOTIONS, SENTIMENTS
 from meldflow.model_cache.snapshots import use_offline_cache
+from meldflow.preprocess.frames import extract_frames
 from meldflow.preprocess.probe import ClipError, check_clip_file
 from meldflow.settings import Settings, recorded_settings
 from meldflow.shard_schema import METHOD_VERSIONS
@@ -125,6 +126,7 @@ def transcribe_clips(clips: list[str], whisper: dict, hf_home: str | Path | None
     use_offline_cache(home)  # before faster-whisper is imported
     import pyarrow as pa
 
+    # faster-whisper: imported after use_offline_cache, so that it never reaches the Hub
     from meldflow.preprocess.transcribe import Transcriber, transcribe_rows
 
     method = whisper.get("method", "one older than dialogue-window-1")
@@ -165,8 +167,6 @@ def transcribe_clips(clips: list[str], whisper: dict, hf_home: str | Path | None
 
 def clip_frames(clip: str, prep: dict) -> list[bytes]:
     """The clip's frames exactly as the training shards hold them."""
-    from meldflow.preprocess.frames import extract_frames
-
     res = extract_frames(clip, **{k: prep[k] for k in recorded_settings("frames")})
     if res.status != "ok":
         raise ClipError(f"{clip}: {res.reason}", res.status)

@@ -13,9 +13,16 @@ from pathlib import Path
 
 from meldflow.labels import EMOTIONS, SENTIMENTS
 from meldflow.provenance import RUN_FILE, environment, read_run
+from meldflow.storage import write_table, write_text
 from meldflow.training.batches import Encoder, to_device
 from meldflow.training.classifier import load_trained
 from meldflow.training.dataset import Source
+from meldflow.training.evaluate import (
+    classification_metrics,
+    majority_baseline,
+    plot_confusion,
+    plot_curves,
+)
 
 
 def predict_rows(model, processor, cfg, source: Source, rows: list[dict],
@@ -44,8 +51,6 @@ def score_split(model, processor, cfg, source: Source, device,
     """Metrics for emotion and sentiment on one split; optionally writes predictions."""
     import pyarrow as pa
 
-    from meldflow.storage import write_table
-    from meldflow.training.evaluate import classification_metrics
 
     rows = [r for u in source.units for r in source.rows(u)]
     emo_p, sen_p = predict_rows(model, processor, cfg, source, rows, device)
@@ -73,9 +78,6 @@ def score_split(model, processor, cfg, source: Source, device,
 def write_results(cfg, out: Path, device, state: dict, identity: dict, world: int = 1,
                   progress=None) -> dict:
     """Best model on dev and test: metrics.json (with what made it), predictions, plots."""
-    from meldflow.storage import write_text
-    from meldflow.training.evaluate import majority_baseline, plot_confusion, plot_curves
-
     model, processor = load_trained(out / "best", device)
     metrics = {"config": dataclasses.asdict(cfg), "steps": state["step"],
                "best_dev_weighted_f1": state["best_f1"],

@@ -104,7 +104,7 @@ class TrainConfig:
                                 "source has no flags or transcripts)")
 
     def exclusions(self):
-        from meldflow.training.dataset import Exclude
+        from meldflow.training.dataset import Exclude  # pyarrow: not for `meldflow schema`
 
         if not self.exclude_flags and self.exclude_max_wer is None:
             return None
