@@ -130,3 +130,73 @@ def test_the_reference_check_finds_stale_references():
     assert reference_problems("README.md#performance") == []
     assert reference_problems("shards (schema in the README).") == [
         "cites the README without saying where: 'in the README)'"]
+
+
+# What names the project's own code in prose: `meldflow.a.b` (a module, or a name in one),
+# `module.name` (a module by its unique basename), and paths of the repository's files.
+_DOTTED = re.compile(r"\bmeldflow(?:\.[A-Za-z_]\w*)+")
+_SHORT = re.compile(r"`+([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)(?:\(\))?`+")
+_PATH = re.compile(r"(?<![\w/.<{-])((?:src|tests|workflow|docs|benchmarks|cluster|envs|config|"
+                   r"preprocess|training|slurm|model_cache)/[\w./-]+\.(?:py|smk|md|yaml|sh|"
+                   r"toml|rst))\b")
+_SUFFIXES = {"yaml", "json", "py", "md", "smk", "tsv", "txt", "parquet", "log", "csv", "pt",
+             "html", "png", "toml", "sh", "rst", "safetensors", "bin", "mp4", "lock"}
+
+
+def _resolves(name: str) -> bool:
+    import importlib
+
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def stale_names(texts: dict[str, str]) -> list[str]:
+    """Each name in ``texts`` ({where: text}) of a module, function or file that does not
+    exist; a path may be the repository's or, as the docs write tests, under tests/."""
+    src = REPO / "src"
+    modules = {p.stem if p.stem != "__init__" else p.parent.name:
+               ".".join(p.relative_to(src).with_suffix("").parts).removesuffix(".__init__")
+               for p in (src / "meldflow").rglob("*.py")}
+    found = []
+    for where, text in texts.items():
+        found += [f"{where}: {m[0]}" for m in _DOTTED.finditer(text) if not _resolves(m[0])]
+        for m in _SHORT.finditer(text):
+            first, *rest = m[1].split(".")
+            if first in modules and first != "meldflow" and rest[-1] not in _SUFFIXES \
+                    and not _resolves(".".join([modules[first], *rest])):
+                found.append(f"{where}: {m[1]}")
+        for m in _PATH.finditer(text):
+            if not any((root / m[1]).exists() for root in
+                       (REPO, REPO / "tests", REPO / "src" / "meldflow")):
+                found.append(f"{where}: {m[1]}")
+    return found
+
+
+def test_no_comment_docstring_or_doc_names_what_no_longer_exists():
+    """The sample's README named src/meldflow/samplegen.py, docs named tests that had
+    moved, launch.py a constant of a module that had gone."""
+    files = [*sorted((REPO / "src").rglob("*.py")), *sorted((REPO / "workflow").rglob("*.smk")),
+             *sorted((REPO / "benchmarks").glob("*.py")), *DOCS,
+             REPO / "src" / "meldflow" / "data" / "sample" / "README.md"]
+    texts = {str(p.relative_to(REPO)): p.read_text() for p in files}
+    assert stale_names(texts) == []
+
+
+def test_the_stale_name_check_finds_each_kind():
+    texts = {"a.py": "# see `live.join_queue`, `live.gone_now()` and `states.TERMINAL`",
+             "b.md": "meldflow.slurm.monitor.TERMINAL and meldflow.slurm.states.TERMINAL",
+             "c.md": "(src/meldflow/samplegen.py) and src/meldflow/sample_data.py, "
+                     "`workflow/test_workflow.py` and `preprocess/test_gone.py`"}
+    assert stale_names(texts) == ["a.py: live.gone_now", "b.md: meldflow.slurm.monitor.TERMINAL",
+                                  "c.md: src/meldflow/samplegen.py",
+                                  "c.md: preprocess/test_gone.py"]

@@ -1,8 +1,8 @@
 """A clip's audio, decoded once for transcription, with what decoding revealed.
 
-faster-whisper's own decoder skips bad packets silently, which is how a clip corrupted
-mid-stream used to pass as ``ok``: here every failed packet is counted, and the audio's
-length is compared with what the clip should hold (``meldflow.preprocess.probe``).
+faster-whisper's own decoder skips bad packets silently, so a clip corrupted mid-stream
+would pass as ``ok``: here every failed packet is counted, and the audio's length is
+compared with what the clip should hold (``meldflow.preprocess.probe``).
 """
 
 from __future__ import annotations
@@ -81,8 +81,7 @@ def decode_audio(path: str, max_seconds: float, start_s: float | None = None,
     ``start_s``/``end_s`` (the CSV's times) say how long the audio should be.
 
     Raises :class:`ClipError` for a file fault and ``LookupError`` if there is no audio
-    stream. (faster-whisper's own decoder skips bad packets silently, which is how a
-    clip corrupted mid-stream used to pass as ``ok``.)
+    stream.
     """
     check_clip_file(path)
     limit = int(max_seconds * SAMPLE_RATE)

@@ -1,12 +1,12 @@
 """Several clips in one Whisper window: one encoder pass, each clip decoded on its own.
 
 Whisper encodes fixed 30 s windows, so a 3 s clip alone pays for 27 s of padding. Clips are
-therefore packed, a second of silence apart, into one window that is encoded once. Packing
-used to decode the window as one stream of text and give each word to the clip its time
-fell in; Whisper's word times are off by up to a second, so a clip's last word, spoken to
-its last sample, could be timed into the next clip and attributed there (issue 24).
+therefore packed, a second of silence apart, into one window that is encoded once. Decoding
+the window as one stream would give each word to the clip its time falls in, and Whisper's
+word times are off by up to a second: a clip's last word, spoken to its last sample, would
+land in the next clip.
 
-Here each clip is decoded from its own copy of the window's encoding in which every frame
+So each clip is decoded from its own copy of the window's encoding in which every frame
 outside the clip (and a margin of ``MARGIN_FRAMES``) is the encoding of silence. The
 decoder, told by its first timestamp token where the clip starts, cannot attend to a
 neighbour's speech, so every word it gives belongs to that clip, and its time is found in

@@ -1,7 +1,7 @@
 """Fixes to snakemake-executor-plugin-slurm, applied where the workflow starts.
 
 The plugin (2.8.0) fails in four ways real clusters trigger (docs/slurm-faults.md); two of
-its module functions are wrapped to fix them. The fixes are written against one version:
+its module functions are wrapped to fix them (``patch_slurm_plugin`` lists the four). The fixes are written against one version:
 a newer plugin stops the workflow with a message, rather than being patched blindly.
 """
 
@@ -37,26 +37,27 @@ def check_plugin(plugin) -> None:
 
 
 def patch_slurm_plugin() -> bool:
-    """Make snakemake-executor-plugin-slurm (2.8.0) survive two things real clusters do.
+    """Make snakemake-executor-plugin-slurm (2.8.0) survive four things real clusters do.
 
     1. ``check_active_jobs`` tests ``status in fail_stati`` on sacct's raw state, so
        ``CANCELLED by 0`` (a job scancel'ed from outside) counts as still running and the
        workflow waits forever: states are cut to their bare word.
-    Preempted jobs that SLURM does not requeue are failed tries too (``plugin_state``).
-    2. When ``sacct`` fails (slurmdbd stopped or overloaded), ``query_job_status`` returns
+    2. A preempted job that SLURM does not requeue is a failed try, to be resubmitted
+       (``plugin_state``).
+    3. When ``sacct`` fails (slurmdbd stopped or overloaded), ``query_job_status`` returns
        None and ``check_active_jobs`` then yields none of the active jobs: Snakemake
        forgets them, and a run whose jobs all finish during the outage waits forever.
        An empty answer instead keeps every job active (the plugin yields jobs that sacct
        does not list) until accounting answers again.
 
-    3. After a NODE_FAIL the plugin asks sacct for the job's node and adds the answer to
+    4. After a NODE_FAIL the plugin asks sacct for the job's node and adds the answer to
        ``--exclude`` for every later submission; right after the failure sacct answers
        ``None assigned``, and ``--exclude=None assigned`` makes every later ``sbatch``
        fail ("Unable to open file assigned"). Only real node names are passed on (SLURM
        itself never schedules onto a node that is down).
 
     The plugin looks ``query_job_status`` and ``get_submit_command`` up in its module at
-    each call, so wrapping those functions fixes all three at their source. Idempotent;
+    each call, so wrapping those two functions fixes all four at their source. Idempotent;
     returns False where the plugin is not installed; a version other than PATCHED_FOR is
     an error (``check_plugin``).
     """

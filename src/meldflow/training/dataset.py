@@ -95,7 +95,7 @@ class Source:
         self._csv_table: pa.Table | None = None
         # The groups read last, most recent at the end: a batch takes rows from one group
         # per stream, so holding one group would re-read (and re-convert) every group of a
-        # batch at every batch, a cost that grows with the group size (issue 19).
+        # batch at every batch, a cost that grows with the group size.
         self._cache: OrderedDict[Unit, list[dict]] = OrderedDict()
         self.cache_units = 2
         self.context: dict[tuple[int, int], tuple[str, str]] = {}
