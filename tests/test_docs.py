@@ -19,7 +19,7 @@ def test_every_count_given_for_the_ablation_matches_config_ablation_yaml():
             found += 1
             assert (int(m.group(1)), int(m.group(2))) == (experiments, seeds), (path, m[0])
             assert m.group(3) is None or int(m.group(3)) == experiments * seeds, (path, m[0])
-    assert found >= 3
+    assert found >= 2  # docs/cluster.md and config/ablation.yaml say it
 
 
 def test_the_readmes_experiments_block_is_config_ablation_yaml():
@@ -200,3 +200,15 @@ def test_the_stale_name_check_finds_each_kind():
     assert stale_names(texts) == ["a.py: live.gone_now", "b.md: meldflow.slurm.monitor.TERMINAL",
                                   "c.md: src/meldflow/samplegen.py",
                                   "c.md: preprocess/test_gone.py"]
+
+
+def test_the_readme_is_a_guide_and_the_changelog_brief():
+    """The README had grown to 341 lines with a dated benchmark table and bootstrap
+    intervals; the CHANGELOG's entries ran to 95 lines of prose."""
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) < 260
+    assert not re.search(r"\b20\d\d-\d\d-\d\d\b|interval", readme)
+    entries = re.split(r"^## ", (REPO / "CHANGELOG.md").read_text(), flags=re.M)[1:]
+    for entry in entries:
+        bullets = re.split(r"^- ", entry, flags=re.M)[1:]
+        assert bullets and all(len(b.strip().splitlines()) <= 3 for b in bullets), entry[:60]
