@@ -12,6 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from meldflow.shard_schema import FRAMES_SCHEMA, INGEST_SCHEMA, TRANSCRIPT_SCHEMA
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "src" / "meldflow" / "data" / "sample"
 SHARED_MELD = REPO.parent / "shared" / "meld"
@@ -344,3 +346,37 @@ def fill_disk(mount: Path) -> None:
 def read_only(mount: Path) -> None:
     """Remount the file system at ``mount`` read-only."""
     subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+
+
+def ingest_rows(keys, status="ok"):
+    n = len(keys)
+    return pa.table({
+        "split": ["dev"] * n, "csv_line": list(range(2, n + 2)), "sr_no": list(range(n)),
+        "dialogue_id": [k[0] for k in keys], "utterance_id": [k[1] for k in keys],
+        "speaker": ["A"] * n, "utterance": ["hi there"] * n, "emotion": ["joy"] * n,
+        "sentiment": ["positive"] * n, "season": [1] * n, "episode": [1] * n,
+        "start_s": [0.0] * n, "end_s": [1.0] * n, "clip_path": ["x.mp4"] * n, "shard": [0] * n,
+        "status": [status] * n, "reason": [""] * n, "flags": [[] for _ in keys],
+    }, schema=INGEST_SCHEMA)
+
+
+def step_tables(keys, asr_status="ok"):
+    n = len(keys)
+    base = {"split": ["dev"] * n, "dialogue_id": [k[0] for k in keys],
+            "utterance_id": [k[1] for k in keys]}
+    asr = pa.table(base | {
+        "asr_status": [asr_status] * n, "asr_reason": ["clip has no audio stream"] * n,
+        "asr_flags": [[] for _ in keys], "transcript": ["hi there"] * n,
+        "words": [WORDS] * n, "wer": [0.0] * n,
+    }, schema=TRANSCRIPT_SCHEMA)
+    frm = pa.table(base | {
+        "frame_status": ["ok"] * n, "frame_reason": [""] * n,
+        "frame_flags": [["clip_capped"] for _ in keys], "clip_duration_s": [1.0] * n,
+        "frames": [[b"\xff\xd8a\xff\xd9", b"\xff\xd8b\xff\xd9"]] * n,
+        "frame_times": [[0.25, 0.5]] * n,
+    }, schema=FRAMES_SCHEMA)
+    return asr, frm
+
+
+WORDS = [{"word": "hi", "start": 0.0, "end": 0.4, "probability": 0.9},
+         {"word": "there", "start": 0.6, "end": 1.0, "probability": 0.8}]

@@ -93,3 +93,16 @@ def test_a_full_or_read_only_disk_is_one_line_and_loses_nothing(small_disk, tmp_
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert "read-only" in proc.stderr and str(small_disk) in proc.stderr
     assert (small_disk / "rows.parquet").read_bytes() == b"earlier"
+
+
+def test_status_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`meldflow status --json | head -1` ended in a BrokenPipeError traceback."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("sacct", "squeue"):
+        (bin_dir / name).write_text("#!/bin/sh\n")
+        (bin_dir / name).chmod(0o755)
+    env = env_with_venv() | {"PATH": f"{bin_dir}:{env_with_venv()['PATH']}"}
+    proc = subprocess.run(f"{BIN / 'meldflow'} status --dir {tmp_path} --json | head -1",
+                          shell=True, capture_output=True, text=True, env=env)
+    assert proc.stdout.strip() == "{" and "Traceback" not in proc.stderr, proc.stderr

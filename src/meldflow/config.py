@@ -45,7 +45,7 @@ def config_schema() -> dict:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "description": "meldflow workflow configuration: generated from "
                            "meldflow.settings and meldflow.training.train_options (`meldflow "
-                           "schema`); tests/test_settings.py keeps this file equal to it",
+                           "schema`); tests/test_config.py keeps this file equal to it",
             "type": "object", "properties": props, "additionalProperties": False}
 
 

@@ -16,6 +16,8 @@ from helpers import (
     make_workdir,
 )
 
+from meldflow.slurm.accounting import to_mb
+
 RUN = Path("results/train/default/seed-0")  # the default config's one training run
 
 
@@ -230,7 +232,6 @@ def assert_same_shards(work, preprocessed, split="train"):
 
 
 def monitor_mb(text):
-    from meldflow.slurm.accounting import to_mb
 
     return to_mb(text)
 
@@ -255,3 +256,47 @@ def readme_command(fragment: str) -> list[str]:
              if fragment in line]
     assert len(lines) == 1, lines
     return shlex.split(lines[0])
+
+
+def fake_slurm(tmp_path, sacct: list[dict], squeue: list[dict]) -> dict:
+    """An environment whose sacct and squeue print these jobs (fields by name)."""
+    from meldflow.slurm.accounting import SACCT_FIELDS, SQUEUE_FIELDS
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, fields, rows in (("sacct", [f.split("%")[0] for f in SACCT_FIELDS], sacct),
+                               ("squeue", list(SQUEUE_FIELDS), squeue)):
+        text = "\n".join("|".join(str(r.get(f, "")) for f in fields) for r in rows)
+        (bin_dir / f"{name}.out").write_text(text + "\n")
+        (bin_dir / name).write_text(f"#!/bin/sh\ncat {bin_dir / name}.out\n")
+        (bin_dir / name).chmod(0o755)
+    return env_with_venv() | {"PATH": f"{bin_dir}:{env_with_venv()['PATH']}"}
+
+
+def run_record(work, run_id, started, jobs=(), ended=True, heartbeat=None):
+    """A run record as meldflow's logger plugin writes it (meldflow.slurm.run_record)."""
+    import json
+
+    from meldflow.slurm.run_record import RUNS_DIR
+
+    folder = work / RUNS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"workflow_id": run_id, "slurm_run_id": run_id, "host": "login1",
+              "started": started, "heartbeat": heartbeat or started, "heartbeat_s": 30.0,
+              "ended": started + 60 if ended else None, "errors": 0, "done": 0, "total": 0,
+              "jobs": {str(i): {"rule": rule, "wildcards": {}, "local": rule == "train",
+                                "tries": [{"submitted": started, "ended": None, "ok": None}]}
+                       for i, rule in enumerate(jobs)}}
+    (folder / f"{int(started)}-{run_id}.json").write_text(json.dumps(record))
+
+
+def job(job_id, comment, state, name="uuid-a", elapsed=30):
+    return {"JobIDRaw": job_id, "JobID": job_id, "JobName": name, "Comment": comment,
+            "State": state, "ExitCode": "0:0", "ElapsedRaw": elapsed, "TotalCPU": "00:10",
+            "AllocCPUS": 2, "ReqMem": "2000M", "Submit": f"2026-12-06T10:00:{job_id[-2:]}",
+            "NodeList": "n1", "Timelimit": "00:30:00"}
+
+
+def status_cli(work, env, *args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "meldflow.cli", "status", "--dir", str(work),
+                           *args], env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,8 +1,9 @@
 """Fixes to snakemake-executor-plugin-slurm, applied where the workflow starts.
 
 The plugin (2.8.0) fails in four ways real clusters trigger (docs/slurm-faults.md); two of
-its module functions are wrapped to fix them (``patch_slurm_plugin`` lists the four). The fixes are written against one version:
-a newer plugin stops the workflow with a message, rather than being patched blindly.
+its module functions are wrapped to fix them (``patch_slurm_plugin`` lists the four). The
+fixes are written against one version: a newer plugin stops the workflow with a message,
+rather than being patched blindly.
 """
 
 from __future__ import annotations

@@ -175,7 +175,7 @@ def split_options(options: dict, where: str) -> tuple[dict, dict]:
 
 def train_block_schema() -> dict:
     """The config's ``train:`` block as JSON schema, from the dataclasses: the schema file
-    holds exactly this (tests/test_settings.py), and :func:`check_options` applies it."""
+    holds exactly this (tests/test_config.py), and :func:`check_options` applies it."""
     props: dict = {}
     slurm: dict = {}
     for cls in (LaunchConfig, TrainConfig):

@@ -2,25 +2,11 @@
 statuses combined, a stale step output refused, row groups sized by bytes."""
 import pyarrow as pa
 import pytest
+from helpers import WORDS, ingest_rows, step_tables
 
 from meldflow import MeldflowError
 from meldflow.preprocess.align import align_shard, rows_per_group, word_at
-from meldflow.preprocess.manifest import build_manifest
-from meldflow.row_status import STATUSES, worst
-from meldflow.shard_schema import FRAMES_SCHEMA, INGEST_SCHEMA, TRANSCRIPT_SCHEMA
 from meldflow.storage import write_table
-
-WORDS = [{"word": "hi", "start": 0.0, "end": 0.4, "probability": 0.9},
-         {"word": "there", "start": 0.6, "end": 1.0, "probability": 0.8}]
-
-
-def test_worst_status_order():
-    assert worst(["ok", "no_audio"]) == "no_audio"
-    assert worst(["no_audio", "unreadable_video", "ok"]) == "unreadable_video"
-    assert worst([]) == "ok"
-    assert list(STATUSES)[0] == "missing_video"
-    with pytest.raises(ValueError):
-        worst(["exploded"])
 
 
 def test_word_at():
@@ -28,36 +14,6 @@ def test_word_at():
     assert word_at(WORDS, 0.5) is None
     assert word_at(WORDS, 1.0) == "there"
     assert word_at([], 0.3) is None
-
-
-def ingest_rows(keys, status="ok"):
-    n = len(keys)
-    return pa.table({
-        "split": ["dev"] * n, "csv_line": list(range(2, n + 2)), "sr_no": list(range(n)),
-        "dialogue_id": [k[0] for k in keys], "utterance_id": [k[1] for k in keys],
-        "speaker": ["A"] * n, "utterance": ["hi there"] * n, "emotion": ["joy"] * n,
-        "sentiment": ["positive"] * n, "season": [1] * n, "episode": [1] * n,
-        "start_s": [0.0] * n, "end_s": [1.0] * n, "clip_path": ["x.mp4"] * n, "shard": [0] * n,
-        "status": [status] * n, "reason": [""] * n, "flags": [[] for _ in keys],
-    }, schema=INGEST_SCHEMA)
-
-
-def step_tables(keys, asr_status="ok"):
-    n = len(keys)
-    base = {"split": ["dev"] * n, "dialogue_id": [k[0] for k in keys],
-            "utterance_id": [k[1] for k in keys]}
-    asr = pa.table(base | {
-        "asr_status": [asr_status] * n, "asr_reason": ["clip has no audio stream"] * n,
-        "asr_flags": [[] for _ in keys], "transcript": ["hi there"] * n,
-        "words": [WORDS] * n, "wer": [0.0] * n,
-    }, schema=TRANSCRIPT_SCHEMA)
-    frm = pa.table(base | {
-        "frame_status": ["ok"] * n, "frame_reason": [""] * n,
-        "frame_flags": [["clip_capped"] for _ in keys], "clip_duration_s": [1.0] * n,
-        "frames": [[b"\xff\xd8a\xff\xd9", b"\xff\xd8b\xff\xd9"]] * n,
-        "frame_times": [[0.25, 0.5]] * n,
-    }, schema=FRAMES_SCHEMA)
-    return asr, frm
 
 
 def test_align_joins_and_combines_status():
@@ -80,22 +36,6 @@ def test_row_groups_sized_by_bytes():
     t = pa.table({"frames": [[b"x" * 1000]] * 100})
     assert rows_per_group(t, target_bytes=10_000) in range(8, 11)
     assert rows_per_group(t, target_bytes=10**9) == 100
-
-
-def test_manifest_is_one_for_one(tmp_path):
-    keys = [(0, 0), (0, 1), (1, 0)]
-    asr, frm = step_tables(keys)
-    rows = ingest_rows(keys)
-    write_table(align_shard(rows.slice(0, 2), asr.slice(0, 2), frm.slice(0, 2)),
-                tmp_path / "a.parquet")
-    with pytest.raises(MeldflowError, match="one for one"):
-        build_manifest(rows, [tmp_path / "a.parquet"])
-    write_table(align_shard(rows.slice(2), asr.slice(2), frm.slice(2)), tmp_path / "b.parquet")
-    man = build_manifest(rows, [tmp_path / "a.parquet", tmp_path / "b.parquet"])
-    assert man.num_rows == 3 and man.column("n_frames").to_pylist() == [2, 2, 2]
-    with pytest.raises(MeldflowError, match="one for one"):
-        build_manifest(rows, [tmp_path / "a.parquet", tmp_path / "b.parquet",
-                              tmp_path / "b.parquet"])
 
 
 def test_a_folder_of_shards_is_read_by_its_list_alone(tmp_path):
