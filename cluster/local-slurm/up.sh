@@ -10,7 +10,7 @@
 # its memory. Like a real site: two partitions, cpu (the default, 4 h) and gpu (1 day);
 # accounting enforced (an unknown account or partition makes sbatch fail; root's
 # association with account meldflow is made here, under QOS site: at most 20 jobs submitted
-# per user, 12 h per job, 4 GPUs per user; and account meldflow-tight, QOS tight: 2 jobs);
+# per user, 12 h per job, 4 GPUs per user; and account meldflow-tight, QOS tight: 1 job);
 # and 2 GPUs per node as generic
 # resources, backed by device files that exist without a GPU (/dev/tty0, /dev/tty1), so
 # SLURM schedules, counts (AllocTRES gres/gpu) and binds them and sets each job's
@@ -35,7 +35,7 @@ else
   LIMITS=overmemorykill
   PROCTRACK=proctrack/linuxproc TASK=task/none GATHER_PARAMS=OverMemoryKill
 fi
-CONF_VERSION="meldflow local-slurm configuration v7, $NODES node(s), memory limits by $LIMITS"
+CONF_VERSION="meldflow local-slurm configuration v8, $NODES node(s), memory limits by $LIMITS"
 GPUS_PER_NODE=2
 QOS=site                # the test account's QOS and its limits
 QOS_MAX_SUBMIT=${MELDFLOW_SLURM_MAX_SUBMIT:-20}
@@ -202,9 +202,9 @@ sacctmgr -i modify qos "$QOS" set MaxSubmitJobsPerUser="$QOS_MAX_SUBMIT" \
   MaxWall="$QOS_MAX_WALL" MaxTRESPerUser=gres/gpu="$QOS_MAX_GPUS" >/dev/null || true
 sacctmgr -i modify user root where account="$ACCOUNT" set qos="$QOS" defaultqos="$QOS" \
   >/dev/null || true
-# A small allocation: account meldflow-tight, whose QOS tight allows 2 submitted jobs.
+# A small allocation: account meldflow-tight, whose QOS tight allows 1 submitted job.
 sacctmgr -n -P show qos format=name | grep -qx tight || sacctmgr -i add qos tight >/dev/null
-sacctmgr -i modify qos tight set MaxSubmitJobsPerUser=2 MaxWall="$QOS_MAX_WALL" >/dev/null || true
+sacctmgr -i modify qos tight set MaxSubmitJobsPerUser=1 MaxWall="$QOS_MAX_WALL" >/dev/null || true
 sacctmgr -n list account format=account%30 | grep -qw meldflow-tight \
   || sacctmgr -i add account meldflow-tight Cluster="$CLUSTER" Description=tight Organization=meldflow >/dev/null
 sacctmgr -n -P show assoc where user=root account=meldflow-tight format=account | grep -q . \

@@ -131,7 +131,7 @@ def test_meldflow_check_names_every_problem_of_a_misconfigured_profile(slurm_clu
            "set-resources: transcribe) is over partition cpu's MaxTime of 240 min" in out
     # the site's QOS (issue 36): its submit limit, its MaxWall, and what sbatch refuses
     assert "this run may have 100 (cluster/slurm/config.yaml jobs) and 1 (training runs, at " \
-           "most local-cores 32 at once) jobs submitted at once: 101 is over QOS site's " \
+           "most local-cores 4 at once) jobs submitted at once: 101 is over QOS site's " \
            "MaxSubmitJobsPU of 20" in out and "set jobs: 19 or fewer" in out
     assert "training default/seed-0: a time limit of 3000 min (train.time_min) is over QOS " \
            "site's MaxWall of 720 min: the job would wait forever" in out
@@ -189,12 +189,13 @@ def test_the_shipped_profile_passes_on_the_local_cluster(slurm_cluster, tmp_path
 
 
 def test_a_run_under_a_tight_submit_limit_completes(slurm_cluster, tmp_path, hf_home):
-    """Account meldflow-tight's QOS allows 2 submitted jobs a user; the run has four shard
-    jobs ready at once. With jobs: 100 the preflight stops it before any job; with
-    jobs: 2 it completes, never more than 2 jobs submitted at once, none lost or failed."""
+    """Account meldflow-tight's QOS allows 1 submitted job a user; the run has two shard
+    jobs ready at once (transcribe and frames). With the profile's jobs: 16 the check
+    refuses it; with jobs: 1 it completes, never more than 1 job submitted at a time, none
+    refused, lost or failed."""
     from slurm_helpers import start_snakemake
 
-    work = make_workdir(tmp_path / "work", hf_home, splits=["train", "dev"])
+    work = make_workdir(tmp_path / "work", hf_home, splits=["dev"])
     profile = yaml.safe_load((REPO / "cluster" / "slurm" / "config.yaml").read_text())
     profile["default-resources"]["slurm_account"] = "meldflow-tight"
     (work / "cluster" / "slurm").mkdir(parents=True)
@@ -203,8 +204,8 @@ def test_a_run_under_a_tight_submit_limit_completes(slurm_cluster, tmp_path, hf_
     check = subprocess.run([str(BIN / "meldflow"), "check"], capture_output=True, text=True,
                            cwd=work, env=env_with_venv())
     assert check.returncode == 2 and "16 (cluster/slurm/config.yaml jobs) jobs submitted at " \
-        "once: 16 is over QOS tight's MaxSubmitJobsPU of 2" in check.stdout, check.stdout
-    profile["jobs"] = 2
+        "once: 16 is over QOS tight's MaxSubmitJobsPU of 1" in check.stdout, check.stdout
+    profile["jobs"] = 1
     path.write_text(yaml.safe_dump(profile))
     start = time.strftime("%Y-%m-%dT%H:%M:%S")
     proc = start_snakemake(work, tmp_path / "run.log", "preprocess",
@@ -214,7 +215,7 @@ def test_a_run_under_a_tight_submit_limit_completes(slurm_cluster, tmp_path, hf_
                           "JobIDRaw,State,Submit,End,Account,WorkDir%400"],
                          capture_output=True, text=True, check=True).stdout
     jobs = [r.split("|") for r in out.splitlines() if r.endswith(str(work))]
-    assert len(jobs) >= 8 and {j[1] for j in jobs} == {"COMPLETED"}, jobs
+    assert len(jobs) >= 5 and {j[1] for j in jobs} == {"COMPLETED"}, jobs
     assert {j[4] for j in jobs} == {"meldflow-tight"}
     events = sorted([(j[2], 1) for j in jobs] + [(j[3], -1) for j in jobs],
                     key=lambda e: (e[0], e[1]))
@@ -222,5 +223,5 @@ def test_a_run_under_a_tight_submit_limit_completes(slurm_cluster, tmp_path, hf_
     for _, step in events:
         at_once += step
         peak = max(peak, at_once)
-    assert peak == 2, peak  # the limit was pressed, never passed
+    assert peak == 1, peak  # one at a time, though two were ready
     assert "Job violates accounting/QOS policy" not in (tmp_path / "run.log").read_text()

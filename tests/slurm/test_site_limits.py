@@ -49,6 +49,10 @@ def test_a_run_over_the_submit_limit_is_told_how_many_jobs_fit():
         "MaxSubmitJobsPU of 20, and SLURM refuses the rest (Snakemake takes that for a "
         "failed job): set jobs: 17 or fewer in the profile"]
     assert limit_problems([SHARD, TRAIN], SITE, SubmitPlan(17, "p", 3, "t"))[0] == []
+    # the README's sweep, 25 runs at once with nothing left to preprocess: training alone
+    found, _ = limit_problems([TRAIN], SITE, SubmitPlan(16, "jobs", 25, "local-cores"))
+    assert found[0].endswith("set local-cores: 10 (training runs submitted at once) and "
+                             "jobs: 10 or fewer in the profile"), found
 
 
 @pytest.mark.parametrize("ask, message", [

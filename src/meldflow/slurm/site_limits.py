@@ -172,13 +172,17 @@ def limit_problems(asks: list[Ask], site: SiteLimits, plan: SubmitPlan | None
         total = sum(c for c, _ in parts)
         if total > limit.value:
             said = " and ".join(f"{c} ({w})" for c, w in parts)
-            trainings = plan.trainings if len(parts) > 1 else 0
-            fix = max(int(limit.value) - trainings, 1)
+            cap = int(limit.value)
+            trainings = sum(c for c, w in parts if w == plan.training_where)
+            if cap - trainings >= 1 or not trainings:
+                fix = f"set jobs: {max(cap - trainings, 1)} or fewer in the profile"
+            else:  # the training jobs alone are over: fewer at once, and room for shards
+                cores = max(1, cap // 2)
+                fix = (f"set local-cores: {cores} (training runs submitted at once) and jobs: "
+                       f"{cap - cores} or fewer in the profile")
             found.append(f"this run may have {said} jobs submitted at once: {total} is over "
                          f"{limit.source} of {limit.value:g}, and SLURM refuses the rest "
-                         f"(Snakemake takes that for a failed job): set jobs: {fix} or "
-                         f"fewer in the profile" + (" and lower local-cores" if
-                                                    trainings >= limit.value else ""))
+                         f"(Snakemake takes that for a failed job): {fix}")
     gpu_user = site.for_ask(training).max_gpus_user if training else None
     per_job = (training.gpus_per_node or 0) * training.nodes if training else 0
     if gpu_user and per_job and plan.trainings * per_job > gpu_user.value >= per_job:
