@@ -12,7 +12,7 @@ SYSTEM_TOOLS := ffmpeg espeak-ng
 help:
 	@echo "make demo   set up, then run the workflow on the bundled sample"
 	@echo "make test   set up, lint, then run the whole test suite (about 25 minutes on 2 cores)"
-	@echo "make test-fast  the tests that start no workflow and no cluster (under 3 minutes)"
+	@echo "make test-fast  the tests that start no workflow and no cluster (under 2 minutes)"
 	@echo "make setup  system packages (as root) + $(VENV) with pinned dependencies"
 	@echo "make lint   ruff + snakemake --lint"
 

@@ -3,6 +3,7 @@ alone times them (meldflow.preprocess.shared_window), with real Whisper."""
 
 import statistics
 
+import pytest
 from helpers import (
     clip_rows,
     clip_samples,
@@ -140,6 +141,7 @@ DIALOGUES = [["I can't believe you did that to me, Ross.", "Thank you for the de
              ["Aww, you guys are so cute!", "Nobody remembered my birthday."]]
 
 
+@pytest.mark.integration  # real Whisper, the same clips in five shard layouts: 9 s
 def test_a_clips_words_depend_on_its_dialogue_not_on_the_shard(hf_home, tmp_path):
     """Issue 34: the same clips preprocessed with shard_size 10 and 100 gave other words for
     20 of 89 rows ("delightful day" / "delightful stay"): windows were filled across

@@ -229,6 +229,7 @@ def test_audio_a_little_shorter_than_the_video_is_benign_and_packed(hf_home, tmp
         assert row["wer"] < 0.5, (row["transcript"], texts[i])
 
 
+@pytest.mark.integration  # real Whisper on a dozen clips, several ways: 14 s
 def test_batched_decoding_keeps_each_clips_words_in_its_clip(hf_home):
     """The GPU path (whisper_batch_size): every clip its own chunk, ``batch_size`` to a
     call, damaged clips included; each clip's words are timed inside it and match what the
