@@ -37,7 +37,6 @@ def merged_config(configfiles: list[str]) -> dict:
                 isinstance(out.get(key), dict) else value
         return out
 
-
     config: dict = {}
     for path in ["config/config.yaml", *configfiles]:
         check_config_file(path)  # a key given twice: Snakemake refuses it too
@@ -48,21 +47,17 @@ def merged_config(configfiles: list[str]) -> dict:
     return config
 
 
-def slurm_runs(runs: dict, workflow_executor: str = "slurm") -> list[tuple[str, int]]:
-    """The (experiment, seed) runs that train as SLURM jobs."""
-
-    return [run for run, options in runs.items()
-            if resolve_executor(launch_config(options).executor, workflow_executor) == "slurm"]
+def slurm_runs(runs: dict, workflow_executor: str = "slurm") -> dict[tuple[str, int], object]:
+    """{(experiment, seed): its LaunchConfig} of the runs that train as SLURM jobs."""
+    launches = {run: launch_config(options) for run, options in runs.items()}
+    return {run: how for run, how in launches.items()
+            if resolve_executor(how.executor, workflow_executor) == "slurm"}
 
 
 def training_asks(runs: dict, workflow_executor: str = "slurm") -> list:
     """What each distinct training launch of the runs asks of the cluster."""
-
     asks, seen = [], set()
-    for (name, seed), options in runs.items():
-        how = launch_config(options)
-        if resolve_executor(how.executor, workflow_executor) != "slurm":
-            continue
+    for (name, seed), how in slurm_runs(runs, workflow_executor).items():
         ask = training_ask(how, f"training {name}/seed-{seed}")
         if dataclasses.replace(ask, who="") not in seen:
             seen.add(dataclasses.replace(ask, who=""))
@@ -75,12 +70,9 @@ def gpu_problems(settings, runs: dict,
     """(problems, notes): training runs on SLURM that ask no GPU. Florence-2 would train for
     days on CPUs: a problem; the tiny model trains on CPUs: a note. ``gpus_per_node: 0`` says
     it on purpose."""
-
     found = []
-    for (name, seed), options in runs.items():
-        how = launch_config(options)
-        if resolve_executor(how.executor, workflow_executor) == "slurm" and \
-                how.gpus_per_node is None:
+    for (name, seed), how in slurm_runs(runs, workflow_executor).items():
+        if how.gpus_per_node is None:
             found.append(f"training {name}/seed-{seed}: no GPU asked (train.slurm."
                          f"gpus_per_node is null): it would train on the partition's CPUs; "
                          f"set train.slurm's EDIT lines in config/config.yaml (partition, "
@@ -95,7 +87,6 @@ def model_problems(settings, stageable_ok: bool = False) -> list[str]:
     ``stageable_ok`` (the workflow's start: its stage rules run on this host), a model
     this host can still stage is no problem: the tiny ones offline, any from a Hub that
     answers."""
-
     lines = []
     for offline, verify in (
             (whisper_repo_id(settings.whisper_model) == PACKAGED_WHISPER,
@@ -112,7 +103,6 @@ def model_problems(settings, stageable_ok: bool = False) -> list[str]:
 
 def data_problems(settings, runs: dict) -> list[str]:
     """meld_dir: every split's annotation CSV and clip folder."""
-
     needed = "train" not in settings.splits or any(map(needs_clips, runs.values()))
     lines = []
     for split in settings.splits:
@@ -126,7 +116,6 @@ def data_problems(settings, runs: dict) -> list[str]:
 def run_check(profile: str, configfiles: list[str]) -> tuple[list[str], list[str]]:
     """(problems, notes): every problem a run with ``profile`` and these config files
     would meet; notes for what only a job's last try (more memory and time) would meet."""
-
     config = typed_config(merged_config(configfiles))
     settings = Settings.from_config(config)
     runs = experiment_runs(config.get("train", {}), config.get("experiments"),

@@ -84,24 +84,17 @@ _WRITE_ERRORS = {
 }
 
 
-def write_error(exc: BaseException, path: str | os.PathLike) -> MeldflowError | None:
-    """A one-line error for a write to ``path`` that failed for want of room or rights,
-    (``None`` for other errors); pyarrow raises these with the errno in the message."""
+def raise_write_error(exc: OSError, path: str | os.PathLike):
+    """Raise a one-line MeldflowError for a write to ``path`` that failed for want of room
+    or rights, else ``exc`` itself; pyarrow raises these with the errno in the message."""
     code = getattr(exc, "errno", None)
     if code not in _WRITE_ERRORS:
         code = next((c for c in _WRITE_ERRORS if f"[errno {c}]" in str(exc).lower()), None)
     if code is None:
-        return None
-    why, fix = _WRITE_ERRORS[code]
-    return MeldflowError(f"cannot write {path}: {why}; {fix}, then run the same command "
-                         f"again (files written before are as they were)")
-
-
-def _raise_write_error(exc: OSError, path: Path):
-    err = write_error(exc, path)
-    if err is None:
         raise exc
-    raise err from None
+    why, fix = _WRITE_ERRORS[code]
+    raise MeldflowError(f"cannot write {path}: {why}; {fix}, then run the same command "
+                        f"again (files written before are as they were)") from None
 
 
 @contextlib.contextmanager
@@ -113,12 +106,12 @@ def atomic_path(path: str | os.PathLike):
     try:
         tmp = temporary_beside(path)
     except OSError as exc:
-        _raise_write_error(exc, path)
+        raise_write_error(exc, path)
     try:
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:
-        _raise_write_error(exc, path)
+        raise_write_error(exc, path)
     finally:
         tmp.unlink(missing_ok=True)
 

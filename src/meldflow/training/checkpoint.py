@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from meldflow import MeldflowError
-from meldflow.storage import sha256_file, temporary_beside, write_error, write_text
+from meldflow.storage import raise_write_error, sha256_file, temporary_beside, write_text
 
 log = logging.getLogger("meldflow.training")
 
@@ -87,10 +87,7 @@ def save(obj: dict, folder: Path, identity: str, step: int) -> Path:
                 os.replace(_record_path(folder, NEWEST), _record_path(folder, PREVIOUS))
         os.replace(tmp, new)
     except OSError as exc:
-        err = write_error(exc, new)
-        if err is None:
-            raise
-        raise err from None
+        raise_write_error(exc, new)
     finally:
         tmp.unlink(missing_ok=True)
     record = {"file": new.name, "sha256": writer.sha.hexdigest(), "bytes": writer.size,

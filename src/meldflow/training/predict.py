@@ -57,24 +57,26 @@ def read_model_card(model_dir: Path) -> tuple[TrainConfig, dict | None]:
 
 
 def _check_inputs(cfg: TrainConfig, prep: dict | None, clips: list[str], texts: list[str],
-                  model_dir: Path) -> None:
-    """Refuse what the model cannot read as it was trained to, with what to give instead."""
+                  model_dir: Path) -> dict[int, ClipError]:
+    """Refuse what the model cannot read as it was trained to, with what to give instead;
+    {index: why} of the clips that cannot be read (each is a row of its own)."""
     if not clips and not texts:
         raise MeldflowError("give clips, texts or both")
     blank = [i + 1 for i, t in enumerate(texts) if not t.strip()]
     if blank:
         raise MeldflowError(f"--text: utterance(s) {', '.join(map(str, blank))} are empty; "
                             f'give "Speaker: line" or just the line')
-    unreadable = []
-    for clip in clips:
+    unreadable = {}
+    for i, clip in enumerate(clips):
         try:
             check_clip_file(clip)
         except ClipError as exc:
-            unreadable.append(exc)
+            unreadable[i] = exc
+    first = next(iter(unreadable.values()), None)
     if clips and len(unreadable) == len(clips):  # nothing to predict: an error, at once
-        raise MeldflowError(f"--clips: {unreadable[0]}" if len(clips) == 1 else
+        raise MeldflowError(f"--clips: {first}" if len(clips) == 1 else
                             f"--clips: none of the {len(clips)} clips can be read (first: "
-                            f"{unreadable[0]})")
+                            f"{first})")
     if clips and texts and len(clips) != len(texts):
         raise MeldflowError(f"{len(clips)} clips but {len(texts)} texts")
     if "vision" in cfg.modalities:
@@ -89,12 +91,13 @@ def _check_inputs(cfg: TrainConfig, prep: dict | None, clips: list[str], texts: 
             if prep is None or "whisper" not in prep:
                 raise MeldflowError(f"{model_dir} does not record which Whisper model made "
                                     f"its transcripts: give --text, or train it again")
-            return
+            return unreadable
         if clips:
             raise MeldflowError(
                 f"this model reads the gold utterance ({cfg.modalities}, text_source gold): "
                 f'give --text "Speaker: line" for each clip, in the same order')
         raise MeldflowError("this model reads text: give texts")
+    return unreadable
 
 
 def clip_dialogues(clips: list[str]) -> list[tuple[int, int]]:
@@ -187,17 +190,11 @@ def predict(model_dir: str | Path, clips: list[str] | None = None,
     model_dir = Path(model_dir)
     cfg, prep = read_model_card(model_dir)
     clips, texts = list(clips or []), list(texts or [])
-    _check_inputs(cfg, prep, clips, texts, model_dir)  # the user's inputs, told at once
+    bad = _check_inputs(cfg, prep, clips, texts, model_dir)  # the inputs, told at once
     verify_model_dir(model_dir)  # before anything is made from its files
     if cfg.context_turns:
         log.warning("the model was trained with %d earlier turns in the prompt; new "
                     "utterances come without them", cfg.context_turns)
-    bad: dict[int, ClipError] = {}  # a clip that cannot be read is its row's status
-    for i, clip in enumerate(clips):
-        try:
-            check_clip_file(clip)
-        except ClipError as exc:
-            bad[i] = exc
     heard: dict[int, tuple[str, list[str]]] | None = None
     if "text" in cfg.modalities and not texts:
         # training's prompts name each line's speaker: so do these (required, as given)
